@@ -1,0 +1,65 @@
+"""Exceptions raised by slade.
+
+Every error slade raises on bad input is a :class:`SladeError`, and also an instance of the
+built-in exception that fits (``ValueError``, ``TypeError``, ``FileNotFoundError``, ...),
+so ``except ValueError`` keeps working in code written for PyTorch.
+"""
+
+
+class SladeError(Exception):
+    """Base class of every slade error."""
+
+
+class ShapeError(SladeError, ValueError):
+    """A tensor has the wrong number of dimensions, or lengths that do not match."""
+
+
+class DtypeError(SladeError, TypeError):
+    """A tensor or argument has a type the operation does not accept."""
+
+
+class DeviceError(SladeError, ValueError):
+    """Tensors that must share a device do not."""
+
+
+class NonFiniteError(SladeError, ValueError):
+    """NaN or Inf where finite values are required."""
+
+
+class InvalidArgumentError(SladeError, ValueError):
+    """An argument is outside its valid range (k, thresholds, empty input, ...)."""
+
+
+class ConfigError(SladeError, ValueError):
+    """An unknown configuration key, preset or option name."""
+
+
+class MissingFileError(SladeError, FileNotFoundError):
+    """A file or folder slade needs does not exist."""
+
+
+class SladeIOError(SladeError, OSError):
+    """Reading or writing a file failed (corrupt or unreadable data)."""
+
+
+class TorchError(SladeError, RuntimeError):
+    """LibTorch reported an error slade did not anticipate."""
+
+
+class InternalError(SladeError, RuntimeError):
+    """A bug in slade; please report it with the message."""
+
+
+__all__ = [
+    "SladeError",
+    "ShapeError",
+    "DtypeError",
+    "DeviceError",
+    "NonFiniteError",
+    "InvalidArgumentError",
+    "ConfigError",
+    "MissingFileError",
+    "SladeIOError",
+    "TorchError",
+    "InternalError",
+]

@@ -1,0 +1,23 @@
+//! The PyO3 layer: argument conversion, GIL release and error mapping only. Every entry point
+//! releases the GIL around the core call and runs it under `guard`.
+
+mod error;
+mod retrieval;
+
+use crate::bail;
+use pyo3::prelude::*;
+
+/// A non-negative integer argument as usize, or a clear error naming it.
+pub(crate) fn count(value: i64, name: &str) -> crate::Result<usize> {
+    if value < 0 {
+        bail!(Value, "{name} must be a non-negative integer, got {value}");
+    }
+    Ok(value as usize)
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    retrieval::register(m)?;
+    Ok(())
+}

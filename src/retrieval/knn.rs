@@ -1,0 +1,676 @@
+//! Exact k-nearest-neighbour search under the Euclidean distance.
+//!
+//! "Exact" means: the neighbours of a query are the `k` references with the smallest squared
+//! distance `sum_l (q_l - r_l)^2` evaluated in float64 (`exact_sq_dist`), ties broken by the
+//! smaller reference index (the tie rule). When the reference set is the query set, a query
+//! never retrieves itself (duplicates of it are retrieved like any other point).
+//!
+//! Every engine produces that same answer:
+//! - `Gemm` (CPU): blocked float32 GEMM `Q R^T`, never the full N x N matrix; each block is
+//!   scanned into bounded candidate lists (rayon over rows). When query = reference only the
+//!   blocks on and above the diagonal are computed and each serves its rows and its columns.
+//! - `Torch`: the same candidates from GEMM + `topk` on the tensors' device (the CUDA path).
+//! - `KdTree` (CPU, low dimension): candidates from the `kdtree` crate in float64.
+//!
+//! GEMM candidates carry the float32 key `|r|^2 - 2 q.r`, whose error is bounded by
+//! `e = gamma (|q| + max|r|)^2` with `gamma = (D + 16) 2^-24` (plus TF32 rounding on a device).
+//! `resolve` then orders the `c > k` candidates of a query: where consecutive keys differ by
+//! more than `2e` their order is certain; runs of closer keys are re-ranked by the exact
+//! distance. The top k is certified when the k-th distance is below the smallest distance a
+//! rejected reference can have; queries that fail (exact ties at the boundary, such as
+//! duplicated points) are searched by brute force in float64.
+
+use crate::bail;
+use crate::error::{Result, SladeError};
+use crate::retrieval::topk::{scan_columns, CandidateLists};
+use crate::validate;
+use rayon::prelude::*;
+use std::str::FromStr;
+use tch::{Device, Kind, Tensor};
+
+/// Embedding dimension at or below which `Engine::Auto` uses the k-d tree on CPU
+/// (measured by `bench/knn_crossover.py`; see bench/README.md).
+pub const KDTREE_MAX_DIM: usize = 4;
+
+/// Rows per GEMM block (both sides).
+const BLOCK: usize = 2048;
+
+/// Which k-NN implementation to run. All return identical results.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    /// `KdTree` on CPU for dim <= `KDTREE_MAX_DIM`, `Gemm` on CPU otherwise, `Torch` on CUDA.
+    Auto,
+    Gemm,
+    KdTree,
+    Torch,
+}
+
+impl FromStr for Engine {
+    type Err = SladeError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(Engine::Auto),
+            "gemm" => Ok(Engine::Gemm),
+            "kdtree" => Ok(Engine::KdTree),
+            "torch" => Ok(Engine::Torch),
+            other => bail!(
+                Config,
+                "unknown k-NN engine {other:?}; expected one of \"auto\", \"gemm\", \"kdtree\", \"torch\""
+            ),
+        }
+    }
+}
+
+/// The k nearest references of every query, row-major (`rows x k`), nearest first.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Neighbours {
+    pub rows: usize,
+    pub k: usize,
+    /// Queries whose candidates could not be certified and were searched by brute force.
+    pub brute_force_rows: usize,
+    pub indices: Vec<i64>,
+    /// Exact squared distances, when asked for (empty otherwise).
+    pub sq_distances: Vec<f64>,
+}
+
+impl Neighbours {
+    pub fn row_indices(&self, row: usize) -> &[i64] {
+        &self.indices[row * self.k..(row + 1) * self.k]
+    }
+
+    pub fn row_sq_distances(&self, row: usize) -> &[f64] {
+        &self.sq_distances[row * self.k..(row + 1) * self.k]
+    }
+
+    /// (Euclidean distances as float32, indices as int64), each `rows x k`, on `device`.
+    pub fn to_tensors(&self, device: Device) -> Result<(Tensor, Tensor)> {
+        if self.sq_distances.len() != self.indices.len() {
+            bail!(Internal, "neighbours were computed without distances");
+        }
+        let shape = [self.rows as i64, self.k as i64];
+        let dist: Vec<f32> = self.sq_distances.iter().map(|d| d.sqrt() as f32).collect();
+        let dist = Tensor::f_from_slice(&dist)?.f_reshape(shape)?.f_to_device(device)?;
+        let idx = Tensor::f_from_slice(&self.indices)?.f_reshape(shape)?.f_to_device(device)?;
+        Ok((dist, idx))
+    }
+}
+
+
+/// Validates the inputs and returns the number of references a query can retrieve.
+pub fn check_inputs(query: &Tensor, reference: Option<&Tensor>) -> Result<usize> {
+    let (nq, _) = validate::embeddings(query, "query")?;
+    match reference {
+        None => Ok(nq - 1),
+        Some(r) => {
+            let (nr, _) = validate::embeddings(r, "reference")?;
+            validate::same_device(query, "query", r, "reference")?;
+            validate::same_dim(query, "query", r, "reference")?;
+            Ok(nr)
+        }
+    }
+}
+
+/// The `k` exact nearest references of each query row (see the module docs), with their
+/// exact squared distances if `with_distances`. `reference = None` searches the query set
+/// itself, excluding each query from its own list.
+pub fn neighbours(
+    query: &Tensor,
+    reference: Option<&Tensor>,
+    k: usize,
+    engine: Engine,
+    with_distances: bool,
+) -> Result<Neighbours> {
+    let available = check_inputs(query, reference)?;
+    if k == 0 {
+        bail!(Value, "k must be at least 1");
+    }
+    if k > available {
+        bail!(
+            Value,
+            "k={k} is larger than the reference set: each query can retrieve {available} reference(s){}",
+            if reference.is_none() { " (itself excluded)" } else { "" }
+        );
+    }
+    let dim = query.size()[1] as usize;
+    let engine = match engine {
+        Engine::Auto if query.device().is_cuda() => Engine::Torch,
+        Engine::Auto if dim <= KDTREE_MAX_DIM => Engine::KdTree,
+        Engine::Auto => Engine::Gemm,
+        e => e,
+    };
+    let task = Task { engine, query, reference, k, with_distances };
+    let q = host_rows(query)?;
+    let r = reference.map(host_rows).transpose()?;
+    match (&q, &r) {
+        (HostRows::F32(q), None) => task.run(q, None),
+        (HostRows::F32(q), Some(HostRows::F32(r))) => task.run(q, Some(r)),
+        (HostRows::F64(q), None) => task.run(q, None),
+        (HostRows::F64(q), Some(HostRows::F64(r))) => task.run(q, Some(r)),
+        (HostRows::F32(q), Some(HostRows::F64(r))) => task.run(&q.to_f64(), Some(r)),
+        (HostRows::F64(q), Some(HostRows::F32(r))) => task.run(q, Some(&r.to_f64())),
+    }
+}
+
+/// Public form of `neighbours`: (Euclidean distances, indices) on the query's device.
+pub fn knn(
+    query: &Tensor,
+    reference: Option<&Tensor>,
+    k: usize,
+    engine: Engine,
+) -> Result<(Tensor, Tensor)> {
+    neighbours(query, reference, k, engine, true)?.to_tensors(query.device())
+}
+
+// ---------------------------------------------------------------------------------------
+// Host-side row access
+
+/// A contiguous CPU copy (or view) of an embedding matrix, in its own precision.
+pub(crate) struct Rows<T> {
+    tensor: Tensor,
+    data: *const T,
+    pub n: usize,
+    pub dim: usize,
+}
+
+// Rows only ever reads the buffer of a tensor it owns and never mutates it, so sharing
+// that read-only view between rayon workers is sound.
+unsafe impl<T: Sync> Sync for Rows<T> {}
+
+pub(crate) enum HostRows {
+    F32(Rows<f32>),
+    F64(Rows<f64>),
+}
+
+fn host_rows(x: &Tensor) -> Result<HostRows> {
+    let size = x.size();
+    let (n, dim) = (size[0] as usize, size[1] as usize);
+    let cpu = x.f_to_device(Device::Cpu)?;
+    Ok(match cpu.kind() {
+        Kind::Double => HostRows::F64(Rows::new(cpu.f_contiguous()?, n, dim)),
+        _ => HostRows::F32(Rows::new(cpu.f_to_kind(Kind::Float)?.f_contiguous()?, n, dim)),
+    })
+}
+
+pub(crate) trait Element: Copy + Send + Sync + Into<f64> + tch::kind::Element {}
+impl Element for f32 {}
+impl Element for f64 {}
+
+impl<T: Element> Rows<T> {
+    fn new(tensor: Tensor, n: usize, dim: usize) -> Self {
+        let data = tensor.data_ptr() as *const T;
+        Rows { tensor, data, n, dim }
+    }
+
+    pub fn data(&self) -> &[T] {
+        // The tensor is contiguous, of kind T, on the CPU and owned by self.
+        unsafe { std::slice::from_raw_parts(self.data, self.n * self.dim) }
+    }
+
+    pub fn row(&self, i: usize) -> &[T] {
+        &self.data()[i * self.dim..(i + 1) * self.dim]
+    }
+
+    fn float32(&self) -> Result<Tensor> {
+        Ok(self.tensor.f_to_kind(Kind::Float)?.f_contiguous()?)
+    }
+
+    fn to_f64(&self) -> Rows<f64> {
+        Rows::new(self.tensor.to_kind(Kind::Double).contiguous(), self.n, self.dim)
+    }
+
+    fn sq_norms(&self) -> Vec<f64> {
+        (0..self.n)
+            .into_par_iter()
+            .map(|i| self.row(i).iter().map(|&v| v.into() * v.into()).sum())
+            .collect()
+    }
+}
+
+/// The exact squared distance: float64 differences accumulated in float64, in a fixed
+/// order (eight interleaved partial sums, then summed pairwise), so every engine computes
+/// bit-identical values and the compiler can vectorise it.
+#[inline]
+pub(crate) fn exact_sq_dist<T: Element>(a: &[T], b: &[T]) -> f64 {
+    const LANES: usize = 8;
+    let mut acc = [0.0f64; LANES];
+    let mut a_chunks = a.chunks_exact(LANES);
+    let mut b_chunks = b.chunks_exact(LANES);
+    for (ca, cb) in (&mut a_chunks).zip(&mut b_chunks) {
+        for l in 0..LANES {
+            let d = ca[l].into() - cb[l].into();
+            acc[l] += d * d;
+        }
+    }
+    for (l, (&x, &y)) in a_chunks.remainder().iter().zip(b_chunks.remainder()).enumerate() {
+        let d = x.into() - y.into();
+        acc[l] += d * d;
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
+}
+
+/// Sorts (squared distance, index) pairs by the tie rule: distance, then index.
+fn sort_by_tie_rule(pairs: &mut [(f64, u32)]) {
+    pairs.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+}
+
+// ---------------------------------------------------------------------------------------
+// Search
+
+/// One query's answer: reference ids nearest first, their exact squared distances when
+/// asked for, and whether the candidates were certified to hold the exact top k.
+struct RowAnswer {
+    ids: Vec<u32>,
+    sq: Vec<f64>,
+    certified: bool,
+}
+
+struct Task<'a> {
+    engine: Engine,
+    query: &'a Tensor,
+    reference: Option<&'a Tensor>,
+    k: usize,
+    with_distances: bool,
+}
+
+/// What the per-query work needs to know (shared by the rayon workers).
+#[derive(Clone, Copy)]
+struct Ordering {
+    k: usize,
+    with_distances: bool,
+}
+
+impl Task<'_> {
+    /// Runs the engine on host rows `q` and `r` (and, for `Torch`, on the original tensors'
+    /// device), then brute-forces the queries it could not certify.
+    fn run<T: Element>(&self, q: &Rows<T>, r: Option<&Rows<T>>) -> Result<Neighbours> {
+        let refs = r.unwrap_or(q);
+        let self_search = r.is_none();
+        let available = refs.n - usize::from(self_search);
+        let c = candidate_count(self.k, available);
+        let ordering = Ordering { k: self.k, with_distances: self.with_distances };
+        let (k, with_distances) = (self.k, self.with_distances);
+        let answers = match self.engine {
+            Engine::KdTree => kdtree_answers(q, refs, self_search, self.k, c)?,
+            Engine::Torch => {
+                let lists = device_candidates(self.query, self.reference, c)?;
+                // float32 accumulation plus TF32 input rounding, should the caller enable it.
+                let gamma = gemm_error_factor(q.dim) + 2.0 * f64::powi(2.0, -11);
+                ordering.resolve_all(q, r, &lists, gamma)
+            }
+            _ => {
+                let lists = gemm_candidates(q, r, c)?;
+                ordering.resolve_all(q, r, &lists, gemm_error_factor(q.dim))
+            }
+        };
+        let brute_force_rows = answers.iter().filter(|a| !a.certified).count();
+        let answers: Vec<RowAnswer> = answers
+            .into_par_iter()
+            .enumerate()
+            .map(|(i, answer)| {
+                if answer.certified {
+                    return answer;
+                }
+                let best = brute_force_row(q.row(i), refs, self_search.then_some(i), k);
+                RowAnswer {
+                    ids: best.iter().map(|p| p.1).collect(),
+                    sq: if with_distances { best.iter().map(|p| p.0).collect() } else { Vec::new() },
+                    certified: true,
+                }
+            })
+            .collect();
+        let mut out = Neighbours {
+            rows: q.n,
+            k: self.k,
+            brute_force_rows,
+            indices: Vec::with_capacity(q.n * self.k),
+            sq_distances: Vec::with_capacity(if self.with_distances { q.n * self.k } else { 0 }),
+        };
+        for answer in answers {
+            out.indices.extend(answer.ids.iter().map(|&j| j as i64));
+            if self.with_distances {
+                out.sq_distances.extend(answer.sq);
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Ordering {
+    fn resolve_all<T: Element>(
+        &self,
+        q: &Rows<T>,
+        r: Option<&Rows<T>>,
+        lists: &CandidateLists,
+        gamma: f64,
+    ) -> Vec<RowAnswer> {
+        let refs = r.unwrap_or(q);
+        let self_search = r.is_none();
+        let available = refs.n - usize::from(self_search);
+        let q_norms = q.sq_norms();
+        let r_norms = if self_search { q_norms.clone() } else { refs.sq_norms() };
+        let r_max = r_norms.iter().cloned().fold(0.0f64, f64::max).sqrt();
+        (0..q.n)
+            .into_par_iter()
+            .map(|i| {
+                let error = (gamma + 1e-12) * (q_norms[i].sqrt() + r_max).powi(2);
+                let candidates = lists.sorted_row(i);
+                let exhaustive = candidates.len() >= available;
+                self.resolve(q.row(i), refs, q_norms[i], &candidates, error, exhaustive)
+            })
+            .collect()
+    }
+
+    /// Orders one query's candidates (sorted by approximate key) exactly and certifies them.
+    /// Keys of consecutive candidates more than `2 error` apart are in certain order; each
+    /// run of closer keys is re-ranked by the exact distance. `exhaustive` says that the
+    /// candidates are all the references.
+    fn resolve<T: Element>(
+        &self,
+        qi: &[T],
+        refs: &Rows<T>,
+        q_norm: f64,
+        candidates: &[(f32, u32)],
+        error: f64,
+        exhaustive: bool,
+    ) -> RowAnswer {
+        let k = self.k;
+        // (id, approximate key, exact squared distance if computed)
+        let mut ordered: Vec<(u32, f64, Option<f64>)> = Vec::with_capacity(k + 8);
+        let mut start = 0;
+        while start < candidates.len() && ordered.len() < k {
+            let mut end = start + 1;
+            while end < candidates.len()
+                && f64::from(candidates[end].0) - f64::from(candidates[end - 1].0) <= 2.0 * error
+            {
+                end += 1;
+            }
+            if end - start == 1 {
+                let (key, id) = candidates[start];
+                ordered.push((id, f64::from(key), None));
+            } else {
+                let mut run: Vec<(f64, u32)> = candidates[start..end]
+                    .iter()
+                    .map(|&(_, id)| (exact_sq_dist(qi, refs.row(id as usize)), id))
+                    .collect();
+                sort_by_tie_rule(&mut run);
+                ordered.extend(run.into_iter().map(|(d, id)| (id, f64::NAN, Some(d))));
+            }
+            start = end;
+        }
+        ordered.truncate(k);
+        let certified = exhaustive || {
+            let (_, key, exact) = ordered[k - 1];
+            let kth_upper = exact.unwrap_or(q_norm + key + error);
+            let worst_key = f64::from(candidates[candidates.len() - 1].0);
+            kth_upper < q_norm + worst_key - error
+        };
+        let sq = if self.with_distances {
+            ordered
+                .iter()
+                .map(|&(id, _, exact)| exact.unwrap_or_else(|| exact_sq_dist(qi, refs.row(id as usize))))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        RowAnswer { ids: ordered.iter().map(|p| p.0).collect(), sq, certified }
+    }
+}
+
+/// How many candidates to keep per query before the exact ordering.
+fn candidate_count(k: usize, available: usize) -> usize {
+    (k + 8 + k / 8).min(available)
+}
+
+/// gamma with |key error| <= gamma (|q| + max|r|)^2 for float32 GEMM keys of dimension `dim`
+/// (float32 accumulation, rounding of the inputs, norms and key to float32, 10% margin).
+fn gemm_error_factor(dim: usize) -> f64 {
+    (dim as f64 + 16.0) * f64::powi(2.0, -24) * 1.1
+}
+
+/// Exact distances of one query to every reference, sorted by the tie rule, first `k`.
+fn brute_force_row<T: Element>(
+    q: &[T],
+    refs: &Rows<T>,
+    skip: Option<usize>,
+    k: usize,
+) -> Vec<(f64, u32)> {
+    let mut all: Vec<(f64, u32)> = (0..refs.n)
+        .filter(|&j| Some(j) != skip)
+        .map(|j| (exact_sq_dist(q, refs.row(j)), j as u32))
+        .collect();
+    let k = k.min(all.len());
+    if k < all.len() {
+        all.select_nth_unstable_by(k, |a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        all.truncate(k);
+    }
+    sort_by_tie_rule(&mut all);
+    all
+}
+
+// ---------------------------------------------------------------------------------------
+// Candidate generators
+
+/// CPU candidates: blocked GEMM, each block scanned into bounded candidate lists (rows, and
+/// columns too when the query set is the reference set, so only blocks with J >= I run).
+fn gemm_candidates<T: Element>(q: &Rows<T>, r: Option<&Rows<T>>, c: usize) -> Result<CandidateLists> {
+    let refs = r.unwrap_or(q);
+    let self_search = r.is_none();
+    let qf = q.float32()?;
+    let rf = match r {
+        Some(r) => r.float32()?,
+        None => qf.shallow_clone(),
+    };
+    let q_norms: Vec<f32> = q.sq_norms().iter().map(|&v| v as f32).collect();
+    let r_norms: Vec<f32> = match r {
+        Some(r) => r.sq_norms().iter().map(|&v| v as f32).collect(),
+        None => q_norms.clone(),
+    };
+    let mut lists = CandidateLists::new(q.n, c);
+    let block_buffer = Tensor::f_empty([(BLOCK * BLOCK) as i64], (Kind::Float, Device::Cpu))?;
+    for i0 in (0..q.n).step_by(BLOCK) {
+        let i1 = (i0 + BLOCK).min(q.n);
+        let q_block = qf.f_narrow(0, i0 as i64, (i1 - i0) as i64)?;
+        let first_j = if self_search { i0 } else { 0 };
+        for j0 in (first_j..refs.n).step_by(BLOCK) {
+            let j1 = (j0 + BLOCK).min(refs.n);
+            let width = j1 - j0;
+            let r_block = rf.f_narrow(0, j0 as i64, width as i64)?;
+            let out = block_buffer
+                .f_narrow(0, 0, ((i1 - i0) * width) as i64)?
+                .f_view([(i1 - i0) as i64, width as i64])?;
+            let dots = q_block.f_mm_out(&out, &r_block.f_tr()?)?;
+            // The product is contiguous float32 on the CPU, owned by `dots`.
+            let block: &[f32] = unsafe {
+                std::slice::from_raw_parts(dots.data_ptr() as *const f32, (i1 - i0) * width)
+            };
+            let diagonal = self_search && i0 == j0;
+            lists.rows_mut(i0, i1).par_iter_mut().enumerate().for_each(|(row, list)| {
+                let dots = &block[row * width..(row + 1) * width];
+                list.scan(dots, &r_norms[j0..j1], j0 as u32, diagonal.then_some(row));
+            });
+            if self_search && j0 > i0 {
+                // Block (I, J) transposed is block (J, I): offer it to the rows of J.
+                let mut column_lists = lists.rows_mut(j0, j1);
+                column_lists.par_chunks_mut(64).enumerate().for_each(|(chunk, lists)| {
+                    scan_columns(lists, block, width, chunk * 64, &q_norms[i0..i1], i0 as u32);
+                });
+            }
+        }
+    }
+    Ok(lists)
+}
+
+/// Device candidates (the CUDA path): per query block, float32 GEMM against each reference
+/// block on the tensors' device and a running `topk` of the keys; only the `c` candidate
+/// ids and keys per query come back to the host.
+fn device_candidates(query: &Tensor, reference: Option<&Tensor>, c: usize) -> Result<CandidateLists> {
+    let device = query.device();
+    let self_search = reference.is_none();
+    let qf = query.f_to_kind(Kind::Float)?;
+    let rf = match reference {
+        Some(r) => r.f_to_kind(Kind::Float)?,
+        None => qf.shallow_clone(),
+    };
+    let (nq, nr) = (qf.size()[0], rf.size()[0]);
+    let r_norms = rf
+        .f_to_kind(Kind::Double)?
+        .f_square()?
+        .f_sum_dim_intlist(1, false, Kind::Double)?
+        .f_to_kind(Kind::Float)?;
+    let block = BLOCK as i64;
+    let c = c as i64;
+    let mut keys_host = Vec::with_capacity((nq * c) as usize);
+    let mut ids_host = Vec::with_capacity((nq * c) as usize);
+    for i0 in (0..nq).step_by(BLOCK) {
+        let rows = block.min(nq - i0);
+        let q_block = qf.f_narrow(0, i0, rows)?;
+        let mut best_keys = Tensor::f_empty([rows, 0], (Kind::Float, device))?;
+        let mut best_ids = Tensor::f_empty([rows, 0], (Kind::Int64, device))?;
+        for j0 in (0..nr).step_by(BLOCK) {
+            let cols = block.min(nr - j0);
+            let dots = q_block.f_mm(&rf.f_narrow(0, j0, cols)?.f_tr()?)?;
+            let mut keys = r_norms.f_narrow(0, j0, cols)?.f_unsqueeze(0)?.f_sub(&(dots * 2.0))?;
+            let col_ids = Tensor::f_arange_start(j0, j0 + cols, (Kind::Int64, device))?;
+            if self_search && j0 < i0 + rows && i0 < j0 + cols {
+                let row_ids = Tensor::f_arange_start(i0, i0 + rows, (Kind::Int64, device))?;
+                let is_self = row_ids.f_unsqueeze(1)?.f_eq_tensor(&col_ids.f_unsqueeze(0)?)?;
+                keys = keys.f_masked_fill(&is_self, f64::INFINITY)?;
+            }
+            let ids = col_ids.f_unsqueeze(0)?.f_expand([rows, cols], false)?;
+            let all_keys = Tensor::f_cat(&[&best_keys, &keys], 1)?;
+            let all_ids = Tensor::f_cat(&[&best_ids, &ids], 1)?;
+            let (top_keys, pos) = all_keys.f_topk(c.min(all_keys.size()[1]), 1, false, true)?;
+            best_ids = all_ids.f_gather(1, &pos, false)?;
+            best_keys = top_keys;
+        }
+        let keys = best_keys.f_to_device(Device::Cpu)?.f_contiguous()?;
+        let ids = best_ids.f_to_kind(Kind::Int)?.f_to_device(Device::Cpu)?.f_contiguous()?;
+        let len = (rows * c) as usize;
+        let mut key_buf = vec![0f32; len];
+        let mut id_buf = vec![0i32; len];
+        keys.f_copy_data(&mut key_buf, len)?;
+        ids.f_copy_data(&mut id_buf, len)?;
+        keys_host.extend(key_buf);
+        ids_host.extend(id_buf.into_iter().map(|j| j as u32));
+    }
+    Ok(CandidateLists::from_full(nq as usize, c as usize, keys_host, ids_host))
+}
+
+/// k-d tree answers: `c` candidates with float64 distances, certified when the c-th
+/// candidate is strictly farther than the k-th.
+fn kdtree_answers<T: Element>(
+    q: &Rows<T>,
+    refs: &Rows<T>,
+    self_search: bool,
+    k: usize,
+    c: usize,
+) -> Result<Vec<RowAnswer>> {
+    let mut tree = kdtree::KdTree::with_capacity(refs.dim, refs.n.max(1));
+    for j in 0..refs.n {
+        let point: Vec<f64> = refs.row(j).iter().map(|&v| v.into()).collect();
+        tree.add(point, j as u32)
+            .map_err(|e| SladeError::Internal(format!("k-d tree insert failed: {e:?}")))?;
+    }
+    let available = refs.n - usize::from(self_search);
+    let want = c + usize::from(self_search);
+    (0..q.n)
+        .into_par_iter()
+        .map(|i| {
+            let qi = q.row(i);
+            let point: Vec<f64> = qi.iter().map(|&v| v.into()).collect();
+            let found = tree
+                .nearest(&point, want, &kdtree::distance::squared_euclidean)
+                .map_err(|e| SladeError::Internal(format!("k-d tree query failed: {e:?}")))?;
+            let mut exact: Vec<(f64, u32)> = found
+                .into_iter()
+                .map(|(_, &j)| j)
+                .filter(|&j| !(self_search && j as usize == i))
+                .map(|j| (exact_sq_dist(qi, refs.row(j as usize)), j))
+                .collect();
+            exact.truncate(c);
+            sort_by_tie_rule(&mut exact);
+            let certified = exact.len() >= available || exact[k - 1].0 < exact[exact.len() - 1].0;
+            exact.truncate(k);
+            Ok(RowAnswer {
+                ids: exact.iter().map(|p| p.1).collect(),
+                sq: exact.iter().map(|p| p.0).collect(),
+                certified,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn brute(q: &[Vec<f64>], r: &[Vec<f64>], self_search: bool, k: usize) -> Vec<Vec<u32>> {
+        q.iter()
+            .enumerate()
+            .map(|(i, qi)| {
+                let mut all: Vec<(f64, u32)> = r
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| !(self_search && *j == i))
+                    .map(|(j, rj)| (exact_sq_dist(qi, rj), j as u32))
+                    .collect();
+                sort_by_tie_rule(&mut all);
+                all.into_iter().take(k).map(|p| p.1).collect()
+            })
+            .collect()
+    }
+
+    fn to_tensor(rows: &[Vec<f64>]) -> Tensor {
+        let flat: Vec<f64> = rows.iter().flatten().copied().collect();
+        Tensor::from_slice(&flat).reshape([rows.len() as i64, rows[0].len() as i64])
+    }
+
+    fn random_rows(n: usize, dim: usize, seed: i64, levels: f64) -> Vec<Vec<f64>> {
+        tch::manual_seed(seed);
+        let t = Tensor::randn([n as i64, dim as i64], (Kind::Double, Device::Cpu));
+        // Quantise so that exact ties and duplicates occur.
+        // Dyadic levels keep every distance exact in float64, whatever the summation order.
+        let t = (t * levels).round() / levels;
+        (0..n).map(|i| Vec::<f64>::try_from(t.get(i as i64)).unwrap()).collect()
+    }
+
+    #[test]
+    fn every_engine_matches_brute_force_with_ties() {
+        for &(n, dim, levels) in &[(300, 3, 2.0), (257, 16, 1.0), (64, 2, 1.0), (500, 40, 4.0), (2100, 6, 2.0)] {
+            let x = random_rows(n, dim, n as i64, levels);
+            let xt = to_tensor(&x);
+            for k in [1, 5, 37] {
+                let expected = brute(&x, &x, true, k);
+                for engine in [Engine::Gemm, Engine::KdTree, Engine::Torch] {
+                    let got = neighbours(&xt, None, k, engine, true).unwrap();
+                    for (i, row) in expected.iter().enumerate() {
+                        let got_row: Vec<u32> = got.row_indices(i).iter().map(|&v| v as u32).collect();
+                        assert_eq!(&got_row, row, "engine {engine:?} n {n} dim {dim} k {k} row {i}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn separate_reference_set() {
+        let q = random_rows(50, 8, 1, 4.0);
+        let r = random_rows(4100, 8, 2, 4.0);
+        let expected = brute(&q, &r, false, 10);
+        for engine in [Engine::Gemm, Engine::KdTree, Engine::Torch] {
+            let got = neighbours(&to_tensor(&q), Some(&to_tensor(&r)), 10, engine, true).unwrap();
+            for (i, row) in expected.iter().enumerate() {
+                let got_row: Vec<u32> = got.row_indices(i).iter().map(|&v| v as u32).collect();
+                assert_eq!(&got_row, row, "engine {engine:?} row {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_bad_k() {
+        let x = Tensor::randn([5, 3], (Kind::Float, Device::Cpu));
+        assert!(matches!(neighbours(&x, None, 5, Engine::Auto, false), Err(SladeError::Value(_))));
+        assert!(matches!(neighbours(&x, None, 0, Engine::Auto, false), Err(SladeError::Value(_))));
+        assert!(neighbours(&x, None, 4, Engine::Auto, false).is_ok());
+    }
+}

@@ -1,0 +1,8 @@
+//! Retrieval evaluation: exact k-NN (`knn`) and the metrics built on it (`metrics`).
+
+pub mod knn;
+pub mod metrics;
+mod topk;
+
+pub use knn::{knn, neighbours, Engine, Neighbours};
+pub use metrics::{retrieval_metrics, MetricOptions, Metrics};

@@ -1,0 +1,86 @@
+//! Input checks shared by every public entry point (DESIGN.md §5): each failure is a
+//! `SladeError` whose message names the argument and says what to fix.
+
+use crate::bail;
+use crate::error::Result;
+use tch::{Device, Kind, Tensor};
+
+/// Floating dtypes accepted for embeddings.
+pub fn is_float(kind: Kind) -> bool {
+    matches!(kind, Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16)
+}
+
+/// Integer dtypes accepted for labels and indices.
+pub fn is_integer(kind: Kind) -> bool {
+    matches!(kind, Kind::Uint8 | Kind::Int8 | Kind::Int16 | Kind::Int | Kind::Int64)
+}
+
+/// Checks that `x` is a non-empty 2-D floating tensor of finite values; returns (rows, cols).
+pub fn embeddings(x: &Tensor, name: &str) -> Result<(usize, usize)> {
+    let size = x.size();
+    if size.len() != 2 {
+        bail!(
+            Shape,
+            "{name} must be a 2-D tensor (samples x dim), got {}-D with shape {size:?}",
+            size.len()
+        );
+    }
+    if !is_float(x.kind()) {
+        bail!(Dtype, "{name} must be a floating tensor (float32 or float64), got {:?}", x.kind());
+    }
+    if size[0] == 0 || size[1] == 0 {
+        bail!(Value, "{name} is empty (shape {size:?}); it needs at least one row and one column");
+    }
+    finite(x, name)?;
+    Ok((size[0] as usize, size[1] as usize))
+}
+
+/// Checks that every element of `x` is finite.
+pub fn finite(x: &Tensor, name: &str) -> Result<()> {
+    let all_finite = x.f_isfinite()?.f_all()?.f_int64_value(&[])? != 0;
+    if !all_finite {
+        let bad = x.f_isfinite()?.logical_not().sum(Kind::Int64).int64_value(&[]);
+        bail!(NonFinite, "{name} contains {bad} NaN or Inf value(s); remove or fix them first");
+    }
+    Ok(())
+}
+
+/// Checks that `labels` is a 1-D integer tensor of length `n`; returns its values on the CPU.
+pub fn labels(labels: &Tensor, n: usize, name: &str, of: &str) -> Result<Vec<i64>> {
+    let size = labels.size();
+    if size.len() != 1 {
+        bail!(Shape, "{name} must be a 1-D tensor, got shape {size:?}");
+    }
+    if !is_integer(labels.kind()) {
+        bail!(Dtype, "{name} must be an integer tensor, got {:?}", labels.kind());
+    }
+    if size[0] as usize != n {
+        bail!(Shape, "{name} has {} entries but {of} has {n} rows; they must match", size[0]);
+    }
+    let cpu = labels.f_to_kind(Kind::Int64)?.f_to_device(Device::Cpu)?.f_contiguous()?;
+    let mut out = vec![0i64; n];
+    cpu.f_copy_data(&mut out, n)?;
+    Ok(out)
+}
+
+/// Checks that two tensors live on the same device.
+pub fn same_device(a: &Tensor, a_name: &str, b: &Tensor, b_name: &str) -> Result<()> {
+    if a.device() != b.device() {
+        bail!(
+            Device,
+            "{a_name} is on {:?} but {b_name} is on {:?}; move them to one device",
+            a.device(),
+            b.device()
+        );
+    }
+    Ok(())
+}
+
+/// Checks that two embedding matrices have the same number of columns.
+pub fn same_dim(a: &Tensor, a_name: &str, b: &Tensor, b_name: &str) -> Result<()> {
+    let (da, db) = (a.size()[1], b.size()[1]);
+    if da != db {
+        bail!(Shape, "{a_name} has dim {da} but {b_name} has dim {db}; they must match");
+    }
+    Ok(())
+}
