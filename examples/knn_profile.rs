@@ -11,11 +11,16 @@ fn main() {
     let centres = &centres / centres.norm_scalaropt_dim(2, [1], true);
     let labels = Tensor::randint(classes as i64, [n as i64], (Kind::Int64, Device::Cpu));
     let x = centres.index_select(0, &labels)
-        + Tensor::randn([n as i64, dim as i64], (Kind::Float, Device::Cpu)) * (3.0 / (dim as f64).sqrt());
+        + Tensor::randn([n as i64, dim as i64], (Kind::Float, Device::Cpu))
+            * (3.0 / (dim as f64).sqrt());
     let x = &x / x.norm_scalaropt_dim(2, [1], true);
     for engine in [Engine::Gemm] {
         let start = Instant::now();
         let nn = neighbours(&x, None, k, engine, false).unwrap();
-        println!("{engine:?}: {:.3} s, brute-force rows {}", start.elapsed().as_secs_f64(), nn.brute_force_rows);
+        println!(
+            "{engine:?}: {:.3} s, brute-force rows {}",
+            start.elapsed().as_secs_f64(),
+            nn.brute_force_rows
+        );
     }
 }

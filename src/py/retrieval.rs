@@ -44,7 +44,10 @@ fn retrieval_metrics<'py>(
 ) -> PyResult<Bound<'py, PyDict>> {
     let options = MetricOptions {
         k: k.map(|k| count(k, "k")).transpose()?,
-        recall_at: recall_at.into_iter().map(|v| count(v, "recall_at")).collect::<Result<_, _>>()?,
+        recall_at: recall_at
+            .into_iter()
+            .map(|v| count(v, "recall_at"))
+            .collect::<Result<_, _>>()?,
         avg_of_avgs,
         exclude_lone_queries,
         engine: engine.parse()?,

@@ -95,7 +95,6 @@ impl Neighbours {
     }
 }
 
-
 /// Validates the inputs and returns the number of references a query can retrieve.
 pub fn check_inputs(query: &Tensor, reference: Option<&Tensor>) -> Result<usize> {
     let (nq, _) = validate::embeddings(query, "query")?;
@@ -313,7 +312,11 @@ impl Task<'_> {
                 let best = brute_force_row(q.row(i), refs, self_search.then_some(i), k);
                 RowAnswer {
                     ids: best.iter().map(|p| p.1).collect(),
-                    sq: if with_distances { best.iter().map(|p| p.0).collect() } else { Vec::new() },
+                    sq: if with_distances {
+                        best.iter().map(|p| p.0).collect()
+                    } else {
+                        Vec::new()
+                    },
                     certified: true,
                 }
             })
@@ -407,7 +410,9 @@ impl Ordering {
         let sq = if self.with_distances {
             ordered
                 .iter()
-                .map(|&(id, _, exact)| exact.unwrap_or_else(|| exact_sq_dist(qi, refs.row(id as usize))))
+                .map(|&(id, _, exact)| {
+                    exact.unwrap_or_else(|| exact_sq_dist(qi, refs.row(id as usize)))
+                })
                 .collect()
         } else {
             Vec::new()
@@ -452,7 +457,11 @@ fn brute_force_row<T: Element>(
 
 /// CPU candidates: blocked GEMM, each block scanned into bounded candidate lists (rows, and
 /// columns too when the query set is the reference set, so only blocks with J >= I run).
-fn gemm_candidates<T: Element>(q: &Rows<T>, r: Option<&Rows<T>>, c: usize) -> Result<CandidateLists> {
+fn gemm_candidates<T: Element>(
+    q: &Rows<T>,
+    r: Option<&Rows<T>>,
+    c: usize,
+) -> Result<CandidateLists> {
     let refs = r.unwrap_or(q);
     let self_search = r.is_none();
     let qf = q.float32()?;
@@ -503,7 +512,11 @@ fn gemm_candidates<T: Element>(q: &Rows<T>, r: Option<&Rows<T>>, c: usize) -> Re
 /// Device candidates (the CUDA path): per query block, float32 GEMM against each reference
 /// block on the tensors' device and a running `topk` of the keys; only the `c` candidate
 /// ids and keys per query come back to the host.
-fn device_candidates(query: &Tensor, reference: Option<&Tensor>, c: usize) -> Result<CandidateLists> {
+fn device_candidates(
+    query: &Tensor,
+    reference: Option<&Tensor>,
+    c: usize,
+) -> Result<CandidateLists> {
     let device = query.device();
     let self_search = reference.is_none();
     let qf = query.f_to_kind(Kind::Float)?;
@@ -636,7 +649,9 @@ mod tests {
 
     #[test]
     fn every_engine_matches_brute_force_with_ties() {
-        for &(n, dim, levels) in &[(300, 3, 2.0), (257, 16, 1.0), (64, 2, 1.0), (500, 40, 4.0), (2100, 6, 2.0)] {
+        for &(n, dim, levels) in
+            &[(300, 3, 2.0), (257, 16, 1.0), (64, 2, 1.0), (500, 40, 4.0), (2100, 6, 2.0)]
+        {
             let x = random_rows(n, dim, n as i64, levels);
             let xt = to_tensor(&x);
             for k in [1, 5, 37] {
@@ -644,8 +659,12 @@ mod tests {
                 for engine in [Engine::Gemm, Engine::KdTree, Engine::Torch] {
                     let got = neighbours(&xt, None, k, engine, true).unwrap();
                     for (i, row) in expected.iter().enumerate() {
-                        let got_row: Vec<u32> = got.row_indices(i).iter().map(|&v| v as u32).collect();
-                        assert_eq!(&got_row, row, "engine {engine:?} n {n} dim {dim} k {k} row {i}");
+                        let got_row: Vec<u32> =
+                            got.row_indices(i).iter().map(|&v| v as u32).collect();
+                        assert_eq!(
+                            &got_row, row,
+                            "engine {engine:?} n {n} dim {dim} k {k} row {i}"
+                        );
                     }
                 }
             }

@@ -118,11 +118,8 @@ fn query_scores(hits: &[bool], r: usize, recall_at: &[usize]) -> Vec<f64> {
             average_precision += found as f64 / (i + 1) as f64;
         }
     }
-    let mut scores = vec![
-        average_precision / r as f64,
-        found as f64 / r as f64,
-        f64::from(u8::from(hits[0])),
-    ];
+    let mut scores =
+        vec![average_precision / r as f64, found as f64 / r as f64, f64::from(u8::from(hits[0]))];
     scores.extend(recall_at.iter().map(|&kk| f64::from(u8::from(hits[..kk].iter().any(|&h| h)))));
     scores
 }
@@ -197,8 +194,13 @@ mod tests {
         let centres = Tensor::from_slice(&[0.0f32, 0.0, 10.0, 0.0, -10.0, 5.0]).reshape([3, 2]);
         let x = centres.index_select(0, &labels)
             + Tensor::randn([7, 2], (Kind::Float, Device::Cpu)) * 0.01;
-        let m = retrieval_metrics(&x, &labels, None, &MetricOptions { recall_at: vec![1], ..Default::default() })
-            .unwrap();
+        let m = retrieval_metrics(
+            &x,
+            &labels,
+            None,
+            &MetricOptions { recall_at: vec![1], ..Default::default() },
+        )
+        .unwrap();
         for (name, value) in m {
             assert!((value - 1.0).abs() < 1e-12, "{name} = {value}");
         }

@@ -116,7 +116,14 @@ impl RowList<'_> {
 
     /// Pushes the keys of one chunk that are below the threshold.
     #[inline(never)]
-    fn offer(&mut self, dots: &[f32], base: &[f32], start: usize, first_id: u32, skip: Option<usize>) {
+    fn offer(
+        &mut self,
+        dots: &[f32],
+        base: &[f32],
+        start: usize,
+        first_id: u32,
+        skip: Option<usize>,
+    ) {
         for (j, (&dot, &b)) in dots.iter().zip(base).enumerate() {
             let key = b - 2.0 * dot;
             let j = start + j;
@@ -200,4 +207,3 @@ mod tests {
         assert_eq!(lists.sorted_row(1), vec![(-10.0, 102), (0.0, 100)]);
     }
 }
-
