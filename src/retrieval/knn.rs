@@ -30,7 +30,10 @@ use tch::{Device, Kind, Tensor};
 
 /// Embedding dimension at or below which `Engine::Auto` uses the k-d tree on CPU
 /// (measured by `bench/knn_crossover.py`; see bench/README.md).
-pub const KDTREE_MAX_DIM: usize = 4;
+pub const KDTREE_MAX_DIM: usize = 6;
+
+/// Points per k-d tree leaf.
+const KDTREE_LEAF_SIZE: usize = 32;
 
 /// Rows per GEMM block (both sides).
 const BLOCK: usize = 2048;
@@ -578,7 +581,7 @@ fn kdtree_answers<T: Element>(
     k: usize,
     c: usize,
 ) -> Result<Vec<RowAnswer>> {
-    let mut tree = kdtree::KdTree::with_capacity(refs.dim, refs.n.max(1));
+    let mut tree = kdtree::KdTree::with_capacity(refs.dim, KDTREE_LEAF_SIZE);
     for j in 0..refs.n {
         let point: Vec<f64> = refs.row(j).iter().map(|&v| v.into()).collect();
         tree.add(point, j as u32)
