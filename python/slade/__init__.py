@@ -23,6 +23,16 @@ from .retrieval import knn, retrieval_metrics
 
 __version__ = _core.__version__
 
+
+def __getattr__(name: str):
+    # slade.data imports torchvision; load it on first use rather than with slade.
+    if name == "data":
+        import importlib
+
+        return importlib.import_module(".data", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "knn",
     "retrieval_metrics",

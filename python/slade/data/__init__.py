@@ -1,0 +1,79 @@
+"""Data sets, semi-supervised protocols, batch samplers and transforms.
+
+Loaders read the official on-disk layouts and never download. Every data set is a
+``torch.utils.data.Dataset`` of ``(image, label)`` with an optional torchvision ``transform``,
+``labels`` (int64 tensor) and ``classes`` (names). Protocols (:func:`load_protocol`) return a
+:class:`SemiSupervisedData` with labeled, unlabeled (labels hidden), optional validation and
+test parts.
+"""
+
+from .base import (
+    UNLABELED,
+    ImageDataset,
+    ImageFileDataset,
+    ImageTensorDataset,
+    UnlabeledDataset,
+    split_classes,
+)
+from .datasets import (
+    CUB200,
+    Cars196,
+    CompCars,
+    Fashion200k,
+    FashionMNIST,
+    ImageFolderDataset,
+    InShop,
+    NABirds,
+    Omniglot,
+    unlabeled_images,
+)
+from .protocols import (
+    PRESET,
+    PROTOCOLS,
+    SemiSupervisedData,
+    cars_compcars,
+    cub_nabirds,
+    fashion_mnist_ssl,
+    folders,
+    inshop_fashion200k,
+    load_protocol,
+    omniglot_ssl,
+)
+from .samplers import MPerClassSampler, RandomBatchSampler
+from .transforms import MultiCrop, RandomShift, eval_transform, multi_crop, train_transform
+
+__all__ = [
+    "UNLABELED",
+    "ImageDataset",
+    "ImageFileDataset",
+    "ImageTensorDataset",
+    "UnlabeledDataset",
+    "split_classes",
+    "CUB200",
+    "Cars196",
+    "CompCars",
+    "Fashion200k",
+    "FashionMNIST",
+    "ImageFolderDataset",
+    "InShop",
+    "NABirds",
+    "Omniglot",
+    "unlabeled_images",
+    "PRESET",
+    "PROTOCOLS",
+    "SemiSupervisedData",
+    "load_protocol",
+    "fashion_mnist_ssl",
+    "omniglot_ssl",
+    "folders",
+    "cub_nabirds",
+    "cars_compcars",
+    "inshop_fashion200k",
+    "MPerClassSampler",
+    "RandomBatchSampler",
+    "MultiCrop",
+    "RandomShift",
+    "train_transform",
+    "eval_transform",
+    "multi_crop",
+]

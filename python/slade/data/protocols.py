@@ -1,0 +1,424 @@
+"""Semi-supervised retrieval protocols: which images are labeled, unlabeled, validation and test.
+
+Each protocol returns a :class:`SemiSupervisedData`. The unlabeled part hides its labels from
+training (items are ``(image, UNLABELED)``) and keeps them as ``unlabeled.hidden_labels`` for
+reporting NMI / purity of pseudo labels. Test classes never appear among the labeled classes;
+a validation split (``val_classes``) is carved from the labeled classes, class-disjoint and
+seeded, so hyper-parameters are tuned on it and never on test.
+
+Protocols:
+
+* ``fashion-mnist-ssl``: labeled = training images of classes 0-4; unlabeled = training
+  images of classes 5-9; test = t10k images of classes 5-9.
+* ``omniglot-ssl`` (background "small" archives): labeled = Balinese, Early_Aramaic, Korean
+  (86 characters, all drawers); unlabeled = Japanese_(katakana), Sanskrit, Tagalog (all
+  drawers) plus Greek and Latin drawers 1-10; test = Greek and Latin drawers 11-20
+  (50 characters, 500 images).
+* ``folders``: ``ROOT/labeled/<class>/*``, ``ROOT/unlabeled/**/*``, ``ROOT/test/<class>/*``,
+  optional ``ROOT/val/<class>/*``.
+* Paper pairings (SLADE, Duan et al. 2021, Sec 4): ``cub-nabirds``, ``cars-compcars``,
+  ``inshop-fashion200k``: the metric-learning split of the first data set plus the second
+  one as unlabeled pool.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Union
+
+import numpy as np
+
+from ..errors import ConfigError, InvalidArgumentError, MissingFileError, SladeIOError
+from . import transforms as presets
+from ._files import PathLike
+from .base import ImageDataset, UnlabeledDataset, split_classes
+from .datasets import (
+    CUB200,
+    Cars196,
+    CompCars,
+    Fashion200k,
+    FashionMNIST,
+    ImageFolderDataset,
+    InShop,
+    NABirds,
+    Omniglot,
+    unlabeled_images,
+)
+
+__all__ = [
+    "SemiSupervisedData",
+    "PRESET",
+    "PROTOCOLS",
+    "load_protocol",
+    "fashion_mnist_ssl",
+    "omniglot_ssl",
+    "folders",
+    "cub_nabirds",
+    "cars_compcars",
+    "inshop_fashion200k",
+    "OMNIGLOT_LABELED_ALPHABETS",
+    "OMNIGLOT_UNLABELED_ALPHABETS",
+    "OMNIGLOT_SHARED_ALPHABETS",
+]
+
+#: Use the protocol's transform preset (see :mod:`slade.data.transforms`).
+PRESET = "preset"
+
+TransformArg = Union[Callable[[Any], Any], None, str]
+
+
+@dataclass
+class SemiSupervisedData:
+    """The parts of a semi-supervised retrieval protocol.
+
+    Attributes:
+        name: protocol name.
+        labeled: labeled training images (labels ``0..num_labeled_classes-1``).
+        unlabeled: unlabeled training images; true labels only in ``hidden_labels``.
+        test: test images (self-retrieval), or the queries when ``gallery`` is set.
+        val: validation images from labeled classes held out of ``labeled``, or None.
+        gallery: the retrieval gallery of query/gallery protocols (In-shop), else None.
+        train_transform / eval_transform: the transforms set on the training parts
+            (labeled, unlabeled) and on the evaluation parts (val, test, gallery). Use
+            ``unlabeled.with_transform(data.eval_transform)`` to embed the unlabeled images
+            for pseudo labelling.
+    """
+
+    name: str
+    labeled: ImageDataset
+    unlabeled: UnlabeledDataset
+    test: ImageDataset
+    val: ImageDataset | None = None
+    gallery: ImageDataset | None = None
+    train_transform: Callable[[Any], Any] | None = None
+    eval_transform: Callable[[Any], Any] | None = None
+
+    @property
+    def num_labeled_classes(self) -> int:
+        """Labeled classes (the default number of basis vectors B of the student, Sec 3.3)."""
+        return self.labeled.num_classes
+
+    @property
+    def hidden_labels(self) -> Any:
+        """True labels of the unlabeled images (None when the data has none); evaluation only."""
+        return self.unlabeled.hidden_labels
+
+    def counts(self) -> dict[str, dict[str, int | None]]:
+        """Images and classes of each part (the unlabeled classes counted from hidden labels)."""
+        out: dict[str, dict[str, int | None]] = {}
+        for part in ("labeled", "val", "test", "gallery"):
+            dataset = getattr(self, part)
+            if dataset is not None:
+                out[part] = {
+                    "images": len(dataset),
+                    "classes": int(dataset.labels.unique().numel()),
+                }
+        hidden = self.unlabeled.hidden_labels
+        out["unlabeled"] = {
+            "images": len(self.unlabeled),
+            "classes": int(hidden.unique().numel()) if hidden is not None else None,
+        }
+        return out
+
+
+def _resolve(
+    transform: TransformArg, preset: Callable[[], Callable[[Any], Any]]
+) -> Callable[[Any], Any] | None:
+    if isinstance(transform, str):
+        if transform != PRESET:
+            raise ConfigError(
+                f"a transform must be a callable, None or {PRESET!r}, got {transform!r}"
+            )
+        return preset()
+    return transform
+
+
+def _assemble(
+    name: str,
+    labeled: ImageDataset,
+    unlabeled: UnlabeledDataset,
+    test: ImageDataset,
+    *,
+    style: str,
+    train_transform: TransformArg,
+    eval_transform: TransformArg,
+    val_classes: int | float,
+    seed: int,
+    val: ImageDataset | None = None,
+    gallery: ImageDataset | None = None,
+) -> SemiSupervisedData:
+    if (
+        isinstance(val_classes, bool)
+        or not isinstance(val_classes, (int, float))
+        or val_classes < 0
+    ):
+        raise InvalidArgumentError(
+            f"val_classes must be a number of classes or a fraction >= 0, got {val_classes!r}"
+        )
+    if val_classes:
+        if val is not None:
+            raise ConfigError(
+                f"{name}: the data already has a validation set; leave val_classes at 0"
+            )
+        labeled, val = split_classes(labeled, val_classes, seed)
+    train_t = _resolve(train_transform, lambda: presets.train_transform(style))
+    eval_t = _resolve(eval_transform, lambda: presets.eval_transform(style))
+    return SemiSupervisedData(
+        name=name,
+        labeled=labeled.with_transform(train_t),
+        unlabeled=unlabeled.with_transform(train_t),
+        test=test.with_transform(eval_t),
+        val=val.with_transform(eval_t) if val is not None else None,
+        gallery=gallery.with_transform(eval_t) if gallery is not None else None,
+        train_transform=train_t,
+        eval_transform=eval_t,
+    )
+
+
+def fashion_mnist_ssl(
+    root: PathLike | None = None,
+    *,
+    val_classes: int | float = 0,
+    seed: int = 0,
+    train_transform: TransformArg = PRESET,
+    eval_transform: TransformArg = PRESET,
+) -> SemiSupervisedData:
+    """Protocol ``fashion-mnist-ssl``: 30,000 labeled / 30,000 unlabeled / 5,000 test images.
+
+    labeled = training images of classes 0-4 (T-shirt/top, Trouser, Pullover, Dress, Coat);
+    unlabeled = training images of classes 5-9 (Sandal, Shirt, Sneaker, Bag, Ankle boot),
+    labels hidden; test = t10k images of classes 5-9. ``root`` as :class:`FashionMNIST`.
+    Test labels and hidden labels both number classes 5-9 as 0-4 (names in ``classes``).
+    """
+    train = FashionMNIST(root, train=True)
+    test = FashionMNIST(root, train=False)
+    seen = train.labels < 5
+    return _assemble(
+        "fashion-mnist-ssl",
+        train.subset(seen),
+        UnlabeledDataset(train.subset(~seen)),
+        test.subset(test.labels >= 5),
+        style="grayscale",
+        train_transform=train_transform,
+        eval_transform=eval_transform,
+        val_classes=val_classes,
+        seed=seed,
+    )
+
+
+OMNIGLOT_LABELED_ALPHABETS = ("Balinese", "Early_Aramaic", "Korean")
+OMNIGLOT_UNLABELED_ALPHABETS = ("Japanese_(katakana)", "Sanskrit", "Tagalog")
+OMNIGLOT_SHARED_ALPHABETS = ("Greek", "Latin")
+
+
+def omniglot_ssl(
+    root: PathLike | None = None,
+    *,
+    image_size: int | None = 28,
+    val_classes: int | float = 0,
+    seed: int = 0,
+    train_transform: TransformArg = PRESET,
+    eval_transform: TransformArg = PRESET,
+) -> SemiSupervisedData:
+    """Protocol ``omniglot-ssl`` on the two background "small" archives.
+
+    labeled = Balinese, Early_Aramaic, Korean (86 characters x 20 drawers = 1,720 images);
+    unlabeled = Japanese_(katakana), Sanskrit, Tagalog (all drawers) plus Greek and Latin
+    drawers 1-10 (2,620 images of 156 characters, labels hidden); test = Greek and Latin
+    drawers 11-20 (50 characters, 500 images). The test characters are also in the
+    unlabeled pool (other drawers), never among the labeled ones. Images are 28x28 by
+    default (``image_size=None`` keeps 105x105). ``root`` as :class:`Omniglot`.
+    """
+    data = Omniglot(root, image_size=image_size)
+    expected = OMNIGLOT_LABELED_ALPHABETS + OMNIGLOT_UNLABELED_ALPHABETS + OMNIGLOT_SHARED_ALPHABETS
+    missing = sorted(set(expected) - set(data.alphabets))
+    if missing:
+        raise SladeIOError(
+            f"omniglot-ssl: the archives under {data.root} lack the alphabets {missing}"
+        )
+    alphabet, drawer = data.extras["alphabet"], data.extras["drawer"]
+    shared = np.isin(alphabet, OMNIGLOT_SHARED_ALPHABETS)
+    unlabeled = np.isin(alphabet, OMNIGLOT_UNLABELED_ALPHABETS) | (shared & (drawer <= 10))
+    return _assemble(
+        "omniglot-ssl",
+        data.subset(np.isin(alphabet, OMNIGLOT_LABELED_ALPHABETS)),
+        UnlabeledDataset(data.subset(unlabeled)),
+        data.subset(shared & (drawer >= 11)),
+        style="grayscale",
+        train_transform=train_transform,
+        eval_transform=eval_transform,
+        val_classes=val_classes,
+        seed=seed,
+    )
+
+
+def folders(
+    root: PathLike,
+    *,
+    style: str = "natural",
+    val_classes: int | float = 0,
+    seed: int = 0,
+    train_transform: TransformArg = PRESET,
+    eval_transform: TransformArg = PRESET,
+) -> SemiSupervisedData:
+    """Protocol ``folders``: your own images in the layout::
+
+        ROOT/labeled/<class>/<image>     labeled training images
+        ROOT/unlabeled/**/<image>        any images, any sub-folders, no labels
+        ROOT/test/<class>/<image>        test images (classes should differ from labeled ones)
+        ROOT/val/<class>/<image>         optional validation images
+
+    ``style`` picks the transform presets and the colour mode: ``"natural"`` (RGB) or
+    ``"grayscale"`` (L). Without ``val/``, ``val_classes`` carves validation classes out of
+    the labeled ones.
+    """
+    base = Path(root).expanduser()
+    layout = (
+        "ROOT/labeled/<class>/*, ROOT/unlabeled/**/*, ROOT/test/<class>/* "
+        "and optional ROOT/val/<class>/*"
+    )
+    for part in ("labeled", "unlabeled", "test"):
+        if not (base / part).is_dir():
+            raise MissingFileError(
+                f"folders layout: {base / part} not found; expected {layout} (ROOT = {base})"
+            )
+    mode = "L" if presets.check_style(style) == "grayscale" else "RGB"
+    val = ImageFolderDataset(base / "val", mode=mode) if (base / "val").is_dir() else None
+    return _assemble(
+        "folders",
+        ImageFolderDataset(base / "labeled", mode=mode),
+        UnlabeledDataset(unlabeled_images(base / "unlabeled", mode=mode), labels_known=False),
+        ImageFolderDataset(base / "test", mode=mode),
+        style=style,
+        train_transform=train_transform,
+        eval_transform=eval_transform,
+        val_classes=val_classes,
+        seed=seed,
+        val=val,
+    )
+
+
+def _species_key(name: str) -> str:
+    """A bird name reduced for matching across data sets: CUB's "013.Bobolink" and NABirds'
+    "Bobolink (Breeding male)" both give "bobolink"."""
+    name = re.sub(r"^\d+\.", "", name)
+    name = re.sub(r"\(.*?\)", "", name)
+    return re.sub(r"[^a-z]", "", name.lower())
+
+
+def cub_nabirds(
+    cub_root: PathLike,
+    nabirds_root: PathLike,
+    *,
+    nabirds_split: str = "all",
+    exclude_cub_species: str | None = None,
+    val_classes: int | float = 0,
+    seed: int = 0,
+    train_transform: TransformArg = PRESET,
+    eval_transform: TransformArg = PRESET,
+) -> SemiSupervisedData:
+    """Paper pairing ``cub-nabirds``: CUB-200-2011 classes 1-100 labeled, NABirds unlabeled,
+    CUB classes 101-200 test.
+
+    NABirds shares many species with CUB. ``exclude_cub_species`` removes NABirds images
+    whose class name matches (ignoring case, punctuation and parenthesised plumage notes)
+    a CUB test species (``"test"``) or any CUB species (``"all"``); by default (``None``)
+    the whole pool is kept.
+    """
+    labeled = CUB200(cub_root, "train")
+    test = CUB200(cub_root, "test")
+    pool = NABirds(nabirds_root, nabirds_split)
+    if exclude_cub_species not in (None, "test", "all"):
+        raise ConfigError(
+            f"exclude_cub_species must be None, 'test' or 'all', got {exclude_cub_species!r}"
+        )
+    if exclude_cub_species is not None:
+        excluded = {_species_key(n) for n in test.classes}
+        if exclude_cub_species == "all":
+            excluded |= {_species_key(n) for n in labeled.classes}
+        drop = np.array(
+            [_species_key(pool.classes[int(y)]) in excluded for y in pool.labels], dtype=bool
+        )
+        pool = pool.subset(~drop)
+    return _assemble(
+        "cub-nabirds",
+        labeled,
+        UnlabeledDataset(pool),
+        test,
+        style="natural",
+        train_transform=train_transform,
+        eval_transform=eval_transform,
+        val_classes=val_classes,
+        seed=seed,
+    )
+
+
+def cars_compcars(
+    cars_root: PathLike,
+    compcars_root: PathLike,
+    *,
+    compcars_split: str = "all",
+    val_classes: int | float = 0,
+    seed: int = 0,
+    train_transform: TransformArg = PRESET,
+    eval_transform: TransformArg = PRESET,
+) -> SemiSupervisedData:
+    """Paper pairing ``cars-compcars``: Cars-196 classes 1-98 labeled, CompCars (web-nature
+    images, ``compcars_split`` as :class:`CompCars`, hidden labels = car models) unlabeled,
+    Cars-196 classes 99-196 test."""
+    return _assemble(
+        "cars-compcars",
+        Cars196(cars_root, "train"),
+        UnlabeledDataset(CompCars(compcars_root, compcars_split)),
+        Cars196(cars_root, "test"),
+        style="natural",
+        train_transform=train_transform,
+        eval_transform=eval_transform,
+        val_classes=val_classes,
+        seed=seed,
+    )
+
+
+def inshop_fashion200k(
+    inshop_root: PathLike,
+    fashion200k_root: PathLike,
+    *,
+    fashion200k_split: str = "train",
+    val_classes: int | float = 0,
+    seed: int = 0,
+    train_transform: TransformArg = PRESET,
+    eval_transform: TransformArg = PRESET,
+) -> SemiSupervisedData:
+    """Paper pairing ``inshop-fashion200k``: In-shop train items labeled, Fashion200k
+    unlabeled (hidden labels = products), In-shop query (``test``) against gallery."""
+    return _assemble(
+        "inshop-fashion200k",
+        InShop(inshop_root, "train"),
+        UnlabeledDataset(Fashion200k(fashion200k_root, fashion200k_split)),
+        InShop(inshop_root, "query"),
+        style="natural",
+        train_transform=train_transform,
+        eval_transform=eval_transform,
+        val_classes=val_classes,
+        seed=seed,
+        gallery=InShop(inshop_root, "gallery"),
+    )
+
+
+PROTOCOLS: dict[str, Callable[..., SemiSupervisedData]] = {
+    "fashion-mnist-ssl": fashion_mnist_ssl,
+    "omniglot-ssl": omniglot_ssl,
+    "folders": folders,
+    "cub-nabirds": cub_nabirds,
+    "cars-compcars": cars_compcars,
+    "inshop-fashion200k": inshop_fashion200k,
+}
+
+
+def load_protocol(name: str, *args: Any, **kwargs: Any) -> SemiSupervisedData:
+    """The protocol ``name`` (a key of ``PROTOCOLS``), called with the given arguments."""
+    if name not in PROTOCOLS:
+        raise ConfigError(f"unknown protocol {name!r}; expected one of {sorted(PROTOCOLS)}")
+    return PROTOCOLS[name](*args, **kwargs)

@@ -1,0 +1,349 @@
+"""Semi-supervised protocols: exact counts and class-disjointness on the real data, the
+generic folder layout and the paper pairings on fixture trees.
+
+Real data: Fashion-MNIST from /usr/share/datasets/fashion-mnist (Debian package
+dataset-fashion-mnist, installed by scripts/setup.sh) and the Omniglot archives from
+``$SLADE_DATA/omniglot`` (default ``<repo>/../shared/data``). The tests fail, saying how to
+provide the data, when it is absent: the protocols are the project's reference setting.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from data_layouts import (
+    write_cars_annos,
+    write_compcars,
+    write_cub,
+    write_fashion200k,
+    write_folders,
+    write_inshop,
+    write_nabirds,
+)
+
+from slade.data import (
+    PRESET,
+    PROTOCOLS,
+    UNLABELED,
+    FashionMNIST,
+    SemiSupervisedData,
+    cars_compcars,
+    cub_nabirds,
+    folders,
+    load_protocol,
+    omniglot_ssl,
+    split_classes,
+)
+from slade.errors import ConfigError, InvalidArgumentError, MissingFileError
+
+REPO = Path(__file__).resolve().parents[1]
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+OMNIGLOT_ZIPS = ("images_background_small1.zip", "images_background_small2.zip")
+
+
+def _omniglot_root() -> Path:
+    root = Path(os.environ.get("SLADE_DATA", REPO.parent / "shared" / "data")) / "omniglot"
+    missing = [name for name in OMNIGLOT_ZIPS if not (root / name).is_file()]
+    if missing:
+        pytest.fail(
+            f"Omniglot archives {missing} not found in {root}: set SLADE_DATA to a folder holding "
+            f"omniglot/{OMNIGLOT_ZIPS[0]} and omniglot/{OMNIGLOT_ZIPS[1]} (the official release, "
+            "github.com/brendenlake/omniglot, python/)"
+        )
+    return root
+
+
+def _require_fashion_mnist() -> None:
+    if not (FASHION_MNIST / "train-labels-idx1-ubyte.gz").is_file():
+        pytest.fail(
+            f"Fashion-MNIST not found in {FASHION_MNIST}: run scripts/setup.sh or "
+            "`apt-get install dataset-fashion-mnist`"
+        )
+
+
+def _raw_idx(name: str) -> np.ndarray:
+    """Reads an installed IDX file directly (header offset 16 for images, 8 for labels)."""
+    raw = gzip.decompress((FASHION_MNIST / f"{name}.gz").read_bytes())
+    offset = 16 if "images" in name else 8
+    data = np.frombuffer(raw, dtype=np.uint8, offset=offset)
+    return data.reshape(-1, 28, 28) if "images" in name else data
+
+
+def _names(dataset, labels=None) -> list[str]:
+    labels = dataset.labels if labels is None else labels
+    return [dataset.classes[int(y)] for y in labels]
+
+
+# --------------------------------------------------------------------------- fashion-mnist-ssl
+
+
+@pytest.fixture(scope="module")
+def fashion() -> SemiSupervisedData:
+    _require_fashion_mnist()
+    return load_protocol("fashion-mnist-ssl")
+
+
+def test_fashion_mnist_ssl_counts_and_classes(fashion):
+    classes = list(FashionMNIST.CLASSES)
+    assert fashion.counts() == {
+        "labeled": {"images": 30000, "classes": 5},
+        "test": {"images": 5000, "classes": 5},
+        "unlabeled": {"images": 30000, "classes": 5},
+    }
+    assert fashion.num_labeled_classes == 5 and fashion.labeled.classes == classes[:5]
+    assert fashion.test.classes == classes[5:] and fashion.unlabeled.hidden_classes == classes[5:]
+    assert not set(fashion.labeled.classes) & set(fashion.test.classes)
+    assert fashion.val is None and fashion.gallery is None
+
+
+def test_fashion_mnist_ssl_parts_are_the_right_images(fashion):
+    train_images, train_labels = (
+        _raw_idx("train-images-idx3-ubyte"),
+        _raw_idx("train-labels-idx1-ubyte"),
+    )
+    test_images, test_labels = (
+        _raw_idx("t10k-images-idx3-ubyte"),
+        _raw_idx("t10k-labels-idx1-ubyte"),
+    )
+    classes = list(FashionMNIST.CLASSES)
+    seen, novel = train_labels < 5, train_labels >= 5
+    assert np.array_equal(fashion.labeled.images.numpy(), train_images[seen])
+    assert _names(fashion.labeled) == [classes[y] for y in train_labels[seen]]
+    hidden = fashion.unlabeled.hidden_labels
+    assert [fashion.unlabeled.hidden_classes[int(y)] for y in hidden] == [
+        classes[y] for y in train_labels[novel]
+    ]
+    assert np.array_equal(fashion.test.images.numpy(), test_images[test_labels >= 5])
+    assert _names(fashion.test) == [classes[y] for y in test_labels[test_labels >= 5]]
+
+
+def test_fashion_mnist_ssl_items_and_transforms(fashion):
+    image, label = fashion.unlabeled[0]
+    assert label == UNLABELED and image.shape == (1, 28, 28) and image.dtype == torch.float32
+    image, label = fashion.test[0]
+    assert label == int(fashion.test.labels[0])
+    expected = torch.from_numpy(fashion.test.images[0].numpy().astype(np.float32) / 255.0)
+    assert torch.equal(image[0], expected)  # eval preset: ToTensor only
+    embed_view = fashion.unlabeled.with_transform(fashion.eval_transform)
+    pixels = np.asarray(fashion.unlabeled.load_image(3), dtype=np.float32) / 255.0
+    assert torch.equal(embed_view[3][0][0], torch.from_numpy(pixels))
+    raw = load_protocol("fashion-mnist-ssl", train_transform=None, eval_transform=None)
+    assert isinstance(raw.labeled[0][0], Image.Image)
+
+
+def test_fashion_mnist_ssl_validation_classes(fashion):
+    _require_fashion_mnist()
+    data = load_protocol("fashion-mnist-ssl", val_classes=2, seed=3)
+    again = load_protocol("fashion-mnist-ssl", val_classes=2, seed=3)
+    assert data.val is not None and data.val.classes == again.val.classes
+    assert len(data.val.classes) == 2 and data.num_labeled_classes == 3
+    assert not set(data.val.classes) & set(data.labeled.classes)
+    assert set(data.val.classes) | set(data.labeled.classes) == set(fashion.labeled.classes)
+    assert len(data.val) + len(data.labeled) == 30000 and len(data.val) == 12000
+    assert sorted(set(data.labeled.labels.tolist())) == [0, 1, 2]
+    assert (
+        data.val.transform is data.eval_transform and data.labeled.transform is data.train_transform
+    )
+    choices = {tuple(split_classes(fashion.labeled, 2, seed=s)[1].classes) for s in range(6)}
+    assert len(choices) > 1
+
+
+# --------------------------------------------------------------------------- omniglot-ssl
+
+
+@pytest.fixture(scope="module")
+def omniglot() -> SemiSupervisedData:
+    return omniglot_ssl(_omniglot_root())
+
+
+def _alphabets(dataset) -> set[str]:
+    return set(dataset.extras["alphabet"].tolist())
+
+
+def test_omniglot_ssl_counts(omniglot):
+    assert omniglot.counts() == {
+        "labeled": {"images": 1720, "classes": 86},
+        "test": {"images": 500, "classes": 50},
+        "unlabeled": {"images": 2620, "classes": 156},
+    }
+    assert omniglot.num_labeled_classes == 86
+    assert _alphabets(omniglot.labeled) == {"Balinese", "Early_Aramaic", "Korean"}
+    assert _alphabets(omniglot.unlabeled) == {
+        "Japanese_(katakana)",
+        "Sanskrit",
+        "Tagalog",
+        "Greek",
+        "Latin",
+    }
+    assert _alphabets(omniglot.test) == {"Greek", "Latin"}
+    assert torch.bincount(omniglot.labeled.labels).tolist() == [20] * 86
+    assert torch.bincount(omniglot.test.labels).tolist() == [10] * 50
+
+
+def test_omniglot_ssl_drawers_and_disjointness(omniglot):
+    test_drawers = omniglot.test.extras["drawer"]
+    assert sorted(set(test_drawers.tolist())) == list(range(11, 21))
+    shared = np.isin(omniglot.unlabeled.extras["alphabet"], ["Greek", "Latin"])
+    assert sorted(set(omniglot.unlabeled.extras["drawer"][shared].tolist())) == list(range(1, 11))
+    assert int(shared.sum()) == 500
+    assert not set(omniglot.labeled.classes) & set(omniglot.test.classes)
+    assert not set(omniglot.labeled.classes) & set(omniglot.unlabeled.hidden_classes)
+    assert set(omniglot.test.classes) <= set(omniglot.unlabeled.hidden_classes)
+
+
+def test_omniglot_ssl_pixels_come_from_the_zip(omniglot):
+    """One test image against the PNG decoded straight from the archive."""
+    raw = omniglot_ssl(_omniglot_root(), image_size=None, train_transform=None, eval_transform=None)
+    assert raw.test.images.shape == (500, 105, 105)
+    index = 123
+    name = raw.test.classes[int(raw.test.labels[index])]
+    drawer = int(raw.test.extras["drawer"][index])
+    with zipfile.ZipFile(_omniglot_root() / OMNIGLOT_ZIPS[0]) as archive:
+        member = next(
+            m
+            for m in archive.namelist()
+            if m.startswith(f"images_background_small1/{name}/")
+            and m.endswith(f"_{drawer:02d}.png")
+        )
+        png = Image.open(io.BytesIO(archive.read(member))).convert("L")
+    assert np.array_equal(raw.test.images[index].numpy(), 255 - np.asarray(png))
+    small = np.asarray(png.resize((28, 28), Image.Resampling.BILINEAR))
+    row = int(
+        np.flatnonzero(
+            (np.array(_names(omniglot.test)) == name) & (omniglot.test.extras["drawer"] == drawer)
+        )[0]
+    )
+    assert np.array_equal(omniglot.test.images[row].numpy(), 255 - small)
+
+
+def test_omniglot_ssl_validation_split(omniglot):
+    data = omniglot_ssl(_omniglot_root(), val_classes=0.2, seed=1)
+    assert data.val.num_classes == 17 and data.num_labeled_classes == 69
+    assert not set(data.val.classes) & set(data.labeled.classes)
+    assert len(data.val) == 17 * 20
+
+
+# --------------------------------------------------------------------------- folders
+
+
+def test_folders_protocol(tmp_path):
+    fixture = write_folders(tmp_path)
+    data = load_protocol("folders", tmp_path, train_transform=None, eval_transform=None)
+    assert data.labeled.classes == ["cat", "dog", "emu"] and data.test.classes == ["fox", "gnu"]
+    assert len(data.unlabeled) == len(fixture["unlabeled"]) and data.unlabeled.hidden_labels is None
+    assert data.unlabeled[0][1] == UNLABELED and data.val is None
+    pseudo = data.unlabeled.with_labels([0, 1, 1, 0])
+    assert pseudo.labels.tolist() == [0, 1, 1, 0]
+    gray = folders(tmp_path, style="grayscale", val_classes=1, seed=0)
+    assert gray.val.num_classes == 1 and gray.num_labeled_classes == 2
+    assert gray.labeled[0][0].shape[0] == 1
+
+
+def test_folders_with_val_folder_and_errors(tmp_path):
+    write_folders(tmp_path)
+    (tmp_path / "val" / "hen").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "val" / "hen" / "0.png")
+    data = folders(tmp_path)
+    assert data.val.classes == ["hen"] and data.val[0][0].shape == (3, 224, 224)
+    with pytest.raises(ConfigError, match="validation"):
+        folders(tmp_path, val_classes=1)
+    with pytest.raises(MissingFileError, match="ROOT/labeled/<class>") as err:
+        folders(tmp_path / "test")
+    assert str(tmp_path / "test" / "labeled") in str(err.value)
+    with pytest.raises(ConfigError, match="style"):
+        folders(tmp_path, style="sepia")
+    with pytest.raises(ConfigError, match="transform"):
+        folders(tmp_path, train_transform="fancy")
+
+
+def test_split_classes_arguments(tmp_path):
+    write_folders(tmp_path)
+    labeled = load_protocol("folders", tmp_path).labeled
+    with pytest.raises(InvalidArgumentError):
+        split_classes(labeled, 3)
+    with pytest.raises(InvalidArgumentError):
+        split_classes(labeled, 1.5)
+    with pytest.raises(InvalidArgumentError):
+        folders(tmp_path, val_classes=-1)
+    rest, held = split_classes(labeled, 1, seed=5)
+    assert len(rest) + len(held) == len(labeled) and held.num_classes == 1
+
+
+def test_unknown_protocol():
+    with pytest.raises(ConfigError, match="omniglot-ssl"):
+        load_protocol("mnist-ssl")
+    assert set(PROTOCOLS) == {
+        "fashion-mnist-ssl",
+        "omniglot-ssl",
+        "folders",
+        "cub-nabirds",
+        "cars-compcars",
+        "inshop-fashion200k",
+    }
+    assert PRESET == "preset"
+
+
+# --------------------------------------------------------------------------- paper pairings
+
+
+def test_cub_nabirds(tmp_path):
+    write_cub(tmp_path / "cub", num_classes=4)
+    fixture = write_nabirds(tmp_path / "nab")
+    data = cub_nabirds(tmp_path / "cub", tmp_path / "nab")
+    assert data.labeled.classes == ["001.Species_A", "002.Species_B"]
+    assert data.test.classes == ["003.Species_C", "004.Species_D"]
+    assert len(data.unlabeled) == len(fixture["images"])
+    assert data.labeled[0][0].shape == (3, 224, 224) and data.test[0][0].shape == (3, 224, 224)
+    hidden_names = [data.unlabeled.hidden_classes[int(y)] for y in data.unlabeled.hidden_labels]
+    assert hidden_names == [fixture["classes"][c] for c in fixture["labels"]]
+
+
+def test_cub_nabirds_excludes_species_by_name(tmp_path):
+    cub = write_cub(tmp_path / "cub", num_classes=4)
+    for name, new in (
+        ("003.Species_C", "003.Black_footed_Albatross"),
+        ("001.Species_A", "001.Bobolink"),
+    ):
+        text = (cub["base"] / "classes.txt").read_text()
+        (cub["base"] / "classes.txt").write_text(text.replace(name, new))
+    write_nabirds(tmp_path / "nab")
+    test_only = cub_nabirds(tmp_path / "cub", tmp_path / "nab", exclude_cub_species="test")
+    assert "Black-footed Albatross" not in test_only.unlabeled.hidden_classes
+    assert "Bobolink (Breeding male)" in test_only.unlabeled.hidden_classes
+    assert len(test_only.unlabeled) == 8 - 3
+    both = cub_nabirds(tmp_path / "cub", tmp_path / "nab", exclude_cub_species="all")
+    assert len(both.unlabeled) == 8 - 3 - 2
+    with pytest.raises(ConfigError):
+        cub_nabirds(tmp_path / "cub", tmp_path / "nab", exclude_cub_species="train")
+
+
+def test_cars_compcars(tmp_path):
+    write_cars_annos(tmp_path / "cars")
+    fixture = write_compcars(tmp_path / "compcars")
+    data = cars_compcars(tmp_path / "cars", tmp_path / "compcars", val_classes=1)
+    assert data.num_labeled_classes == 1 and data.val.num_classes == 1
+    assert data.test.num_classes == 2 and len(data.unlabeled) == len(fixture["all"])
+    listed = cars_compcars(tmp_path / "cars", tmp_path / "compcars", compcars_split="train")
+    assert len(listed.unlabeled) == len(fixture["lists"]["train"])
+
+
+def test_inshop_fashion200k(tmp_path):
+    write_inshop(tmp_path / "inshop")
+    fixture = write_fashion200k(tmp_path / "f200k")
+    data = load_protocol("inshop-fashion200k", tmp_path / "inshop", tmp_path / "f200k")
+    assert data.labeled.classes == ["id_00000001", "id_00000002"]
+    assert data.test.classes == data.gallery.classes
+    assert len(data.unlabeled) == len(fixture["written"]["train"])
+    counts = data.counts()
+    assert counts["test"]["images"] == 3 and counts["gallery"]["images"] == 5
+    assert counts["unlabeled"]["classes"] == 3
+    assert data.gallery.transform is data.eval_transform
