@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import threading
+import time
 
 import pytest
 import torch
@@ -263,6 +264,30 @@ def test_sigint_during_a_step_arrives_after_it():
     _assert_same(trainer, fresh)
 
 
+def test_the_gil_is_released_during_a_step():
+    trainer = _trainer()
+    crops = make_crops(n=64)
+    ticks = 0
+    stop = threading.Event()
+
+    def count():
+        nonlocal ticks
+        while not stop.is_set():
+            ticks += 1
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=count)
+    thread.start()
+    start = time.perf_counter()
+    for _ in range(3):
+        trainer.step(crops)
+    elapsed = time.perf_counter() - start
+    stop.set()
+    thread.join()
+    # A thread blocked on the GIL would barely tick; a free one ticks every millisecond or so.
+    assert ticks > 0.2 * elapsed * 1000, (ticks, elapsed)
+
+
 def test_gradients_between_the_halves_of_a_step_are_torch_tensors():
     """What torch.distributed would do: edit p.grad between compute and apply."""
     config = slade.OptimizerConfig(name="sgd", lr=0.1, momentum=0.0)
@@ -289,6 +314,12 @@ def test_step_under_no_grad_still_trains():
     with torch.no_grad():
         a.step(make_crops())
     b.step(make_crops())
+    _assert_same(a, b)
+
+
+def test_fp16_is_ignored_on_cpu():
+    a, b = _trainer(), _trainer(precision="fp16")
+    assert a.step(make_crops()) == b.step(make_crops())
     _assert_same(a, b)
 
 
