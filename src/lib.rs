@@ -4,7 +4,9 @@
 //! feature) is the PyO3 layer that converts arguments, releases the GIL and maps errors.
 
 pub mod error;
+pub mod nn;
 pub mod retrieval;
+pub mod train;
 pub mod validate;
 
 #[cfg(feature = "python")]

@@ -84,3 +84,79 @@ pub fn same_dim(a: &Tensor, a_name: &str, b: &Tensor, b_name: &str) -> Result<()
     }
     Ok(())
 }
+
+/// `cpu`, `cuda:0`, ... as torch writes devices.
+pub fn device_name(device: Device) -> String {
+    match device {
+        Device::Cpu => "cpu".to_string(),
+        Device::Cuda(i) => format!("cuda:{i}"),
+        Device::Mps => "mps".to_string(),
+        Device::Vulkan => "vulkan".to_string(),
+    }
+}
+
+/// Parses `cpu`, `cuda`, `cuda:N` or `mps`, checking that the device is present.
+pub fn parse_device(name: &str) -> Result<Device> {
+    let lower = name.trim().to_ascii_lowercase();
+    let device = match lower.as_str() {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::Cuda(0),
+        "mps" => Device::Mps,
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(index)) => Device::Cuda(index),
+            _ => bail!(Device, "unknown device {name:?}; use \"cpu\", \"cuda\" or \"cuda:N\""),
+        },
+    };
+    if let Device::Cuda(index) = device {
+        let count = tch::Cuda::device_count() as usize;
+        if index >= count {
+            bail!(
+                Device,
+                "device {name:?} is not available: this process sees {count} CUDA device(s)"
+            );
+        }
+    }
+    Ok(device)
+}
+
+/// Checks a batch of images: a non-empty 4-D floating tensor (N, C, H, W) of finite values
+/// with `channels` channels and sides of at least `min_side`; returns (N, H, W).
+pub fn images(x: &Tensor, name: &str, channels: i64, min_side: i64) -> Result<(i64, i64, i64)> {
+    let size = x.size();
+    if size.len() != 4 {
+        let hint = match size.len() {
+            3 if channels == 1 => " (add the channel axis with x.unsqueeze(1))",
+            3 => " (add the batch axis with x.unsqueeze(0))",
+            _ => "",
+        };
+        bail!(Shape, "{name} must be a 4-D tensor (N, C, H, W), got shape {size:?}{hint}");
+    }
+    if !is_float(x.kind()) {
+        bail!(
+            Dtype,
+            "{name} must be a floating tensor, got {:?} (convert uint8 images with x.float() / 255)",
+            x.kind()
+        );
+    }
+    if size[1] != channels {
+        bail!(
+            Shape,
+            "{name} has {} channel(s) but the model takes {channels} (shape {size:?}); \
+             set in_channels in the model config or convert the images",
+            size[1]
+        );
+    }
+    if size[0] == 0 {
+        bail!(Value, "{name} is an empty batch (shape {size:?})");
+    }
+    if size[2] < min_side || size[3] < min_side {
+        bail!(
+            Shape,
+            "{name} is {}x{} pixels but this backbone needs at least {min_side}x{min_side}",
+            size[2],
+            size[3]
+        );
+    }
+    finite(x, name)?;
+    Ok((size[0], size[2], size[3]))
+}

@@ -19,7 +19,9 @@ from .errors import (
     ShapeError,
     TorchError,
 )
+from .nn import EmbeddingModel, ModelConfig, load_torchvision_weights
 from .retrieval import knn, retrieval_metrics
+from .train import OptimizerConfig, SwavConfig, SwavTrainer
 
 __version__ = _core.__version__
 
@@ -36,6 +38,12 @@ def __getattr__(name: str):
 __all__ = [
     "knn",
     "retrieval_metrics",
+    "ModelConfig",
+    "EmbeddingModel",
+    "load_torchvision_weights",
+    "OptimizerConfig",
+    "SwavConfig",
+    "SwavTrainer",
     "SladeError",
     "ShapeError",
     "DtypeError",

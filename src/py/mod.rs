@@ -2,7 +2,9 @@
 //! releases the GIL around the core call and runs it under `guard`.
 
 mod error;
+mod nn;
 mod retrieval;
+mod train;
 
 use crate::bail;
 use pyo3::prelude::*;
@@ -19,5 +21,7 @@ pub(crate) fn count(value: i64, name: &str) -> crate::Result<usize> {
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     retrieval::register(m)?;
+    nn::register(m)?;
+    train::register(m)?;
     Ok(())
 }

@@ -1,0 +1,531 @@
+//! Training steps in Rust: a generic [`Trainer`] (model + objective + optimizer + schedule +
+//! checkpoints) that every training method plugs an [`Objective`] into, and the SSL
+//! objective SwAV (DESIGN.md §2.1).
+//!
+//! A step is `compute_gradients` (forward, loss, backward; gradients left in each
+//! parameter's `.grad`, where torch.distributed can all-reduce them) followed by
+//! `apply_gradients` (loss-scale removal, clipping, optimizer update, schedule); `step` runs
+//! both.
+
+pub mod checkpoint;
+pub mod optim;
+pub mod schedule;
+pub mod swav;
+
+use crate::bail;
+use crate::error::{Result, SladeError};
+use crate::nn::layers::Builder;
+use crate::nn::store::{detached_copy, LoadOptions, LoadReport, ParamStore};
+use crate::nn::{Model, ModelConfig, BACKBONE_GROUP, HEAD_GROUP};
+use optim::{Optimizer, OptimizerConfig};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use schedule::Schedule;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashSet};
+use tch::{Device, Kind, Tensor};
+
+/// Named scalar results of a step ("loss", "lr/backbone", "grad_norm" when clipping, ...).
+pub type Metrics = BTreeMap<String, f64>;
+
+/// Everything a trainer is built from, apart from the objective's own settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainerConfig {
+    pub model: ModelConfig,
+    pub optimizer: OptimizerConfig,
+    /// "fp32", or "fp16" for CUDA autocast with dynamic loss scaling (no effect on CPU).
+    pub precision: String,
+    /// Seeds the initial weights and the trainer's random generator.
+    pub seed: u64,
+}
+
+impl Default for TrainerConfig {
+    fn default() -> Self {
+        TrainerConfig {
+            model: ModelConfig::default(),
+            optimizer: OptimizerConfig::default(),
+            precision: "fp32".into(),
+            seed: 0,
+        }
+    }
+}
+
+/// Arithmetic of the forward pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    Fp32,
+    Fp16,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = SladeError;
+    fn from_str(name: &str) -> Result<Self> {
+        match name.to_ascii_lowercase().as_str() {
+            "fp32" | "float32" => Ok(Precision::Fp32),
+            "fp16" | "float16" | "mixed" => Ok(Precision::Fp16),
+            _ => bail!(Config, "unknown precision {name:?}; choose \"fp32\" or \"fp16\""),
+        }
+    }
+}
+
+/// Dynamic loss scaling for fp16 autocast, as torch.amp.GradScaler's defaults: start at
+/// 2^16, halve on a non-finite gradient (and skip that update), double after 2000 clean
+/// steps.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GradScaler {
+    pub scale: f64,
+    pub growth_tracker: i64,
+}
+
+impl GradScaler {
+    const GROWTH: f64 = 2.0;
+    const BACKOFF: f64 = 0.5;
+    const INTERVAL: i64 = 2000;
+
+    fn new() -> Self {
+        GradScaler { scale: 65536.0, growth_tracker: 0 }
+    }
+
+    fn update(&mut self, found_inf: bool) {
+        if found_inf {
+            self.scale *= Self::BACKOFF;
+            self.growth_tracker = 0;
+        } else {
+            self.growth_tracker += 1;
+            if self.growth_tracker == Self::INTERVAL {
+                self.scale *= Self::GROWTH;
+                self.growth_tracker = 0;
+            }
+        }
+    }
+}
+
+/// What an objective sees during a step.
+pub struct StepContext<'a> {
+    pub model: &'a Model,
+    /// The objective's own parameters (registered through `Builder` at construction).
+    pub params: &'a ParamStore,
+    /// Optimizer updates done so far.
+    pub step: i64,
+    /// The trainer's seeded generator (saved in checkpoints).
+    pub rng: &'a mut ChaCha8Rng,
+}
+
+/// A training method: the loss of a batch, plus parameters and state of its own.
+pub trait Objective: Send {
+    /// What one step consumes.
+    type Batch: ?Sized;
+    /// Name written into checkpoints ("swav", "teacher", "student").
+    const KIND: &'static str;
+
+    /// The objective's settings as JSON (saved in checkpoints and compared on load).
+    fn config(&self) -> serde_json::Value;
+
+    /// Checks a batch before anything runs; errors name the argument.
+    fn check_batch(&self, model: &Model, batch: &Self::Batch) -> Result<()>;
+
+    /// The scalar loss (with autograd) and metrics of one batch, in training mode.
+    fn loss(&mut self, ctx: &mut StepContext, batch: &Self::Batch) -> Result<(Tensor, Metrics)>;
+
+    /// Parameter names whose gradients this update ignores (e.g. SwAV's prototypes during
+    /// their first iterations): no update and no optimizer-state change for them.
+    fn frozen_parameters(&self, _step: i64) -> HashSet<String> {
+        HashSet::new()
+    }
+
+    /// Runs after each optimizer update.
+    fn after_update(&mut self, _ctx: &mut StepContext) -> Result<()> {
+        Ok(())
+    }
+
+    /// State tensors that are neither parameters nor buffers (e.g. running statistics),
+    /// saved in checkpoints under "objective.".
+    fn state(&self) -> Vec<(String, Tensor)> {
+        Vec::new()
+    }
+
+    /// Restores what `state` returned.
+    fn load_state(&mut self, named: &[(String, Tensor)]) -> Result<()> {
+        if let Some((name, _)) = named.first() {
+            bail!(Value, "unexpected objective state {name:?} in the checkpoint");
+        }
+        Ok(())
+    }
+}
+
+/// A model, an objective and its optimizer, schedule, step count and random generator.
+pub struct Trainer<O: Objective> {
+    config: TrainerConfig,
+    model: Model,
+    params: ParamStore,
+    objective: O,
+    optimizer: Optimizer,
+    schedule: Schedule,
+    precision: Precision,
+    scaler: Option<GradScaler>,
+    step: i64,
+    rng: ChaCha8Rng,
+    /// compute_gradients ran and apply_gradients has not.
+    pending: Option<Metrics>,
+}
+
+impl<O: Objective> Trainer<O> {
+    /// Builds the model (seeded), then the objective through `build`, which may register
+    /// parameters of its own with the given builder (group `Builder::group`, which it may
+    /// change), then the optimizer over groups "backbone", "head" and the objective's.
+    pub fn new(
+        config: TrainerConfig,
+        device: Device,
+        build: impl FnOnce(&mut Builder, &Model) -> Result<O>,
+    ) -> Result<Self> {
+        let precision: Precision = config.precision.parse()?;
+        let schedule = Schedule::from_config(&config.optimizer)?;
+        config.optimizer.rule()?;
+        let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+        let model = Model::new(&config.model, device, &mut rng)?;
+        let mut params = ParamStore::new(device);
+        let objective = {
+            let mut builder =
+                Builder { store: &mut params, rng: &mut rng, group: HEAD_GROUP.into() };
+            build(&mut builder, &model)?
+        };
+        let mut groups: Vec<(String, Vec<(String, Tensor)>)> = Vec::new();
+        let all = model.store().variables().iter().chain(params.variables());
+        for v in all.filter(|v| v.role == crate::nn::store::Role::Parameter) {
+            let entry = (v.name.clone(), v.tensor.shallow_clone());
+            match groups.iter_mut().find(|(g, _)| *g == v.group) {
+                Some((_, list)) => list.push(entry),
+                None => groups.push((v.group.clone(), vec![entry])),
+            }
+        }
+        for required in [BACKBONE_GROUP, HEAD_GROUP] {
+            if !groups.iter().any(|(g, _)| g == required) {
+                groups.push((required.to_string(), Vec::new()));
+            }
+        }
+        let mut optimizer = Optimizer::new(&config.optimizer, groups)?;
+        optimizer.set_lr_factor(schedule.factor(0));
+        let scaler = (precision == Precision::Fp16 && device.is_cuda()).then(GradScaler::new);
+        Ok(Trainer {
+            config,
+            model,
+            params,
+            objective,
+            optimizer,
+            schedule,
+            precision,
+            scaler,
+            step: 0,
+            rng,
+            pending: None,
+        })
+    }
+
+    pub fn config(&self) -> &TrainerConfig {
+        &self.config
+    }
+
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    pub fn objective(&self) -> &O {
+        &self.objective
+    }
+
+    pub fn optimizer(&self) -> &Optimizer {
+        &self.optimizer
+    }
+
+    /// The objective's own parameters.
+    pub fn params(&self) -> &ParamStore {
+        &self.params
+    }
+
+    pub fn device(&self) -> Device {
+        self.model.device()
+    }
+
+    /// Optimizer updates done so far.
+    pub fn step_count(&self) -> i64 {
+        self.step
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Freezes or unfreezes the backbone (see `Model::set_backbone_frozen`).
+    pub fn set_backbone_frozen(&mut self, frozen: bool) -> Result<()> {
+        self.model.set_backbone_frozen(frozen)
+    }
+
+    /// Model then objective parameters, the very tensors.
+    pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut out = self.model.store().named_parameters();
+        out.extend(self.params.named_parameters());
+        out
+    }
+
+    /// Model then objective buffers, the very tensors.
+    pub fn named_buffers(&self) -> Vec<(String, Tensor)> {
+        let mut out = self.model.store().named_buffers();
+        out.extend(self.params.named_buffers());
+        out
+    }
+
+    /// Parameters and buffers, detached (sharing memory), as torch's state_dict().
+    pub fn state_dict(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut out = self.model.store().state_dict()?;
+        out.extend(self.params.state_dict()?);
+        Ok(out)
+    }
+
+    /// Copies a state_dict (names as `state_dict`) into the model and objective parameters.
+    pub fn load_state_dict(&self, source: &[(String, Tensor)], strict: bool) -> Result<LoadReport> {
+        let (mut model_part, mut own_part, mut unexpected) = (Vec::new(), Vec::new(), Vec::new());
+        for (name, t) in source {
+            if self.model.store().get(name).is_some() {
+                model_part.push((name.clone(), t.shallow_clone()));
+            } else if self.params.get(name).is_some() {
+                own_part.push((name.clone(), t.shallow_clone()));
+            } else {
+                unexpected.push(name.clone());
+            }
+        }
+        if strict && !unexpected.is_empty() {
+            bail!(
+                Value,
+                "the state_dict does not match the trainer: unexpected {} key(s): {}",
+                unexpected.len(),
+                unexpected.join(", ")
+            );
+        }
+        let mut options = LoadOptions::strict("the state_dict", "the trainer");
+        options.strict = strict;
+        let mut report = self.model.store().load(&model_part, &options)?;
+        let own = self.params.load(&own_part, &options)?;
+        report.loaded += own.loaded;
+        report.missing.extend(own.missing);
+        report.unexpected = unexpected;
+        Ok(report)
+    }
+
+    /// Embeddings in evaluation mode without autograd (see `Model::embed`).
+    pub fn embed(&self, images: &Tensor, batch_size: usize) -> Result<Tensor> {
+        self.model.embed(images, batch_size)
+    }
+
+    /// Copies of what a failed forward pass may have changed: every buffer (BatchNorm
+    /// running statistics) and the objective's own parameters (e.g. SwAV's prototypes,
+    /// renormalised at the start of a step). The model's parameters only change in
+    /// `apply_gradients`.
+    fn snapshot(&self) -> Result<Vec<(Tensor, Tensor)>> {
+        let mut tensors = self.named_buffers();
+        tensors.extend(self.params.named_parameters());
+        tensors.into_iter().map(|(_, t)| Ok((detached_copy(&t)?, t))).collect()
+    }
+
+    /// Forward, loss and backward: the gradients are left in the parameters' `.grad` (zeroed
+    /// first). On error, the trainer is as it was before the call.
+    pub fn compute_gradients(&mut self, batch: &O::Batch) -> Result<Metrics> {
+        self.objective.check_batch(&self.model, batch)?;
+        let saved = self.snapshot()?;
+        // Autograd on even when the caller runs under torch.no_grad().
+        let result = tch::with_grad(|| self.forward_backward(batch));
+        if result.is_err() {
+            tch::no_grad(|| -> Result<()> {
+                for (value, mut tensor) in saved {
+                    tensor.f_copy_(&value)?;
+                }
+                Ok(())
+            })?;
+            self.optimizer.zero_grad()?;
+            self.pending = None;
+        }
+        result
+    }
+
+    fn forward_backward(&mut self, batch: &O::Batch) -> Result<Metrics> {
+        self.optimizer.zero_grad()?;
+        let autocast = self.scaler.is_some();
+        let mut ctx = StepContext {
+            model: &self.model,
+            params: &self.params,
+            step: self.step,
+            rng: &mut self.rng,
+        };
+        let objective = &mut self.objective;
+        let (loss, mut metrics) = tch::autocast(autocast, || objective.loss(&mut ctx, batch))?;
+        if loss.numel() != 1 {
+            bail!(Internal, "{} loss is not a scalar: shape {:?}", O::KIND, loss.size());
+        }
+        let value = loss.f_double_value(&[])?;
+        if !value.is_finite() && self.scaler.is_none() {
+            bail!(
+                NonFinite,
+                "the {} loss is {value} at step {}; the parameters were not updated \
+                 (lower the learning rate, enable clip_grad_norm, or check the batch)",
+                O::KIND,
+                self.step
+            );
+        }
+        let scaled = match &self.scaler {
+            Some(s) => loss.f_to_kind(Kind::Float)?.f_mul_scalar(s.scale)?,
+            None => loss,
+        };
+        if scaled.requires_grad() {
+            scaled.f_backward()?;
+        }
+        metrics.insert("loss".into(), value);
+        self.pending = Some(metrics.clone());
+        Ok(metrics)
+    }
+
+    /// Removes the loss scale, clips, updates the parameters, advances the step count and the
+    /// schedule. Needs a preceding `compute_gradients`.
+    pub fn apply_gradients(&mut self) -> Result<Metrics> {
+        let Some(mut metrics) = self.pending.take() else {
+            bail!(Value, "apply_gradients needs gradients: call compute_gradients(batch) first");
+        };
+        let skip = self.objective.frozen_parameters(self.step);
+        for group in self.optimizer.groups() {
+            metrics.insert(format!("lr/{}", group.name), group.lr);
+        }
+        let mut finite = true;
+        if let Some(scaler) = &mut self.scaler {
+            finite = self.optimizer.scale_grads(1.0 / scaler.scale, &skip)?;
+            metrics.insert("loss_scale".into(), scaler.scale);
+            scaler.update(!finite);
+        }
+        if finite {
+            if let Some(max_norm) = self.config.optimizer.clip_grad_norm {
+                if let Some(norm) = self.optimizer.clip_grad_norm(max_norm, &skip)? {
+                    metrics.insert("grad_norm".into(), norm);
+                }
+            }
+            self.optimizer.step(&skip)?;
+        }
+        if self.scaler.is_some() {
+            metrics.insert("skipped".into(), if finite { 0.0 } else { 1.0 });
+        }
+        self.step += 1;
+        self.optimizer.set_lr_factor(self.schedule.factor(self.step));
+        let mut ctx = StepContext {
+            model: &self.model,
+            params: &self.params,
+            step: self.step,
+            rng: &mut self.rng,
+        };
+        self.objective.after_update(&mut ctx)?;
+        metrics.insert("step".into(), self.step as f64);
+        Ok(metrics)
+    }
+
+    /// One whole training step: `compute_gradients` then `apply_gradients`.
+    pub fn step(&mut self, batch: &O::Batch) -> Result<Metrics> {
+        self.compute_gradients(batch)?;
+        self.apply_gradients()
+    }
+
+    /// The optimizer state as named tensors (see `Optimizer::state_tensors`).
+    pub fn optimizer_state(&self) -> Vec<(String, Tensor)> {
+        self.optimizer.state_tensors()
+    }
+
+    /// The current learning rate of each group.
+    pub fn learning_rates(&self) -> Vec<(String, f64)> {
+        self.optimizer.groups().iter().map(|g| (g.name.clone(), g.lr)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A plain regression objective: mean squared distance of embeddings to fixed targets.
+    struct Regression;
+
+    impl Objective for Regression {
+        type Batch = (Tensor, Tensor);
+        const KIND: &'static str = "regression";
+        fn config(&self) -> serde_json::Value {
+            serde_json::json!({})
+        }
+        fn check_batch(&self, model: &Model, batch: &Self::Batch) -> Result<()> {
+            model.check_images(&batch.0, "images", false)
+        }
+        fn loss(
+            &mut self,
+            ctx: &mut StepContext,
+            batch: &Self::Batch,
+        ) -> Result<(Tensor, Metrics)> {
+            let f = ctx.model.forward_t(&batch.0, true)?;
+            Ok(((f - &batch.1).square().mean(Kind::Float), Metrics::new()))
+        }
+    }
+
+    fn trainer(optimizer: &str) -> Trainer<Regression> {
+        let config = TrainerConfig {
+            model: ModelConfig { backbone: "convnet".into(), in_channels: 1, dim: 8 },
+            optimizer: OptimizerConfig { name: optimizer.into(), lr: 0.05, ..Default::default() },
+            precision: "fp32".into(),
+            seed: 3,
+        };
+        Trainer::new(config, Device::Cpu, |_, _| Ok(Regression)).unwrap()
+    }
+
+    fn batch() -> (Tensor, Tensor) {
+        tch::manual_seed(7);
+        let x = Tensor::randn([6, 1, 16, 16], (Kind::Float, Device::Cpu));
+        let y = Tensor::randn([6, 8], (Kind::Float, Device::Cpu));
+        (x, y)
+    }
+
+    #[test]
+    fn steps_decrease_the_loss_and_count() {
+        let mut t = trainer("sgd");
+        let b = batch();
+        let first = t.step(&b).unwrap()["loss"];
+        let mut last = first;
+        for _ in 0..10 {
+            last = t.step(&b).unwrap()["loss"];
+        }
+        assert!(last < first, "{first} -> {last}");
+        assert_eq!(t.step_count(), 11);
+    }
+
+    #[test]
+    fn same_seed_same_weights() {
+        let (a, b) = (trainer("adam"), trainer("adam"));
+        for ((n, x), (_, y)) in a.named_parameters().iter().zip(b.named_parameters()) {
+            assert!(x.equal(&y), "{n}");
+        }
+    }
+
+    #[test]
+    fn apply_without_gradients_is_an_error_and_bad_batch_changes_nothing() {
+        let mut t = trainer("adam");
+        assert!(t.apply_gradients().is_err());
+        let bad = (Tensor::zeros([6, 3, 16, 16], (Kind::Float, Device::Cpu)), batch().1);
+        assert!(matches!(t.step(&bad), Err(SladeError::Shape(_))));
+        let nan = (batch().0 * f64::NAN, batch().1);
+        assert!(matches!(t.step(&nan), Err(SladeError::NonFinite(_))));
+        assert_eq!(t.step_count(), 0);
+    }
+
+    #[test]
+    fn frozen_backbone_keeps_backbone_weights() {
+        let mut t = trainer("sgd");
+        t.set_backbone_frozen(true).unwrap();
+        let conv = t.model().store().get("blocks.0.conv.weight").unwrap().tensor.copy();
+        let mean = t.model().store().get("blocks.0.bn.running_mean").unwrap().tensor.copy();
+        let head = t.model().store().get("embedding.weight").unwrap().tensor.copy();
+        t.step(&batch()).unwrap();
+        let store = t.model().store();
+        assert!(store.get("blocks.0.conv.weight").unwrap().tensor.equal(&conv));
+        assert!(store.get("blocks.0.bn.running_mean").unwrap().tensor.equal(&mean));
+        assert!(!store.get("embedding.weight").unwrap().tensor.equal(&head));
+    }
+}
