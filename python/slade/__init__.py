@@ -5,7 +5,7 @@
 
 import torch  # noqa: F401  (must be imported before the extension)
 
-from . import _core
+from . import _core, miners
 from .errors import (
     ConfigError,
     DeviceError,
@@ -19,11 +19,19 @@ from .errors import (
     ShapeError,
     TorchError,
 )
+from .basis import FeatureBasis
+from .cluster import KMeansResult, kmeans, nmi, pseudo_label
 from .retrieval import knn, retrieval_metrics
 
 __version__ = _core.__version__
 
 __all__ = [
+    "FeatureBasis",
+    "miners",
+    "KMeansResult",
+    "kmeans",
+    "nmi",
+    "pseudo_label",
     "knn",
     "retrieval_metrics",
     "SladeError",
