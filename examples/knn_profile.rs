@@ -13,7 +13,11 @@ fn main() {
     let x = centres.index_select(0, &labels)
         + Tensor::randn([n as i64, dim as i64], (Kind::Float, Device::Cpu))
             * (3.0 / (dim as f64).sqrt());
-    let x = if std::env::var("RAW").is_ok() { x * 3.0 } else { &x / x.norm_scalaropt_dim(2, [1], true) };
+    let x = if std::env::var("RAW").is_ok() {
+        x * 3.0
+    } else {
+        &x / x.norm_scalaropt_dim(2, [1], true)
+    };
     for engine in [Engine::Gemm, Engine::KdTree] {
         let start = Instant::now();
         let nn = neighbours(&x, None, k, engine, false).unwrap();

@@ -3,7 +3,10 @@
 //! The core is plain Rust on `tch` and knows nothing of Python; `py` (behind the `python`
 //! feature) is the PyO3 layer that converts arguments, releases the GIL and maps errors.
 
+pub mod basis;
+pub mod cluster;
 pub mod error;
+pub mod mining;
 pub mod nn;
 pub mod retrieval;
 pub mod train;

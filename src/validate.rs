@@ -37,6 +37,12 @@ pub fn embeddings(x: &Tensor, name: &str) -> Result<(usize, usize)> {
 
 /// Checks that every element of `x` is finite.
 pub fn finite(x: &Tensor, name: &str) -> Result<()> {
+    // A NaN or Inf element makes the sum NaN or Inf, so a finite sum (one pass, no
+    // temporary) proves them all finite; otherwise (also when a sum of large finite values
+    // overflows) count the non-finite elements.
+    if !is_float(x.kind()) || x.f_sum(x.kind())?.f_double_value(&[])?.is_finite() {
+        return Ok(());
+    }
     let all_finite = x.f_isfinite()?.f_all()?.f_int64_value(&[])? != 0;
     if !all_finite {
         let bad = x.f_isfinite()?.logical_not().sum(Kind::Int64).int64_value(&[]);
@@ -159,4 +165,15 @@ pub fn images(x: &Tensor, name: &str, channels: i64, min_side: i64) -> Result<(i
     }
     finite(x, name)?;
     Ok((size[0], size[2], size[3]))
+}
+
+/// Checks that every label is in `[0, upper)`; `what` says what the upper bound counts.
+pub fn label_range(labels: &[i64], upper: usize, name: &str, what: &str) -> Result<()> {
+    if let Some(&bad) = labels.iter().find(|&&l| l < 0 || l >= upper as i64) {
+        bail!(
+            Value,
+            "{name} contains {bad}, but labels must be in [0, {upper}) ({upper} = {what})"
+        );
+    }
+    Ok(())
 }

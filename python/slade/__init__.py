@@ -5,7 +5,7 @@
 
 import torch  # noqa: F401  (must be imported before the extension)
 
-from . import _core
+from . import _core, miners
 from .errors import (
     ConfigError,
     DeviceError,
@@ -20,6 +20,8 @@ from .errors import (
     TorchError,
 )
 from .nn import EmbeddingModel, ModelConfig, load_torchvision_weights
+from .basis import FeatureBasis
+from .cluster import KMeansResult, kmeans, nmi, pseudo_label
 from .retrieval import knn, retrieval_metrics
 from .train import OptimizerConfig, SwavConfig, SwavTrainer
 
@@ -36,6 +38,12 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "FeatureBasis",
+    "miners",
+    "KMeansResult",
+    "kmeans",
+    "nmi",
+    "pseudo_label",
     "knn",
     "retrieval_metrics",
     "ModelConfig",

@@ -52,6 +52,7 @@ def retrieval_metrics(
     avg_of_avgs: bool = False,
     exclude_lone_queries: bool = True,
     engine: str = "auto",
+    nmi: bool = False,
 ) -> dict[str, float]:
     """Retrieval metrics of ``query`` against ``reference`` (or against itself).
 
@@ -73,9 +74,15 @@ def retrieval_metrics(
         exclude_lone_queries: skip queries without any relevant reference (PML's
             behaviour); when False they count with a score of 0.
         engine: the k-NN engine, as in :func:`knn`.
+        nmi: also return ``nmi``, computed as PML's AccuracyCalculator does: k-means of the
+            query embeddings with as many clusters as distinct query labels (20 iterations,
+            here k-means++ seeded with seed 0), NMI of the cluster ids against the query
+            labels (see :func:`slade.nmi`). Off by default: it costs a k-means run, and its
+            value depends on the clustering's seed.
 
     Returns:
-        ``{"map_at_r", "r_precision", "precision_at_1", "recall_at_1", ...}`` as floats.
+        ``{"map_at_r", "r_precision", "precision_at_1", "recall_at_1", ...}`` as floats,
+        and ``"nmi"`` when asked for.
     """
     return _core.retrieval_metrics(
         as_tensor(query, "query"),
@@ -87,4 +94,5 @@ def retrieval_metrics(
         avg_of_avgs=avg_of_avgs,
         exclude_lone_queries=exclude_lone_queries,
         engine=engine,
+        nmi=nmi,
     )

@@ -1,7 +1,10 @@
 //! The PyO3 layer: argument conversion, GIL release and error mapping only. Every entry point
 //! releases the GIL around the core call and runs it under `guard`.
 
+mod basis;
+mod cluster;
 mod error;
+mod mining;
 mod nn;
 mod retrieval;
 mod train;
@@ -20,6 +23,9 @@ pub(crate) fn count(value: i64, name: &str) -> crate::Result<usize> {
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    basis::register(m)?;
+    cluster::register(m)?;
+    mining::register(m)?;
     retrieval::register(m)?;
     nn::register(m)?;
     train::register(m)?;

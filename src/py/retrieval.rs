@@ -27,7 +27,8 @@ fn knn(
 #[pyfunction]
 #[pyo3(signature = (
     query, query_labels, reference=None, reference_labels=None, *, k=None,
-    recall_at=vec![1, 2, 4, 8], avg_of_avgs=false, exclude_lone_queries=true, engine="auto"
+    recall_at=vec![1, 2, 4, 8], avg_of_avgs=false, exclude_lone_queries=true, engine="auto",
+    nmi=false
 ))]
 #[allow(clippy::too_many_arguments)]
 fn retrieval_metrics<'py>(
@@ -41,6 +42,7 @@ fn retrieval_metrics<'py>(
     avg_of_avgs: bool,
     exclude_lone_queries: bool,
     engine: &str,
+    nmi: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
     let options = MetricOptions {
         k: k.map(|k| count(k, "k")).transpose()?,
@@ -51,6 +53,7 @@ fn retrieval_metrics<'py>(
         avg_of_avgs,
         exclude_lone_queries,
         engine: engine.parse()?,
+        nmi,
     };
     let metrics = py.allow_threads(move || {
         guard(move || {

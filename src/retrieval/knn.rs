@@ -183,7 +183,7 @@ pub(crate) enum HostRows {
     F64(Rows<f64>),
 }
 
-fn host_rows(x: &Tensor) -> Result<HostRows> {
+pub(crate) fn host_rows(x: &Tensor) -> Result<HostRows> {
     let size = x.size();
     let (n, dim) = (size[0] as usize, size[1] as usize);
     let cpu = x.f_to_device(Device::Cpu)?;
@@ -198,7 +198,7 @@ impl Element for f32 {}
 impl Element for f64 {}
 
 impl<T: Element> Rows<T> {
-    fn new(tensor: Tensor, n: usize, dim: usize) -> Self {
+    pub(crate) fn new(tensor: Tensor, n: usize, dim: usize) -> Self {
         let data = tensor.data_ptr() as *const T;
         Rows { tensor, data, n, dim }
     }
@@ -212,6 +212,11 @@ impl<T: Element> Rows<T> {
         &self.data()[i * self.dim..(i + 1) * self.dim]
     }
 
+    /// The contiguous CPU tensor the rows are read from.
+    pub(crate) fn tensor(&self) -> &Tensor {
+        &self.tensor
+    }
+
     fn float32(&self) -> Result<Tensor> {
         Ok(self.tensor.f_to_kind(Kind::Float)?.f_contiguous()?)
     }
@@ -220,7 +225,7 @@ impl<T: Element> Rows<T> {
         Rows::new(self.tensor.to_kind(Kind::Double).contiguous(), self.n, self.dim)
     }
 
-    fn sq_norms(&self) -> Vec<f64> {
+    pub(crate) fn sq_norms(&self) -> Vec<f64> {
         (0..self.n)
             .into_par_iter()
             .map(|i| self.row(i).iter().map(|&v| v.into() * v.into()).sum())

@@ -10,8 +10,14 @@
 //!
 //! Queries with R = 0 ("lone" queries) are excluded by default; otherwise they score 0.
 //! Per-query values are averaged over queries, or over classes first with `avg_of_avgs`.
+//!
+//! With `nmi`, also the NMI of a k-means clustering of the query embeddings against the
+//! query labels, as PML's AccuracyCalculator computes it: as many clusters as distinct query
+//! labels, 20 Lloyd iterations (k-means++ seeding with seed 0 here, where PML runs faiss with
+//! random seeding), every query included.
 
 use crate::bail;
+use crate::cluster::{self, KMeansOptions};
 use crate::error::Result;
 use crate::retrieval::knn::{check_inputs, neighbours, Engine, Neighbours};
 use crate::validate;
@@ -29,6 +35,8 @@ pub struct MetricOptions {
     pub avg_of_avgs: bool,
     pub exclude_lone_queries: bool,
     pub engine: Engine,
+    /// Also compute `nmi` (a k-means run on the queries; off by default).
+    pub nmi: bool,
 }
 
 impl Default for MetricOptions {
@@ -39,11 +47,13 @@ impl Default for MetricOptions {
             avg_of_avgs: false,
             exclude_lone_queries: true,
             engine: Engine::Auto,
+            nmi: false,
         }
     }
 }
 
-/// Metric name and value, in a fixed order: map_at_r, r_precision, precision_at_1, recall_at_K...
+/// Metric name and value, in a fixed order: map_at_r, r_precision, precision_at_1,
+/// recall_at_K..., then nmi when asked for.
 pub type Metrics = Vec<(String, f64)>;
 
 /// Computes the retrieval metrics of `query` against `reference` (or against itself).
@@ -93,7 +103,21 @@ pub fn retrieval_metrics(
         Some(k) => k,
     };
     let nn = neighbours(query, reference.map(|r| r.0), k, options.engine, false)?;
-    Ok(summarise(&nn, &q_labels, &r_labels, &relevant, options))
+    let mut metrics = summarise(&nn, &q_labels, &r_labels, &relevant, options);
+    if options.nmi {
+        metrics.push(("nmi".to_string(), clustering_nmi(query, &q_labels)?));
+    }
+    Ok(metrics)
+}
+
+/// NMI of k-means on the queries (k = number of distinct query labels) against the labels.
+fn clustering_nmi(query: &Tensor, q_labels: &[i64]) -> Result<f64> {
+    let classes = q_labels.iter().collect::<std::collections::HashSet<_>>().len();
+    let clusters = cluster::kmeans(query, &KMeansOptions::new(classes))?.labels;
+    let n = q_labels.len();
+    let mut assigned = vec![0i64; n];
+    clusters.f_to_device(tch::Device::Cpu)?.f_copy_data(&mut assigned, n)?;
+    cluster::nmi(q_labels, &assigned)
 }
 
 /// R for every query: references sharing its label, itself excluded in self-retrieval.

@@ -1,0 +1,58 @@
+"""Miners: which pairs of a batch the ranking losses use.
+
+Each returns pytorch-metric-learning's pair form ``(a1, p, a2, n)``: positive pairs
+``(a1[i], p[i])`` and negative pairs ``(a2[i], n[i])``, int64 index tensors on the
+embeddings' device, usable as ``pairs=`` / ``indices_tuple`` of a ranking loss.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from . import _core
+from ._convert import as_tensor, optional_tensor
+from .basis import FeatureBasis
+
+
+def basis_pairs(
+    basis: FeatureBasis,
+    emb_u: Any,
+    pseudo_u: Any,
+    *,
+    t1: float | str = "auto",
+    t2: float | str = "auto",
+    require_pseudo_agreement: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SLADE's pair mining on an unlabeled batch (Sec 3.3).
+
+    With s(i, j) = ``basis.similarity(emb_u)``, the positive pairs are
+    P = {(i, j): i != j, s(i, j) >= t1} and the negative pairs N = {(i, j): i != j,
+    s(i, j) <= t2}. With ``require_pseudo_agreement`` (default) a positive must also share
+    its pseudo label and a negative must not. Both orders of a pair are returned, row-major
+    (i, then j), as PML's pair miners do. A batch without such pairs gives empty tensors.
+    No gradient flows through mining.
+
+    Args:
+        basis: the student's :class:`slade.FeatureBasis`.
+        emb_u: ``(N, dim)`` unlabeled embeddings.
+        pseudo_u: ``(N,)`` pseudo labels (may be ``None`` when
+            ``require_pseudo_agreement`` is False).
+        t1, t2: thresholds; ``"auto"`` uses the basis's running mean similarity of positive
+            (``mu_pos``, for t1) or negative (``mu_neg``, for t2) pairs as it is at this
+            call, which needs at least one training-mode :meth:`FeatureBasis.loss` call
+            before.
+
+    Returns:
+        ``(a1, p, a2, n)`` int64 tensors.
+    """
+    return _core.basis_pairs(
+        basis._state(),
+        basis._config(),
+        as_tensor(emb_u, "emb_u"),
+        optional_tensor(pseudo_u, "pseudo_u"),
+        t1,
+        t2,
+        require_pseudo_agreement,
+    )

@@ -1,0 +1,143 @@
+//! k-means++ seeding, in scikit-learn's greedy form (Arthur & Vassilvitskii, "k-means++:
+//! the advantages of careful seeding", 2007, Sec 6): the first centroid is a uniformly random
+//! point; at each next step `L = 2 + floor(ln k)` candidates are drawn independently with
+//! probability D(x)^2 / sum_y D(y)^2 (D(x): distance from x to the nearest centroid so far,
+//! "D^2 sampling"), and the candidate that leaves the smallest potential sum_x D(x)^2 is
+//! kept. When every point coincides with a centroid (fewer distinct points than k), the next
+//! one is drawn uniformly.
+//!
+//! The textbook loop makes a pass over all N points per step (the candidates' distances to
+//! every point): k thin matrix products bound by memory bandwidth. Here the distances come
+//! in large GEMMs instead, with the same sampling distribution:
+//! - A pool of P points is drawn by D^2 sampling from the distances at that time
+//!   (`at_draw`), and the P x N matrix of their squared distances to all points is computed
+//!   by one GEMM.
+//! - A step walks through the pool in draw order and accepts entry x with probability
+//!   D(x)^2 / at_draw(x) (D only shrinks, so this is at most 1). Accepted entries are
+//!   independent draws distributed exactly as D(x)^2 / sum_y D(y)^2 (rejection sampling), and
+//!   their distance rows are already in the pool matrix, so scoring the L candidates and
+//!   updating D costs O(L N).
+//! - When the pool runs out, a new one is drawn from the current D (a step's candidates
+//!   drawn from the old pool are discarded and drawn afresh).
+//!
+//! Pool distances are GEMM keys `|x|^2 + |p|^2 - 2 x.p`; those within the key error bound of
+//! 0 are recomputed exactly (`Engine::distances_from`), so a point that coincides with a
+//! centroid has D = 0 exactly and is never drawn again.
+
+use super::lloyd::Engine;
+use crate::error::Result;
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+/// Largest pool.
+const MAX_POOL: usize = 256;
+/// Elements of the pool's distance matrix (pool x N) held at once.
+const POOL_ELEMENTS: usize = 1 << 24;
+
+/// `k` distinct point ids drawn uniformly at random.
+pub(super) fn random_points(n: usize, k: usize, rng: &mut ChaCha8Rng) -> Vec<usize> {
+    rand::seq::index::sample(rng, n, k).into_vec()
+}
+
+/// Candidates per step: scikit-learn's `2 + int(ln k)`.
+pub(super) fn local_trials(k: usize) -> usize {
+    2 + (k as f64).ln() as usize
+}
+
+/// Points drawn by D^2 sampling and their squared distances to every point.
+struct Pool {
+    ids: Vec<usize>,
+    /// D(x)^2 of each entry when it was drawn.
+    at_draw: Vec<f64>,
+    /// `len x N` squared distances, row-major.
+    distances: Vec<f32>,
+    next: usize,
+}
+
+impl Pool {
+    fn row(&self, entry: usize) -> &[f32] {
+        let n = self.distances.len() / self.ids.len();
+        &self.distances[entry * n..(entry + 1) * n]
+    }
+}
+
+/// The point ids of greedy k-means++ seeding, in the order chosen (see the module docs).
+pub(super) fn kmeans_plus_plus<E: Engine>(
+    engine: &E,
+    k: usize,
+    rng: &mut ChaCha8Rng,
+) -> Result<Vec<usize>> {
+    let n = engine.len();
+    let trials = local_trials(k);
+    let pool_size = (POOL_ELEMENTS / n).clamp(trials, MAX_POOL);
+    let first = rng.gen_range(0..n);
+    let mut chosen = vec![first];
+    let mut nearest: Vec<f64> =
+        engine.distances_from(&[first])?.into_iter().map(f64::from).collect();
+    let mut total: f64 = nearest.iter().sum();
+    let mut pool: Option<Pool> = None;
+    while chosen.len() < k {
+        if total <= 0.0 {
+            // Every point coincides with a centroid: D stays 0 whatever is added.
+            chosen.push(rng.gen_range(0..n));
+            continue;
+        }
+        let mut candidates: Vec<usize> = Vec::with_capacity(trials);
+        while candidates.len() < trials {
+            if pool.as_ref().map_or(true, |p| p.next == p.ids.len()) {
+                pool = Some(draw_pool(engine, &nearest, pool_size, rng)?);
+                candidates.clear();
+            }
+            let p = pool.as_mut().expect("a pool was just drawn");
+            let entry = p.next;
+            p.next += 1;
+            if rng.gen::<f64>() * p.at_draw[entry] < nearest[p.ids[entry]] {
+                candidates.push(entry);
+            }
+        }
+        let p = pool.as_ref().expect("candidates come from a pool");
+        let rows: Vec<&[f32]> = candidates.iter().map(|&entry| p.row(entry)).collect();
+        let potentials: Vec<f64> = rows
+            .par_iter()
+            .map(|row| nearest.iter().zip(*row).map(|(&d, &e)| d.min(f64::from(e))).sum())
+            .collect();
+        let best = (0..potentials.len())
+            .min_by(|&a, &b| potentials[a].total_cmp(&potentials[b]).then(a.cmp(&b)))
+            .unwrap_or(0);
+        chosen.push(p.ids[candidates[best]]);
+        nearest.par_iter_mut().zip(rows[best]).for_each(|(d, &e)| {
+            *d = d.min(f64::from(e));
+        });
+        total = potentials[best];
+    }
+    Ok(chosen)
+}
+
+/// Draws `size` points with probability proportional to `nearest` and computes their
+/// distances to every point.
+fn draw_pool<E: Engine>(
+    engine: &E,
+    nearest: &[f64],
+    size: usize,
+    rng: &mut ChaCha8Rng,
+) -> Result<Pool> {
+    let mut running = 0.0;
+    let cumulative: Vec<f64> = nearest
+        .iter()
+        .map(|&d| {
+            running += d;
+            running
+        })
+        .collect();
+    let total = running;
+    let last_with_mass = nearest.iter().rposition(|&d| d > 0.0).unwrap_or(0);
+    let ids: Vec<usize> = (0..size)
+        .map(|_| {
+            let target = rng.gen::<f64>() * total;
+            cumulative.partition_point(|&c| c <= target).min(last_with_mass)
+        })
+        .collect();
+    let at_draw = ids.iter().map(|&i| nearest[i]).collect();
+    Ok(Pool { distances: engine.distances_from(&ids)?, ids, at_draw, next: 0 })
+}
