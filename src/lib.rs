@@ -6,6 +6,7 @@
 pub mod basis;
 pub mod cluster;
 pub mod error;
+pub mod losses;
 pub mod mining;
 pub mod nn;
 pub mod retrieval;

@@ -17,6 +17,14 @@ pub fn is_integer(kind: Kind) -> bool {
 
 /// Checks that `x` is a non-empty 2-D floating tensor of finite values; returns (rows, cols).
 pub fn embeddings(x: &Tensor, name: &str) -> Result<(usize, usize)> {
+    let shape = matrix(x, name)?;
+    finite(x, name)?;
+    Ok(shape)
+}
+
+/// Checks that `x` is a non-empty 2-D floating tensor without reading its values; returns
+/// (rows, cols).
+pub fn matrix(x: &Tensor, name: &str) -> Result<(usize, usize)> {
     let size = x.size();
     if size.len() != 2 {
         bail!(
@@ -31,7 +39,6 @@ pub fn embeddings(x: &Tensor, name: &str) -> Result<(usize, usize)> {
     if size[0] == 0 || size[1] == 0 {
         bail!(Value, "{name} is empty (shape {size:?}); it needs at least one row and one column");
     }
-    finite(x, name)?;
     Ok((size[0] as usize, size[1] as usize))
 }
 
@@ -51,8 +58,9 @@ pub fn finite(x: &Tensor, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Checks that `labels` is a 1-D integer tensor of length `n`; returns its values on the CPU.
-pub fn labels(labels: &Tensor, n: usize, name: &str, of: &str) -> Result<Vec<i64>> {
+/// Checks that `labels` is a 1-D integer tensor of length `n` without reading its values
+/// (no copy, no device synchronisation).
+pub fn label_tensor(labels: &Tensor, n: usize, name: &str, of: &str) -> Result<()> {
     let size = labels.size();
     if size.len() != 1 {
         bail!(Shape, "{name} must be a 1-D tensor, got shape {size:?}");
@@ -63,6 +71,12 @@ pub fn labels(labels: &Tensor, n: usize, name: &str, of: &str) -> Result<Vec<i64
     if size[0] as usize != n {
         bail!(Shape, "{name} has {} entries but {of} has {n} rows; they must match", size[0]);
     }
+    Ok(())
+}
+
+/// Checks that `labels` is a 1-D integer tensor of length `n`; returns its values on the CPU.
+pub fn labels(labels: &Tensor, n: usize, name: &str, of: &str) -> Result<Vec<i64>> {
+    label_tensor(labels, n, name, of)?;
     let cpu = labels.f_to_kind(Kind::Int64)?.f_to_device(Device::Cpu)?.f_contiguous()?;
     let mut out = vec![0i64; n];
     cpu.f_copy_data(&mut out, n)?;
@@ -176,4 +190,39 @@ pub fn label_range(labels: &[i64], upper: usize, name: &str, what: &str) -> Resu
         );
     }
     Ok(())
+}
+
+/// Checks that `indices` is a 1-D tensor of integers in `0..bound` (an empty tensor of any
+/// dtype is accepted, as `torch.tensor([])` makes one); returns it as int64 on `device`.
+pub fn indices(
+    indices: &Tensor,
+    bound: usize,
+    name: &str,
+    of: &str,
+    device: Device,
+) -> Result<Tensor> {
+    let size = indices.size();
+    if size.len() != 1 {
+        bail!(Shape, "{name} must be a 1-D index tensor, got shape {size:?}");
+    }
+    let on_device = |t: &Tensor| -> Result<Tensor> {
+        Ok(t.f_to_kind(Kind::Int64)?.f_to_device(device)?.f_contiguous()?)
+    };
+    if size[0] == 0 {
+        return on_device(indices);
+    }
+    if !is_integer(indices.kind()) {
+        bail!(Dtype, "{name} must be an integer tensor of indices, got {:?}", indices.kind());
+    }
+    let as_int64 = indices.f_to_kind(Kind::Int64)?;
+    let lowest = as_int64.f_min()?.f_int64_value(&[])?;
+    let highest = as_int64.f_max()?.f_int64_value(&[])?;
+    if lowest < 0 || highest >= bound as i64 {
+        let bad = if lowest < 0 { lowest } else { highest };
+        bail!(
+            Value,
+            "{name} holds index {bad} but {of} has {bound} rows; indices must lie in 0..{bound}"
+        );
+    }
+    on_device(&as_int64)
 }

@@ -5,7 +5,7 @@
 
 import torch  # noqa: F401  (must be imported before the extension)
 
-from . import _core, miners
+from . import _core, losses, miners
 from .errors import (
     ConfigError,
     DeviceError,
@@ -39,6 +39,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "FeatureBasis",
+    "losses",
     "miners",
     "KMeansResult",
     "kmeans",

@@ -149,4 +149,42 @@ def basis_pairs(
     t1: float | str,
     t2: float | str,
     require_pseudo_agreement: bool,
+def contrastive_loss(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    *,
+    pos_margin: float = 0.0,
+    neg_margin: float = 1.0,
+    pairs: list[torch.Tensor] | None = None,
+) -> torch.Tensor: ...
+def multi_similarity_loss(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    *,
+    alpha: float = 2.0,
+    beta: float = 50.0,
+    base: float = 0.5,
+    pairs: list[torch.Tensor] | None = None,
+) -> torch.Tensor: ...
+def multi_similarity_loss_with_miner(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    epsilon: float = 0.1,
+    alpha: float = 2.0,
+    beta: float = 50.0,
+    base: float = 0.5,
+) -> torch.Tensor: ...
+def triplet_margin_loss(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    *,
+    margin: float = 0.05,
+    pairs: list[torch.Tensor] | None = None,
+) -> torch.Tensor: ...
+def multi_similarity_miner(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    epsilon: float = 0.1,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]: ...

@@ -1,8 +1,9 @@
-"""Miners: which pairs of a batch the ranking losses use.
+"""Miners: which pairs of a batch the ranking losses (:mod:`slade.losses`) use.
 
 Each returns pytorch-metric-learning's pair form ``(a1, p, a2, n)``: positive pairs
 ``(a1[i], p[i])`` and negative pairs ``(a2[i], n[i])``, int64 index tensors on the
-embeddings' device, usable as ``pairs=`` / ``indices_tuple`` of a ranking loss.
+embeddings' device, usable as ``pairs=`` of every loss in :mod:`slade.losses` (and as
+PML's ``indices_tuple``). Miners record no gradients.
 """
 
 from __future__ import annotations
@@ -15,6 +16,22 @@ from . import _core
 from ._convert import as_tensor, optional_tensor
 from .basis import FeatureBasis
 
+PairTuple = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def multi_similarity(embeddings: Any, labels: Any, *, epsilon: float = 0.1) -> PairTuple:
+    """Multi-similarity miner (Wang et al., CVPR 2019, Sec. 3.3).
+
+    With ``S`` the cosine similarity, a positive pair (i, j) is kept when
+    ``S_ij - epsilon < max_{k in N_i} S_ik`` and a negative pair (i, k) when
+    ``S_ik + epsilon > min_{j in P_i} S_ij``. Selects the same pairs as
+    ``pytorch_metric_learning.miners.MultiSimilarityMiner(epsilon)``, row-major (PML
+    orders them by similarity within a row).
+    """
+    return _core.multi_similarity_miner(
+        as_tensor(embeddings, "embeddings"), as_tensor(labels, "labels"), epsilon=epsilon
+    )
+
 
 def basis_pairs(
     basis: FeatureBasis,
@@ -24,7 +41,7 @@ def basis_pairs(
     t1: float | str = "auto",
     t2: float | str = "auto",
     require_pseudo_agreement: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> PairTuple:
     """SLADE's pair mining on an unlabeled batch (Sec 3.3).
 
     With s(i, j) = ``basis.similarity(emb_u)``, the positive pairs are
@@ -56,3 +73,6 @@ def basis_pairs(
         t2,
         require_pseudo_agreement,
     )
+
+
+__all__ = ["basis_pairs", "multi_similarity"]

@@ -7,6 +7,24 @@ use crate::mining::{self, Threshold};
 use pyo3::prelude::*;
 use pyo3_tch::PyTensor;
 
+/// A miner's pairs as PML's tuple `(a1, p, a2, n)`.
+type PairTuple = (PyTensor, PyTensor, PyTensor, PyTensor);
+
+#[pyfunction]
+#[pyo3(signature = (embeddings, labels, *, epsilon=0.1))]
+fn multi_similarity_miner(
+    py: Python<'_>,
+    embeddings: PyTensor,
+    labels: PyTensor,
+    epsilon: f64,
+) -> PyResult<PairTuple> {
+    let pairs = py.allow_threads(move || {
+        guard(move || mining::multi_similarity_miner(&embeddings, &labels, epsilon))
+    })?;
+    let (a1, p, a2, n) = pairs.into_tuple();
+    Ok((PyTensor(a1), PyTensor(p), PyTensor(a2), PyTensor(n)))
+}
+
 /// `t1=` / `t2=`: "auto" or a number.
 #[derive(FromPyObject)]
 enum ThresholdArg {
@@ -38,7 +56,7 @@ fn basis_pairs(
     t1: ThresholdArg,
     t2: ThresholdArg,
     require_pseudo_agreement: bool,
-) -> PyResult<(PyTensor, PyTensor, PyTensor, PyTensor)> {
+) -> PyResult<PairTuple> {
     let (t1, t2) = (t1.threshold("t1")?, t2.threshold("t2")?);
     let (a1, p, a2, n) = py.allow_threads(move || {
         guard(move || {
@@ -58,5 +76,6 @@ fn basis_pairs(
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(basis_pairs, m)?)?;
+    m.add_function(wrap_pyfunction!(multi_similarity_miner, m)?)?;
     Ok(())
 }

@@ -4,6 +4,7 @@
 mod basis;
 mod cluster;
 mod error;
+mod losses;
 mod mining;
 mod nn;
 mod retrieval;
@@ -29,5 +30,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     retrieval::register(m)?;
     nn::register(m)?;
     train::register(m)?;
+    losses::register(m)?;
     Ok(())
 }
