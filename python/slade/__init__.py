@@ -23,7 +23,7 @@ from .nn import EmbeddingModel, ModelConfig, load_torchvision_weights
 from .basis import FeatureBasis
 from .cluster import KMeansResult, kmeans, nmi, pseudo_label
 from .retrieval import knn, retrieval_metrics
-from .train import OptimizerConfig, SwavConfig, SwavTrainer
+from .train import OptimizerConfig, StudentTrainer, SwavConfig, SwavTrainer, TeacherTrainer
 
 __version__ = _core.__version__
 
@@ -53,6 +53,8 @@ __all__ = [
     "OptimizerConfig",
     "SwavConfig",
     "SwavTrainer",
+    "TeacherTrainer",
+    "StudentTrainer",
     "SladeError",
     "ShapeError",
     "DtypeError",
