@@ -112,6 +112,20 @@ pub(crate) fn load_backbone<'py, T: HoldsModel>(
     report_dict(py, report)
 }
 
+/// Loads a state_dict with the model's names into the held model (see
+/// `Model::load_state_dict`); a trainer's own parameters are left as they are.
+pub(crate) fn load_model_state<'py, T: HoldsModel>(
+    py: Python<'py>,
+    cell: &Mutex<T>,
+    state: Vec<(String, PyTensor)>,
+    strict: bool,
+) -> PyResult<Bound<'py, PyDict>> {
+    let state = rs_tensors(state);
+    let report =
+        with_locked(py, cell, move |holder| holder.model().load_state_dict(&state, strict))?;
+    report_dict(py, report)
+}
+
 /// Backbone + embedding head (see `crate::nn::Model`).
 #[pyclass(module = "slade._core", name = "EmbeddingModel")]
 pub struct PyEmbeddingModel {
@@ -209,9 +223,7 @@ impl PyEmbeddingModel {
         state: Vec<(String, PyTensor)>,
         strict: bool,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let state = rs_tensors(state);
-        let report = with_locked(py, &self.inner, move |m| m.load_state_dict(&state, strict))?;
-        report_dict(py, report)
+        load_model_state(py, &self.inner, state, strict)
     }
 
     #[pyo3(signature = (weights, strict=true, ignore_prefixes=vec!["fc.".to_string()], strip_prefix=None))]

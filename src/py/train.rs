@@ -4,15 +4,18 @@
 use super::count;
 use super::error::guard;
 use super::nn::{
-    load_backbone, parse_json, py_tensors, report_dict, rs_tensors, with_locked, BackboneWeights,
+    load_backbone, load_model_state, parse_json, py_tensors, report_dict, rs_tensors, with_locked,
+    BackboneWeights,
 };
 use crate::error::SladeError;
+use crate::nn::layers::Builder;
+use crate::nn::Model;
 use crate::train::checkpoint;
 use crate::train::ranking::RankingConfig;
 use crate::train::student::{Student, StudentBatch, StudentConfig, ThresholdRule};
 use crate::train::swav::{Swav, SwavConfig};
 use crate::train::teacher::{LabeledBatch, Teacher};
-use crate::train::{Metrics, Trainer, TrainerConfig};
+use crate::train::{Metrics, Objective, Trainer, TrainerConfig};
 use crate::validate;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -27,6 +30,25 @@ fn to_json<T: serde::Serialize>(value: &T) -> crate::Result<String> {
 
 fn tensors_of(tensors: Vec<PyTensor>) -> Vec<Tensor> {
     tensors.into_iter().map(|t| t.0).collect()
+}
+
+/// A trainer from the JSON of its `TrainerConfig` and of its objective's settings (`what`
+/// names the latter in errors), built with the GIL released.
+fn build<O: Objective, C: serde::de::DeserializeOwned + Send>(
+    py: Python<'_>,
+    config_json: &str,
+    objective_json: &str,
+    what: &str,
+    device: &str,
+    objective: impl FnOnce(C, &mut Builder, &Model) -> crate::Result<O> + Send,
+) -> PyResult<Mutex<Trainer<O>>> {
+    let config: TrainerConfig = parse_json(config_json, "trainer config")?;
+    let settings: C = parse_json(objective_json, what)?;
+    let device = validate::parse_device(device)?;
+    let trainer = py.allow_threads(move || {
+        guard(move || Trainer::new(config, device, |b, m| objective(settings, b, m)))
+    })?;
+    Ok(Mutex::new(trainer))
 }
 
 /// Declares a Python class around `Trainer<$objective>` with the methods every trainer
@@ -138,10 +160,7 @@ macro_rules! trainer_class {
                 state: Vec<(String, PyTensor)>,
                 strict: bool,
             ) -> PyResult<Bound<'py, PyDict>> {
-                let state = rs_tensors(state);
-                let report =
-                    with_locked(py, &self.inner, move |t| t.model().load_state_dict(&state, strict))?;
-                report_dict(py, report)
+                load_model_state(py, &self.inner, state, strict)
             }
 
             /// The model's parameters and buffers (no objective state), detached.
@@ -164,13 +183,11 @@ trainer_class!(PySwavTrainer, "SwavTrainer", Swav, {
     #[new]
     #[pyo3(signature = (config_json, swav_json, device="cpu"))]
     fn new(py: Python<'_>, config_json: &str, swav_json: &str, device: &str) -> PyResult<Self> {
-        let config: TrainerConfig = parse_json(config_json, "trainer config")?;
-        let swav: SwavConfig = parse_json(swav_json, "SwAV config")?;
-        let device = validate::parse_device(device)?;
-        let trainer = py.allow_threads(move || {
-            guard(move || Trainer::new(config, device, |b, m| Swav::new(swav, b, m)))
-        })?;
-        Ok(Self { inner: Mutex::new(trainer) })
+        let inner =
+            build(py, config_json, swav_json, "SwAV config", device, |c: SwavConfig, b, m| {
+                Swav::new(c, b, m)
+            })?;
+        Ok(Self { inner })
     }
 
     fn step(&self, py: Python<'_>, crops: Vec<PyTensor>) -> PyResult<Metrics> {
@@ -188,13 +205,15 @@ trainer_class!(PyTeacherTrainer, "TeacherTrainer", Teacher, {
     #[new]
     #[pyo3(signature = (config_json, ranking_json, device="cpu"))]
     fn new(py: Python<'_>, config_json: &str, ranking_json: &str, device: &str) -> PyResult<Self> {
-        let config: TrainerConfig = parse_json(config_json, "trainer config")?;
-        let ranking: RankingConfig = parse_json(ranking_json, "teacher config")?;
-        let device = validate::parse_device(device)?;
-        let trainer = py.allow_threads(move || {
-            guard(move || Trainer::new(config, device, |_, _| Teacher::new(ranking)))
-        })?;
-        Ok(Self { inner: Mutex::new(trainer) })
+        let inner = build(
+            py,
+            config_json,
+            ranking_json,
+            "teacher config",
+            device,
+            |c: RankingConfig, _, _| Teacher::new(c),
+        )?;
+        Ok(Self { inner })
     }
 
     fn step(&self, py: Python<'_>, images: PyTensor, labels: PyTensor) -> PyResult<Metrics> {
@@ -217,13 +236,15 @@ trainer_class!(PyStudentTrainer, "StudentTrainer", Student, {
     #[new]
     #[pyo3(signature = (config_json, student_json, device="cpu"))]
     fn new(py: Python<'_>, config_json: &str, student_json: &str, device: &str) -> PyResult<Self> {
-        let config: TrainerConfig = parse_json(config_json, "trainer config")?;
-        let student: StudentConfig = parse_json(student_json, "student config")?;
-        let device = validate::parse_device(device)?;
-        let trainer = py.allow_threads(move || {
-            guard(move || Trainer::new(config, device, |b, m| Student::new(student, b, m)))
-        })?;
-        Ok(Self { inner: Mutex::new(trainer) })
+        let inner = build(
+            py,
+            config_json,
+            student_json,
+            "student config",
+            device,
+            |c: StudentConfig, b, m| Student::new(c, b, m),
+        )?;
+        Ok(Self { inner })
     }
 
     fn step(
@@ -234,12 +255,7 @@ trainer_class!(PyStudentTrainer, "StudentTrainer", Student, {
         unlabeled_images: PyTensor,
         pseudo_labels: PyTensor,
     ) -> PyResult<Metrics> {
-        let batch = StudentBatch {
-            labeled_images: labeled_images.0,
-            labels: labels.0,
-            unlabeled_images: unlabeled_images.0,
-            pseudo_labels: pseudo_labels.0,
-        };
+        let batch = student_batch([labeled_images, labels, unlabeled_images, pseudo_labels]);
         with_locked(py, &self.inner, move |t| t.step(&batch))
     }
 
@@ -251,12 +267,7 @@ trainer_class!(PyStudentTrainer, "StudentTrainer", Student, {
         unlabeled_images: PyTensor,
         pseudo_labels: PyTensor,
     ) -> PyResult<Metrics> {
-        let batch = StudentBatch {
-            labeled_images: labeled_images.0,
-            labels: labels.0,
-            unlabeled_images: unlabeled_images.0,
-            pseudo_labels: pseudo_labels.0,
-        };
+        let batch = student_batch([labeled_images, labels, unlabeled_images, pseudo_labels]);
         with_locked(py, &self.inner, move |t| t.compute_gradients(&batch))
     }
 
@@ -268,6 +279,17 @@ trainer_class!(PyStudentTrainer, "StudentTrainer", Student, {
         })
     }
 });
+
+fn student_batch(
+    [labeled_images, labels, unlabeled_images, pseudo_labels]: [PyTensor; 4],
+) -> StudentBatch {
+    StudentBatch {
+        labeled_images: labeled_images.0,
+        labels: labels.0,
+        unlabeled_images: unlabeled_images.0,
+        pseudo_labels: pseudo_labels.0,
+    }
+}
 
 fn rule_name(rule: ThresholdRule) -> String {
     match rule {
