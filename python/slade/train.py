@@ -129,6 +129,19 @@ def _crops(crops: Any) -> list[torch.Tensor]:
     return [as_tensor(c, f"crops[{i}]") for i, c in enumerate(crops)]
 
 
+def _trainer_config(
+    model_config: ModelConfig, optim_config: OptimizerConfig, precision: str, seed: int
+) -> str:
+    return json.dumps(
+        {
+            "model": dataclasses.asdict(model_config),
+            "optimizer": optim_config.to_core(),
+            "precision": precision,
+            "seed": seed,
+        }
+    )
+
+
 class _Trainer(CoreModule):
     """What every trainer offers around its core object."""
 
@@ -252,14 +265,10 @@ class SwavTrainer(_Trainer):
             sinkhorn_iterations=sinkhorn_iterations,
             freeze_prototypes_steps=freeze_prototypes_steps,
         )
-        config = {
-            "model": dataclasses.asdict(self.model_config),
-            "optimizer": self.optim_config.to_core(),
-            "precision": precision,
-            "seed": seed,
-        }
         self._core = _core.SwavTrainer(
-            json.dumps(config), json.dumps(dataclasses.asdict(self.swav_config)), device_name(device)
+            _trainer_config(self.model_config, self.optim_config, precision, seed),
+            json.dumps(dataclasses.asdict(self.swav_config)),
+            device_name(device),
         )
 
     @classmethod
@@ -297,17 +306,6 @@ class SwavTrainer(_Trainer):
 
 
 LOSSES = ("contrastive", "multi_similarity")
-
-
-def _trainer_config(model_config: ModelConfig, optim_config: OptimizerConfig, precision: str, seed: int) -> str:
-    return json.dumps(
-        {
-            "model": dataclasses.asdict(model_config),
-            "optimizer": optim_config.to_core(),
-            "precision": precision,
-            "seed": seed,
-        }
-    )
 
 
 def _ranking(
@@ -521,13 +519,13 @@ class StudentTrainer(_Trainer):
     ):
         self.model_config = config_from(model_config, ModelConfig, "model config")
         self.optim_config = config_from(optim_config, OptimizerConfig, "optimizer config")
-        for name, value in (("num_basis", num_basis), ("basis_warmup", basis_warmup)):
+        for name, value in (
+            ("num_basis", num_basis),
+            ("basis_warmup", basis_warmup),
+            ("num_pseudo_classes", 0 if num_pseudo_classes is None else num_pseudo_classes),
+        ):
             if not isinstance(value, numbers.Integral) or isinstance(value, bool):
                 raise ConfigError(f"{name} must be an integer, got {value!r}")
-        if num_pseudo_classes is not None and (
-            not isinstance(num_pseudo_classes, numbers.Integral) or isinstance(num_pseudo_classes, bool)
-        ):
-            raise ConfigError(f"num_pseudo_classes must be an integer or None, got {num_pseudo_classes!r}")
         for name, value in (("variant", variant), ("regularizer", regularizer)):
             if not isinstance(value, str):
                 raise ConfigError(f"{name} must be a str, got {value!r}")
