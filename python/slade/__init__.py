@@ -23,7 +23,7 @@ from .nn import EmbeddingModel, ModelConfig, load_torchvision_weights
 from .basis import FeatureBasis
 from .cluster import KMeansResult, kmeans, nmi
 from .retrieval import knn, retrieval_metrics
-from .train import OptimizerConfig, SwavConfig, SwavTrainer
+from .train import OptimizerConfig, StudentTrainer, SwavConfig, SwavTrainer, TeacherTrainer
 from . import config
 from .config import Config
 
@@ -82,6 +82,8 @@ __all__ = [
     "OptimizerConfig",
     "SwavConfig",
     "SwavTrainer",
+    "TeacherTrainer",
+    "StudentTrainer",
     "SladeError",
     "ShapeError",
     "DtypeError",

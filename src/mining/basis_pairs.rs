@@ -6,7 +6,7 @@
 //! as PML's pair miners do. `Threshold::Auto` uses the basis's running mu+ (T1) or mu- (T2),
 //! as they are when the miner is called.
 
-use super::PairIndices;
+use super::{PairIndices, PairMasks};
 use crate::bail;
 use crate::basis::FeatureBasis;
 use crate::error::Result;
@@ -45,7 +45,6 @@ pub fn basis_pairs(
     };
     let t1 = resolve(t1, mu_pos, "t1", "positive")?;
     let t2 = resolve(t2, mu_neg, "t2", "negative")?;
-    let device = emb_u.device();
     let pseudo = match pseudo_u {
         Some(p) => {
             validate::labels(p, n, "pseudo_u", "emb_u")?;
@@ -59,17 +58,46 @@ pub fn basis_pairs(
     };
     let _guard = tch::no_grad_guard();
     let s = basis.similarity(emb_u)?;
-    let off_diagonal = Tensor::f_eye(n as i64, (Kind::Bool, device))?.f_logical_not()?;
-    let mut positive = s.f_ge(t1)?.f_logical_and(&off_diagonal)?;
-    let mut negative = s.f_le(t2)?.f_logical_and(&off_diagonal)?;
-    if let (Some(p), true) = (&pseudo, require_pseudo_agreement) {
-        let same = p.f_unsqueeze(1)?.f_eq_tensor(&p.f_unsqueeze(0)?)?;
-        positive = positive.f_logical_and(&same)?;
-        negative = negative.f_logical_and(&same.f_logical_not()?)?;
-    }
-    let (a1, p) = pair_columns(&positive)?;
-    let (a2, neg) = pair_columns(&negative)?;
+    let masks =
+        basis_pair_masks(&s, pseudo.as_ref(), Some(t1), Some(t2), require_pseudo_agreement)?;
+    let (a1, p) = pair_columns(&masks.pos)?;
+    let (a2, neg) = pair_columns(&masks.neg)?;
     Ok((a1, p, a2, neg))
+}
+
+/// The mined pairs as masks, from a precomputed basis similarity matrix `similarity`
+/// (N x N, read without gradient) and pseudo labels on its device (needed when
+/// `require_pseudo_agreement`): `pos = {s >= t1, i != j}`, `neg = {s <= t2, i != j}`, each
+/// restricted by the pseudo labels when asked. A threshold of `None` mines no pair of that
+/// side (e.g. a running mean that no batch has defined yet).
+pub fn basis_pair_masks(
+    similarity: &Tensor,
+    pseudo: Option<&Tensor>,
+    t1: Option<f64>,
+    t2: Option<f64>,
+    require_pseudo_agreement: bool,
+) -> Result<PairMasks> {
+    let _guard = tch::no_grad_guard();
+    let s = similarity.f_detach()?;
+    let n = s.size()[0];
+    let off_diagonal = Tensor::f_eye(n, (Kind::Bool, s.device()))?.f_logical_not()?;
+    let side = |threshold: Option<f64>, above: bool| -> Result<Tensor> {
+        match threshold {
+            Some(t) if above => Ok(s.f_ge(t)?.f_logical_and(&off_diagonal)?),
+            Some(t) => Ok(s.f_le(t)?.f_logical_and(&off_diagonal)?),
+            None => Ok(Tensor::f_zeros([n, n], (Kind::Bool, s.device()))?),
+        }
+    };
+    let (mut pos, mut neg) = (side(t1, true)?, side(t2, false)?);
+    if require_pseudo_agreement {
+        let Some(p) = pseudo else {
+            bail!(Value, "pseudo labels are needed when require_pseudo_agreement is True");
+        };
+        let same = p.f_unsqueeze(1)?.f_eq_tensor(&p.f_unsqueeze(0)?)?;
+        pos = pos.f_logical_and(&same)?;
+        neg = neg.f_logical_and(&same.f_logical_not()?)?;
+    }
+    Ok(PairMasks { pos, neg })
 }
 
 /// Row and column indices of the true entries of a square mask, row-major.

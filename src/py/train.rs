@@ -8,7 +8,10 @@ use super::nn::{
 };
 use crate::error::SladeError;
 use crate::train::checkpoint;
+use crate::train::ranking::RankingConfig;
+use crate::train::student::{Student, StudentBatch, StudentConfig, ThresholdRule};
 use crate::train::swav::{Swav, SwavConfig};
+use crate::train::teacher::{LabeledBatch, Teacher};
 use crate::train::{Metrics, Trainer, TrainerConfig};
 use crate::validate;
 use pyo3::prelude::*;
@@ -126,6 +129,26 @@ macro_rules! trainer_class {
                 load_backbone(py, &self.inner, weights, strict, ignore_prefixes, strip_prefix)
             }
 
+            /// Backbone and embedding head from a state_dict with the model's names (e.g. a
+            /// teacher's), leaving the trainer's own parameters as they are.
+            #[pyo3(signature = (state, strict=true))]
+            fn load_model_state<'py>(
+                &self,
+                py: Python<'py>,
+                state: Vec<(String, PyTensor)>,
+                strict: bool,
+            ) -> PyResult<Bound<'py, PyDict>> {
+                let state = rs_tensors(state);
+                let report =
+                    with_locked(py, &self.inner, move |t| t.model().load_state_dict(&state, strict))?;
+                report_dict(py, report)
+            }
+
+            /// The model's parameters and buffers (no objective state), detached.
+            fn model_state_dict(&self, py: Python<'_>) -> PyResult<Vec<(String, PyTensor)>> {
+                with_locked(py, &self.inner, |t| t.model().store().state_dict()).map(py_tensors)
+            }
+
             fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
                 with_locked(py, &self.inner, move |t| t.save(&path))
             }
@@ -161,6 +184,100 @@ trainer_class!(PySwavTrainer, "SwavTrainer", Swav, {
     }
 });
 
+trainer_class!(PyTeacherTrainer, "TeacherTrainer", Teacher, {
+    #[new]
+    #[pyo3(signature = (config_json, ranking_json, device="cpu"))]
+    fn new(py: Python<'_>, config_json: &str, ranking_json: &str, device: &str) -> PyResult<Self> {
+        let config: TrainerConfig = parse_json(config_json, "trainer config")?;
+        let ranking: RankingConfig = parse_json(ranking_json, "teacher config")?;
+        let device = validate::parse_device(device)?;
+        let trainer = py.allow_threads(move || {
+            guard(move || Trainer::new(config, device, |_, _| Teacher::new(ranking)))
+        })?;
+        Ok(Self { inner: Mutex::new(trainer) })
+    }
+
+    fn step(&self, py: Python<'_>, images: PyTensor, labels: PyTensor) -> PyResult<Metrics> {
+        let batch = LabeledBatch { images: images.0, labels: labels.0 };
+        with_locked(py, &self.inner, move |t| t.step(&batch))
+    }
+
+    fn compute_gradients(
+        &self,
+        py: Python<'_>,
+        images: PyTensor,
+        labels: PyTensor,
+    ) -> PyResult<Metrics> {
+        let batch = LabeledBatch { images: images.0, labels: labels.0 };
+        with_locked(py, &self.inner, move |t| t.compute_gradients(&batch))
+    }
+});
+
+trainer_class!(PyStudentTrainer, "StudentTrainer", Student, {
+    #[new]
+    #[pyo3(signature = (config_json, student_json, device="cpu"))]
+    fn new(py: Python<'_>, config_json: &str, student_json: &str, device: &str) -> PyResult<Self> {
+        let config: TrainerConfig = parse_json(config_json, "trainer config")?;
+        let student: StudentConfig = parse_json(student_json, "student config")?;
+        let device = validate::parse_device(device)?;
+        let trainer = py.allow_threads(move || {
+            guard(move || Trainer::new(config, device, |b, m| Student::new(student, b, m)))
+        })?;
+        Ok(Self { inner: Mutex::new(trainer) })
+    }
+
+    fn step(
+        &self,
+        py: Python<'_>,
+        labeled_images: PyTensor,
+        labels: PyTensor,
+        unlabeled_images: PyTensor,
+        pseudo_labels: PyTensor,
+    ) -> PyResult<Metrics> {
+        let batch = StudentBatch {
+            labeled_images: labeled_images.0,
+            labels: labels.0,
+            unlabeled_images: unlabeled_images.0,
+            pseudo_labels: pseudo_labels.0,
+        };
+        with_locked(py, &self.inner, move |t| t.step(&batch))
+    }
+
+    fn compute_gradients(
+        &self,
+        py: Python<'_>,
+        labeled_images: PyTensor,
+        labels: PyTensor,
+        unlabeled_images: PyTensor,
+        pseudo_labels: PyTensor,
+    ) -> PyResult<Metrics> {
+        let batch = StudentBatch {
+            labeled_images: labeled_images.0,
+            labels: labels.0,
+            unlabeled_images: unlabeled_images.0,
+            pseudo_labels: pseudo_labels.0,
+        };
+        with_locked(py, &self.inner, move |t| t.compute_gradients(&batch))
+    }
+
+    /// (T1 rule, T2 rule) in use, "auto" resolved: a number or "mu+", "mu-", "mid".
+    fn threshold_rules(&self, py: Python<'_>) -> PyResult<(String, String)> {
+        with_locked(py, &self.inner, |t| {
+            let (t1, t2) = t.objective().threshold_rules();
+            Ok((rule_name(t1), rule_name(t2)))
+        })
+    }
+});
+
+fn rule_name(rule: ThresholdRule) -> String {
+    match rule {
+        ThresholdRule::Fixed(v) => v.to_string(),
+        ThresholdRule::MuPos => "mu+".into(),
+        ThresholdRule::MuNeg => "mu-".into(),
+        ThresholdRule::Mid => "mid".into(),
+    }
+}
+
 /// (trainer kind, trainer config JSON, objective config JSON, step) of a checkpoint.
 #[pyfunction]
 fn read_checkpoint_info(py: Python<'_>, path: PathBuf) -> PyResult<(String, String, String, i64)> {
@@ -171,6 +288,8 @@ fn read_checkpoint_info(py: Python<'_>, path: PathBuf) -> PyResult<(String, Stri
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PySwavTrainer>()?;
+    m.add_class::<PyTeacherTrainer>()?;
+    m.add_class::<PyStudentTrainer>()?;
     m.add_function(wrap_pyfunction!(read_checkpoint_info, m)?)?;
     Ok(())
 }

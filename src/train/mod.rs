@@ -1,6 +1,6 @@
 //! Training steps in Rust: a generic [`Trainer`] (model + objective + optimizer + schedule +
-//! checkpoints) that every training method plugs an [`Objective`] into, and the SSL
-//! objective SwAV (DESIGN.md §2.1).
+//! checkpoints) that every training method plugs an [`Objective`] into, and the objectives:
+//! SwAV (DESIGN.md §2.1), the teacher's ranking loss (§2.2) and the SLADE student (§2.4).
 //!
 //! A step is `compute_gradients` (forward, loss, backward; gradients left in each
 //! parameter's `.grad`, where torch.distributed can all-reduce them) followed by
@@ -9,8 +9,11 @@
 
 pub mod checkpoint;
 pub mod optim;
+pub mod ranking;
 pub mod schedule;
+pub mod student;
 pub mod swav;
+pub mod teacher;
 
 use crate::bail;
 use crate::error::{Result, SladeError};
@@ -24,6 +27,10 @@ use schedule::Schedule;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 use tch::{Device, Kind, Tensor};
+
+/// Optimizer group of the student's feature basis. Always a known group name, so that one
+/// `OptimizerConfig` with a `basis` rate serves teacher and student alike.
+pub const BASIS_GROUP: &str = "basis";
 
 /// Named scalar results of a step ("loss", "lr/backbone", "grad_norm" when clipping, ...).
 pub type Metrics = BTreeMap<String, f64>;
@@ -134,6 +141,13 @@ pub trait Objective: Send {
         HashSet::new()
     }
 
+    /// Whether the backbone must be frozen for the update after `step` updates (e.g. the
+    /// student's basis warm-up); `None` leaves the freezing to the user
+    /// (`Trainer::set_backbone_frozen`). Applied at the start of `compute_gradients`.
+    fn backbone_frozen(&self, _step: i64) -> Option<bool> {
+        None
+    }
+
     /// Runs after each optimizer update.
     fn after_update(&mut self, _ctx: &mut StepContext) -> Result<()> {
         Ok(())
@@ -199,7 +213,7 @@ impl<O: Objective> Trainer<O> {
                 None => groups.push((v.group.clone(), vec![entry])),
             }
         }
-        for required in [BACKBONE_GROUP, HEAD_GROUP] {
+        for required in [BACKBONE_GROUP, HEAD_GROUP, BASIS_GROUP] {
             if !groups.iter().any(|(g, _)| g == required) {
                 groups.push((required.to_string(), Vec::new()));
             }
@@ -331,6 +345,11 @@ impl<O: Objective> Trainer<O> {
     /// first). On error, the trainer is as it was before the call.
     pub fn compute_gradients(&mut self, batch: &O::Batch) -> Result<Metrics> {
         self.objective.check_batch(&self.model, batch)?;
+        if let Some(frozen) = self.objective.backbone_frozen(self.step) {
+            if frozen != self.model.is_backbone_frozen() {
+                self.model.set_backbone_frozen(frozen)?;
+            }
+        }
         let saved = self.snapshot()?;
         // Autograd on even when the caller runs under torch.no_grad().
         let result = tch::with_grad(|| self.forward_backward(batch));

@@ -1,0 +1,591 @@
+//! The SLADE student (Sec 3.3, DESIGN.md §2.4) as an [`Objective`]:
+//!
+//!   L = L_rank(labeled) + lambda1 * L_rank(unlabeled pairs) + lambda2 * L_Basis
+//!
+//! Per step:
+//! 1. The labeled and the unlabeled images are concatenated and embedded in one forward
+//!    pass in training mode, so BatchNorm normalises with the statistics of the joint batch
+//!    (our choice; the paper does not say).
+//! 2. L_rank(labeled): the ranking loss (contrastive or multi-similarity, with or without
+//!    the multi-similarity miner) on the labeled embeddings, as the teacher's.
+//! 3. L_Basis = L_CE + L_reg of the feature basis W_a (`crate::basis::FeatureBasis`): L_CE
+//!    on the labeled embeddings and labels, L_reg ("sd", "global_ce" or "local_ce") on the
+//!    unlabeled embeddings and pseudo labels. In training mode it updates the running
+//!    statistics mu+/var+/mu-/var- (buffers `basis.*`).
+//! 4. The unlabeled pairs: with variant "basis_mining", P = {s >= T1} and N = {s <= T2} of
+//!    the basis similarity s(i, j) = cos(W_a f_i, W_a f_j), a positive also sharing its
+//!    pseudo label and a negative not (`require_pseudo_agreement`); otherwise all pairs by
+//!    pseudo label. T1/T2 are numbers or rules read from the running statistics after
+//!    step 3's update (the blended statistics L_SD used): "mu+", "mu-", "mid" = (mu+ + mu-)/2,
+//!    and "auto" = [`AUTO_THRESHOLDS`]. A rule whose statistic no batch has defined yet
+//!    mines no pair of that side.
+//! 5. L_rank(unlabeled) on those pairs, with the labeled loss's kind (contrastive or
+//!    multi-similarity; no multi-similarity miner on top).
+//!
+//! Variants (the paper's ablation): "pseudo_only" (no basis, no mining: the unlabeled
+//! ranking loss over all pairs by pseudo label), "basis" (+ L_Basis, unlabeled pairs still
+//! all pseudo pairs), "basis_mining" (+ mining; the full method). Warm-up: for the first
+//! `basis_warmup` updates the backbone is frozen (no gradient, BatchNorm in evaluation mode)
+//! and the embedding head is not updated, so only the basis (W_a, and H for the CE
+//! regularisers) trains. In fp16 mode only the network runs under autocast; losses, basis
+//! and mining run in float32.
+
+use super::ranking::{pair_counts, read_scalars, RankingConfig, RankingLoss};
+use super::teacher::check_labeled;
+use super::{Metrics, Objective, StepContext, BASIS_GROUP};
+use crate::bail;
+use crate::basis::{BasisConfig, BasisState, FeatureBasis, Regularizer};
+use crate::error::{Result, SladeError};
+use crate::losses::PairMasks;
+use crate::mining::basis_pair_masks;
+use crate::nn::layers::Builder;
+use crate::nn::store::uniform;
+use crate::nn::{Model, HEAD_PREFIX};
+use crate::validate;
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use tch::{Kind, Tensor};
+
+/// What `t1="auto"` and `t2="auto"` mean: the rules (T1, T2) used by default. The one place
+/// to change the default thresholds.
+pub const AUTO_THRESHOLDS: (&str, &str) = ("mu+", "mu-");
+
+/// Prefix of the basis' parameters and buffers (`basis.weight`, `basis.mu_pos`, ...; the
+/// names of `slade.FeatureBasis`'s state after the prefix).
+pub const BASIS_PREFIX: &str = "basis";
+
+/// Which parts of the method run (the paper's ablation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    PseudoOnly,
+    Basis,
+    BasisMining,
+}
+
+impl std::str::FromStr for Variant {
+    type Err = SladeError;
+    fn from_str(name: &str) -> Result<Self> {
+        match name {
+            "pseudo_only" => Ok(Variant::PseudoOnly),
+            "basis" => Ok(Variant::Basis),
+            "basis_mining" => Ok(Variant::BasisMining),
+            other => bail!(
+                Config,
+                "unknown variant {other:?}; choose \"pseudo_only\", \"basis\" or \"basis_mining\""
+            ),
+        }
+    }
+}
+
+/// A threshold as configured: a number or the name of a rule.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ThresholdSetting {
+    Value(f64),
+    Rule(String),
+}
+
+/// A threshold rule, resolved each step from the basis' running statistics.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ThresholdRule {
+    Fixed(f64),
+    /// The running mean similarity of positive pairs.
+    MuPos,
+    /// The running mean similarity of negative pairs.
+    MuNeg,
+    /// (mu+ + mu-) / 2.
+    Mid,
+}
+
+impl ThresholdRule {
+    /// Parses a setting; `which` is 0 for T1 and 1 for T2 (what "auto" stands for).
+    pub fn parse(setting: &ThresholdSetting, name: &str, which: usize) -> Result<Self> {
+        match setting {
+            ThresholdSetting::Value(v) if v.is_finite() => Ok(ThresholdRule::Fixed(*v)),
+            ThresholdSetting::Value(v) => bail!(Config, "{name} must be a finite number, got {v}"),
+            ThresholdSetting::Rule(rule) => match rule.as_str() {
+                "mu+" => Ok(ThresholdRule::MuPos),
+                "mu-" => Ok(ThresholdRule::MuNeg),
+                "mid" => Ok(ThresholdRule::Mid),
+                "auto" => {
+                    let auto = [AUTO_THRESHOLDS.0, AUTO_THRESHOLDS.1][which];
+                    Self::parse(&ThresholdSetting::Rule(auto.into()), name, which)
+                }
+                other => bail!(
+                    Config,
+                    "unknown {name} rule {other:?}; pass a number or one of \"auto\", \"mu+\", \
+                     \"mu-\", \"mid\""
+                ),
+            },
+        }
+    }
+
+    /// The threshold from the running means (None where the rule's statistic is undefined).
+    pub fn resolve(self, mu_pos: Option<f64>, mu_neg: Option<f64>) -> Option<f64> {
+        match self {
+            ThresholdRule::Fixed(v) => Some(v),
+            ThresholdRule::MuPos => mu_pos,
+            ThresholdRule::MuNeg => mu_neg,
+            ThresholdRule::Mid => Some((mu_pos? + mu_neg?) / 2.0),
+        }
+    }
+}
+
+/// Settings of the student objective.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StudentConfig {
+    /// The ranking loss of both the labeled and the unlabeled pairs.
+    pub ranking: RankingConfig,
+    /// B, the number of basis vectors (the number of labeled classes; labels in [0, B)).
+    pub num_basis: i64,
+    /// "pseudo_only", "basis" or "basis_mining".
+    pub variant: String,
+    /// Weight of the unlabeled ranking loss.
+    pub lambda1: f64,
+    /// Weight of L_Basis.
+    pub lambda2: f64,
+    /// Updates during which only the basis trains.
+    pub basis_warmup: i64,
+    /// "sd", "global_ce" or "local_ce".
+    pub regularizer: String,
+    /// k of the pseudo labels, for the CE regularisers.
+    pub num_pseudo_classes: Option<i64>,
+    /// Momentum beta of the running statistics.
+    pub momentum: f64,
+    pub sd_margin: f64,
+    pub sd_weight: f64,
+    /// T1 and T2: a number or "auto", "mu+", "mu-", "mid".
+    pub t1: ThresholdSetting,
+    pub t2: ThresholdSetting,
+    pub require_pseudo_agreement: bool,
+}
+
+impl Default for StudentConfig {
+    fn default() -> Self {
+        let basis = BasisConfig::default();
+        StudentConfig {
+            ranking: RankingConfig::default(),
+            num_basis: 0,
+            variant: "basis_mining".into(),
+            lambda1: 1.0,
+            lambda2: 1.0,
+            basis_warmup: 0,
+            regularizer: "sd".into(),
+            num_pseudo_classes: None,
+            momentum: basis.momentum,
+            sd_margin: basis.sd_margin,
+            sd_weight: basis.sd_weight,
+            t1: ThresholdSetting::Rule("auto".into()),
+            t2: ThresholdSetting::Rule("auto".into()),
+            require_pseudo_agreement: true,
+        }
+    }
+}
+
+/// Labeled images and labels, unlabeled images and pseudo labels. Images on the model's
+/// device with one size; labels of any integer dtype on any device (moved as PML does).
+pub struct StudentBatch {
+    pub labeled_images: Tensor,
+    pub labels: Tensor,
+    pub unlabeled_images: Tensor,
+    pub pseudo_labels: Tensor,
+}
+
+/// The student objective: its settings and the feature basis (absent for "pseudo_only").
+pub struct Student {
+    config: StudentConfig,
+    ranking: RankingLoss,
+    variant: Variant,
+    basis: Option<FeatureBasis>,
+    thresholds: (ThresholdRule, ThresholdRule),
+}
+
+impl Student {
+    /// Checks the settings and registers the basis with the builder (group "basis"): W_a
+    /// (`basis.weight`, B x dim) and, for the CE regularisers, H (`basis.pseudo_head`,
+    /// k x B), both drawn as torch.nn.Linear's weight; the running statistics as buffers.
+    pub fn new(config: StudentConfig, builder: &mut Builder, model: &Model) -> Result<Self> {
+        let ranking = RankingLoss::from_config(&config.ranking)?;
+        let variant: Variant = config.variant.parse()?;
+        let regularizer: Regularizer = config.regularizer.parse()?;
+        for (value, name) in [(config.lambda1, "lambda1"), (config.lambda2, "lambda2")] {
+            if !(value.is_finite() && value >= 0.0) {
+                bail!(Config, "{name} must be a finite number >= 0, got {value}");
+            }
+        }
+        if config.basis_warmup < 0 {
+            bail!(Config, "basis_warmup must be >= 0, got {}", config.basis_warmup);
+        }
+        if variant == Variant::PseudoOnly && config.basis_warmup > 0 {
+            bail!(
+                Config,
+                "basis_warmup needs a feature basis; variant \"pseudo_only\" has none (use \
+                 \"basis\" or \"basis_mining\", or basis_warmup=0)"
+            );
+        }
+        let thresholds = (
+            ThresholdRule::parse(&config.t1, "t1", 0)?,
+            ThresholdRule::parse(&config.t2, "t2", 1)?,
+        );
+        let basis = if variant == Variant::PseudoOnly {
+            None
+        } else {
+            Some(Self::register_basis(&config, regularizer, builder, model)?)
+        };
+        Ok(Student { config, ranking, variant, basis, thresholds })
+    }
+
+    fn register_basis(
+        config: &StudentConfig,
+        regularizer: Regularizer,
+        builder: &mut Builder,
+        model: &Model,
+    ) -> Result<FeatureBasis> {
+        if config.num_basis < 1 {
+            bail!(
+                Config,
+                "num_basis must be a positive integer (the number of labeled classes), got {}",
+                config.num_basis
+            );
+        }
+        let basis_config = BasisConfig {
+            momentum: config.momentum,
+            sd_margin: config.sd_margin,
+            sd_weight: config.sd_weight,
+            regularizer,
+        };
+        basis_config.validate().map_err(|e| SladeError::Config(e.to_string()))?;
+        let (b, dim) = (config.num_basis, model.config().dim);
+        builder.group = BASIS_GROUP.into();
+        let weight_init = uniform(builder.rng, &[b, dim], 1.0 / (dim as f64).sqrt())?;
+        let weight = builder.parameter(BASIS_PREFIX, "weight", weight_init)?;
+        let pseudo_head = match (regularizer, config.num_pseudo_classes) {
+            (Regularizer::Sd, _) => None,
+            (_, Some(k)) if k >= 1 => {
+                let init = uniform(builder.rng, &[k, b], 1.0 / (b as f64).sqrt())?;
+                Some(builder.parameter(BASIS_PREFIX, "pseudo_head", init)?)
+            }
+            (_, k) => bail!(
+                Config,
+                "regularizer {:?} needs num_pseudo_classes (the k of the pseudo labels, >= 1), \
+                 got {k:?}",
+                config.regularizer
+            ),
+        };
+        let opts = |kind| (kind, tch::Device::Cpu);
+        let mut buffer = |name: &str, kind: Kind| -> Result<Tensor> {
+            builder.buffer(BASIS_PREFIX, name, Tensor::f_zeros([], opts(kind))?)
+        };
+        let state = BasisState {
+            weight,
+            pseudo_head,
+            mu_pos: buffer("mu_pos", Kind::Float)?,
+            var_pos: buffer("var_pos", Kind::Float)?,
+            mu_neg: buffer("mu_neg", Kind::Float)?,
+            var_neg: buffer("var_neg", Kind::Float)?,
+            updates_pos: buffer("updates_pos", Kind::Int64)?,
+            updates_neg: buffer("updates_neg", Kind::Int64)?,
+        };
+        FeatureBasis::from_parts(basis_config, state)
+    }
+
+    pub fn settings(&self) -> &StudentConfig {
+        &self.config
+    }
+
+    pub fn variant(&self) -> Variant {
+        self.variant
+    }
+
+    /// The feature basis (None for "pseudo_only").
+    pub fn basis(&self) -> Option<&FeatureBasis> {
+        self.basis.as_ref()
+    }
+
+    /// The (T1, T2) rules in use ("auto" resolved).
+    pub fn threshold_rules(&self) -> (ThresholdRule, ThresholdRule) {
+        self.thresholds
+    }
+
+    /// The loss terms of the embeddings `f` (float32, labeled rows first).
+    fn terms(&self, f: &Tensor, batch: &StudentBatch) -> Result<(Tensor, Metrics)> {
+        let n_labeled = batch.labeled_images.size()[0];
+        let n_unlabeled = batch.unlabeled_images.size()[0];
+        let device = f.device();
+        let fl = f.f_narrow(0, 0, n_labeled)?;
+        let fu = f.f_narrow(0, n_labeled, n_unlabeled)?;
+        let labels = batch.labels.f_to_device(device)?.f_to_kind(Kind::Int64)?;
+        let pseudo = batch.pseudo_labels.f_to_device(device)?.f_to_kind(Kind::Int64)?;
+        let mut scalars: Vec<(String, Tensor)> = Vec::new();
+        let mut metrics = Metrics::new();
+
+        let (rank_labeled, labeled_masks) = self.ranking.labeled(&fl, &labels)?;
+        let (pos, neg) = pair_counts(&labeled_masks)?;
+        scalars.push(("loss/rank_labeled".into(), rank_labeled.shallow_clone()));
+        scalars.push(("pairs/labeled_positive".into(), pos));
+        scalars.push(("pairs/labeled_negative".into(), neg));
+        let mut total = rank_labeled;
+
+        let unlabeled_masks = match &self.basis {
+            None => PairMasks::from_labels(&pseudo)?,
+            Some(basis) => {
+                let basis_loss = basis.loss(Some((&fl, &labels)), Some((&fu, &pseudo)), true)?;
+                for (name, value) in &basis_loss.parts {
+                    scalars.push((format!("loss/{name}"), value.shallow_clone()));
+                }
+                scalars.push(("loss/basis".into(), basis_loss.total.shallow_clone()));
+                total = total.f_add(&basis_loss.total.f_mul_scalar(self.config.lambda2)?)?;
+                let st = &basis.state;
+                for (name, t) in [
+                    ("mu_pos", &st.mu_pos),
+                    ("var_pos", &st.var_pos),
+                    ("mu_neg", &st.mu_neg),
+                    ("var_neg", &st.var_neg),
+                ] {
+                    scalars.push((format!("basis/{name}"), t.shallow_clone()));
+                }
+                if self.variant == Variant::BasisMining {
+                    let (mu_pos, mu_neg) = basis.running_means()?;
+                    let t1 = self.thresholds.0.resolve(mu_pos, mu_neg);
+                    let t2 = self.thresholds.1.resolve(mu_pos, mu_neg);
+                    for (name, t) in [("threshold/t1", t1), ("threshold/t2", t2)] {
+                        if let Some(value) = t {
+                            metrics.insert(name.into(), value);
+                        }
+                    }
+                    let similarity = tch::no_grad(|| basis.similarity(&fu.f_detach()?))?;
+                    basis_pair_masks(
+                        &similarity,
+                        Some(&pseudo),
+                        t1,
+                        t2,
+                        self.config.require_pseudo_agreement,
+                    )?
+                } else {
+                    PairMasks::from_labels(&pseudo)?
+                }
+            }
+        };
+        let rank_unlabeled = self.ranking.on_masks(&fu, &unlabeled_masks)?;
+        let (pos, neg) = pair_counts(&unlabeled_masks)?;
+        scalars.push(("loss/rank_unlabeled".into(), rank_unlabeled.shallow_clone()));
+        scalars.push(("pairs/positive".into(), pos));
+        scalars.push(("pairs/negative".into(), neg));
+        total = total.f_add(&rank_unlabeled.f_mul_scalar(self.config.lambda1)?)?;
+        read_scalars(&mut metrics, scalars)?;
+        Ok((total, metrics))
+    }
+
+    fn warming_up(&self, step: i64) -> bool {
+        step < self.config.basis_warmup
+    }
+}
+
+impl Objective for Student {
+    type Batch = StudentBatch;
+    const KIND: &'static str = "student";
+
+    fn config(&self) -> serde_json::Value {
+        serde_json::to_value(&self.config).expect("plain settings serialise")
+    }
+
+    fn check_batch(&self, model: &Model, batch: &StudentBatch) -> Result<()> {
+        let (labeled, unlabeled) = (&batch.labeled_images, &batch.unlabeled_images);
+        check_labeled(model, labeled, &batch.labels, "labeled_images", "labels")?;
+        check_labeled(model, unlabeled, &batch.pseudo_labels, "unlabeled_images", "pseudo_labels")?;
+        let (side_l, side_u) = (&labeled.size()[2..], &unlabeled.size()[2..]);
+        if side_l != side_u {
+            bail!(
+                Shape,
+                "labeled_images are {side_l:?} pixels but unlabeled_images are {side_u:?}; both \
+                 go through the backbone in one batch, so they must have one size"
+            );
+        }
+        let pseudo = validate::labels(
+            &batch.pseudo_labels,
+            unlabeled.size()[0] as usize,
+            "pseudo_labels",
+            "unlabeled_images",
+        )?;
+        if let Some(&bad) = pseudo.iter().find(|&&l| l < 0) {
+            bail!(Value, "pseudo_labels contains {bad}; pseudo labels are cluster ids >= 0");
+        }
+        if let Some(basis) = &self.basis {
+            let labels = validate::labels(
+                &batch.labels,
+                labeled.size()[0] as usize,
+                "labels",
+                "labeled_images",
+            )?;
+            validate::label_range(
+                &labels,
+                basis.num_basis(),
+                "labels",
+                "num_basis, one basis vector per labeled class; map the labels to 0..num_basis-1",
+            )?;
+            if let Some(head) = &basis.state.pseudo_head {
+                validate::label_range(
+                    &pseudo,
+                    head.size()[0] as usize,
+                    "pseudo_labels",
+                    "num_pseudo_classes",
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    fn loss(&mut self, ctx: &mut StepContext, batch: &StudentBatch) -> Result<(Tensor, Metrics)> {
+        let images = Tensor::f_cat(&[&batch.labeled_images, &batch.unlabeled_images], 0)?;
+        let f = ctx.model.forward_t(&images, true)?;
+        let warming_up = self.warming_up(ctx.step);
+        tch::autocast(false, || {
+            let (loss, mut metrics) = self.terms(&f.f_to_kind(Kind::Float)?, batch)?;
+            metrics.insert("warmup".into(), if warming_up { 1.0 } else { 0.0 });
+            Ok((loss, metrics))
+        })
+    }
+
+    fn frozen_parameters(&self, step: i64) -> HashSet<String> {
+        if self.warming_up(step) {
+            ["weight", "bias"].iter().map(|leaf| format!("{HEAD_PREFIX}.{leaf}")).collect()
+        } else {
+            HashSet::new()
+        }
+    }
+
+    fn backbone_frozen(&self, step: i64) -> Option<bool> {
+        (self.config.basis_warmup > 0).then(|| self.warming_up(step))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{optim::OptimizerConfig, Trainer, TrainerConfig};
+    use super::*;
+    use crate::nn::ModelConfig;
+    use tch::Device;
+
+    fn trainer(config: StudentConfig) -> Result<Trainer<Student>> {
+        let trainer_config = TrainerConfig {
+            model: ModelConfig { backbone: "convnet".into(), in_channels: 1, dim: 16 },
+            optimizer: OptimizerConfig { name: "adam".into(), lr: 3e-3, ..Default::default() },
+            precision: "fp32".into(),
+            seed: 5,
+        };
+        Trainer::new(trainer_config, Device::Cpu, |b, m| Student::new(config, b, m))
+    }
+
+    fn config(variant: &str) -> StudentConfig {
+        StudentConfig { num_basis: 4, variant: variant.into(), ..Default::default() }
+    }
+
+    fn batch() -> StudentBatch {
+        tch::manual_seed(9);
+        let opts = (Kind::Float, Device::Cpu);
+        let labels = Tensor::arange(4, (Kind::Int64, Device::Cpu)).repeat([3]);
+        let pseudo = Tensor::arange(3, (Kind::Int64, Device::Cpu)).repeat([4]);
+        let shift = |l: &Tensor| l.view([12, 1, 1, 1]).to_kind(Kind::Float);
+        StudentBatch {
+            labeled_images: Tensor::randn([12, 1, 28, 28], opts) * 0.3 + shift(&labels),
+            labels,
+            unlabeled_images: Tensor::randn([12, 1, 28, 28], opts) * 0.3 - shift(&pseudo),
+            pseudo_labels: pseudo,
+        }
+    }
+
+    #[test]
+    fn auto_thresholds_are_the_running_means() {
+        let rules = (
+            ThresholdRule::parse(&ThresholdSetting::Rule("auto".into()), "t1", 0).unwrap(),
+            ThresholdRule::parse(&ThresholdSetting::Rule("auto".into()), "t2", 1).unwrap(),
+        );
+        assert_eq!(rules, (ThresholdRule::MuPos, ThresholdRule::MuNeg));
+        assert_eq!(ThresholdRule::Mid.resolve(Some(0.8), Some(0.2)), Some(0.5));
+        assert_eq!(ThresholdRule::MuPos.resolve(None, Some(0.2)), None);
+        let err = ThresholdRule::parse(&ThresholdSetting::Rule("median".into()), "t1", 0);
+        assert!(err.unwrap_err().to_string().contains("mu+"));
+    }
+
+    #[test]
+    fn every_variant_reports_its_terms_and_learns() {
+        let b = batch();
+        for variant in ["pseudo_only", "basis", "basis_mining"] {
+            let mut t = trainer(config(variant)).unwrap();
+            let first = t.step(&b).unwrap();
+            let expected = first["loss/rank_labeled"]
+                + first["loss/rank_unlabeled"]
+                + first.get("loss/basis").copied().unwrap_or(0.0);
+            assert!((first["loss"] - expected).abs() < 1e-5, "{variant}: {first:?}");
+            assert_eq!(first.contains_key("loss/sd"), variant != "pseudo_only");
+            assert_eq!(first.contains_key("threshold/t1"), variant == "basis_mining");
+            assert_eq!(first.contains_key("lr/basis"), variant != "pseudo_only");
+            if variant == "basis_mining" {
+                assert_eq!(first["threshold/t1"], first["basis/mu_pos"]);
+            } else {
+                // All pseudo pairs: 3 clusters of 4 (ordered pairs).
+                assert_eq!((first["pairs/positive"], first["pairs/negative"]), (36.0, 96.0));
+            }
+            let mut last = first["loss"];
+            for _ in 0..8 {
+                last = t.step(&b).unwrap()["loss"];
+            }
+            assert!(last < first["loss"], "{variant}: {} -> {last}", first["loss"]);
+        }
+    }
+
+    #[test]
+    fn warmup_trains_only_the_basis() {
+        let mut t = trainer(StudentConfig { basis_warmup: 2, ..config("basis_mining") }).unwrap();
+        let store = t.model().store();
+        let conv = store.get("blocks.0.conv.weight").unwrap().tensor.copy();
+        let bn = store.get("blocks.0.bn.running_mean").unwrap().tensor.copy();
+        let head = store.get("embedding.weight").unwrap().tensor.copy();
+        let w = t.params().get("basis.weight").unwrap().tensor.copy();
+        let b = batch();
+        for _ in 0..2 {
+            assert_eq!(t.step(&b).unwrap()["warmup"], 1.0);
+        }
+        let store = t.model().store();
+        assert!(store.get("blocks.0.conv.weight").unwrap().tensor.equal(&conv));
+        assert!(store.get("blocks.0.bn.running_mean").unwrap().tensor.equal(&bn));
+        assert!(store.get("embedding.weight").unwrap().tensor.equal(&head));
+        assert!(!t.params().get("basis.weight").unwrap().tensor.equal(&w));
+        assert_eq!(t.step(&b).unwrap()["warmup"], 0.0);
+        assert!(!t.model().is_backbone_frozen());
+        assert!(!t.model().store().get("blocks.0.conv.weight").unwrap().tensor.equal(&conv));
+    }
+
+    #[test]
+    fn bad_settings_and_batches_are_clear_errors() {
+        let bad = |c: StudentConfig, needle: &str| {
+            let err = trainer(c).err().expect("an error").to_string();
+            assert!(err.contains(needle), "{needle}: {err}");
+        };
+        bad(config("everything"), "pseudo_only");
+        bad(StudentConfig { num_basis: 0, ..config("basis") }, "num_basis");
+        bad(
+            StudentConfig { regularizer: "global_ce".into(), ..config("basis") },
+            "num_pseudo_classes",
+        );
+        bad(StudentConfig { basis_warmup: 3, ..config("pseudo_only") }, "basis_warmup");
+        bad(StudentConfig { t2: ThresholdSetting::Rule("low".into()), ..config("basis") }, "t2");
+        let mut t = trainer(StudentConfig {
+            regularizer: "local_ce".into(),
+            num_pseudo_classes: Some(2),
+            ..config("basis_mining")
+        })
+        .unwrap();
+        let err = t.step(&batch()).unwrap_err().to_string();
+        assert!(err.contains("pseudo_labels") && err.contains("num_pseudo_classes"), "{err}");
+        let mut b = batch();
+        b.labels = b.labels + 4;
+        let mut t = trainer(config("basis")).unwrap();
+        assert!(t.step(&b).unwrap_err().to_string().contains("num_basis"));
+        let mut b = batch();
+        b.unlabeled_images = b.unlabeled_images.narrow(2, 0, 20);
+        assert!(matches!(t.step(&b), Err(SladeError::Shape(_))));
+        assert_eq!(t.step_count(), 0);
+    }
+}
