@@ -90,23 +90,26 @@ def tensor_shift(dataset: Any) -> int | None:
     return shift
 
 
-def shift_batch(images: torch.Tensor, max_shift: int, g: torch.Generator) -> torch.Tensor:
+def shift_batch(images: np.ndarray, max_shift: int, rng: np.random.Generator) -> np.ndarray:
     """Random translations of a uint8 batch (B, H, W) by integers in [-max_shift, max_shift]
-    per axis with zero fill: :class:`slade.data.RandomShift` applied to each image."""
+    per axis with zero fill: :class:`slade.data.RandomShift` applied to each image.
+
+    numpy, single-threaded: for batches this small torch's intra-op threads cost more than
+    the work (tens of milliseconds per op on a busy 2-core machine)."""
     if max_shift == 0:
         return images
     count, height, width = images.shape
-    padded = F.pad(images, (max_shift,) * 4)
-    offsets = torch.randint(0, 2 * max_shift + 1, (count, 2), generator=g)
-    rows = offsets[:, :1] + torch.arange(height)
-    cols = offsets[:, 1:] + torch.arange(width)
-    index = torch.arange(count)[:, None, None]
-    return padded[index, rows[:, :, None], cols[:, None, :]]
+    padded = np.pad(images, ((0, 0), (max_shift, max_shift), (max_shift, max_shift)))
+    offsets = rng.integers(0, 2 * max_shift + 1, size=(count, 2))
+    rows = offsets[:, :1] + np.arange(height)
+    cols = offsets[:, 1:] + np.arange(width)
+    return padded[np.arange(count)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
-def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, H, W) -> float32 (B, 1, H, W) in [0, 1], as ToTensor."""
-    return images.unsqueeze(1).to(torch.float32).div_(255.0)
+def to_float(images: Any) -> torch.Tensor:
+    """uint8 (B, H, W) -> float32 (B, 1, H, W) in [0, 1], bit for bit as ToTensor (x / 255)."""
+    array = images.numpy() if isinstance(images, torch.Tensor) else images
+    return torch.from_numpy(np.divide(array[:, None], np.float32(255), dtype=np.float32))
 
 
 def resized_crops(
@@ -153,6 +156,7 @@ class TensorImages:
 
     def __init__(self, images: torch.Tensor, shift: int, n_local: int | None = None) -> None:
         self.images = images
+        self._array = images.numpy()
         self.shift = shift
         self.n_local = n_local
 
@@ -163,18 +167,19 @@ class TensorImages:
         """Shifted images, or the SwAV crops when the source was made with ``n_local``."""
         if self.n_local is not None:
             return self.crops(indices, seed, self.n_local)
-        chosen = self.images[torch.as_tensor(indices, dtype=torch.int64)]
-        return to_float(shift_batch(chosen, self.shift, generator(seed)))
+        chosen = self._array[np.asarray(indices, dtype=np.int64)]
+        return to_float(shift_batch(chosen, self.shift, np.random.default_rng(seed)))
 
     def crops(self, indices: Sequence[int], seed: int, n_local: int) -> list[torch.Tensor]:
         """SwAV multi-crop: 2 global crops (full size, scale 0.4-1) and ``n_local`` local
-        ones (half size, scale 0.1-0.4), each with brightness/contrast jitter (p 0.8); the
-        grayscale :func:`slade.data.multi_crop` preset, batch-wise."""
+        ones (half size but at least 16 px, the ConvNet's minimum; scale 0.1-0.4), each
+        with brightness/contrast jitter (p 0.8); the grayscale :func:`slade.data.multi_crop`
+        preset, batch-wise."""
         g = generator(seed)
-        chosen = to_float(self.images[torch.as_tensor(indices, dtype=torch.int64)])
+        chosen = to_float(self._array[np.asarray(indices, dtype=np.int64)])
         size = chosen.shape[-1]
         views = [jitter(resized_crops(chosen, size, (0.4, 1.0), g), 0.4, 0.8, g) for _ in range(2)]
-        local = max(1, size // 2)
+        local = min(size, max(16, size // 2))
         views += [
             jitter(resized_crops(chosen, local, (0.1, 0.4), g), 0.4, 0.8, g) for _ in range(n_local)
         ]
@@ -204,7 +209,9 @@ class TransformImages:
     """Images loaded and augmented per image by the dataset's transform (PIL), optionally in
     DataLoader workers."""
 
-    def __init__(self, dataset: Any, num_workers: int = 0, transform: Callable | None = None) -> None:
+    def __init__(
+        self, dataset: Any, num_workers: int = 0, transform: Callable | None = None
+    ) -> None:
         base = as_image_dataset(dataset)
         self.dataset = base.with_transform(transform) if transform is not None else base
         self.num_workers = num_workers

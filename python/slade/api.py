@@ -86,7 +86,9 @@ def _config(config: Config | str | None) -> Config:
         return config.validate()
     if isinstance(config, Mapping):
         return Config.from_dict(config).validate()
-    raise DtypeError(f"config must be a slade Config, a preset name or a dict, got {type(config).__name__}")
+    raise DtypeError(
+        f"config must be a slade Config, a preset name or a dict, got {type(config).__name__}"
+    )
 
 
 def load_data(config: Config | str | None = None) -> Any:
@@ -99,9 +101,13 @@ def load_data(config: Config | str | None = None) -> Any:
     d = config.data
     options = dict(d.protocol_options)
     if d.val_classes:
-        options["val_classes"] = int(d.val_classes) if float(d.val_classes).is_integer() else d.val_classes
+        options["val_classes"] = (
+            int(d.val_classes) if float(d.val_classes).is_integer() else d.val_classes
+        )
         options.setdefault("seed", config.seed)
-    grayscale = d.protocol in ("fashion-mnist-ssl", "omniglot-ssl") or options.get("style") == "grayscale"
+    grayscale = (
+        d.protocol in ("fashion-mnist-ssl", "omniglot-ssl") or options.get("style") == "grayscale"
+    )
     if grayscale and "train_transform" not in options:
         options["train_transform"] = presets.train_transform("grayscale", shift=d.shift)
     if d.protocol == "omniglot-ssl":
@@ -109,7 +115,9 @@ def load_data(config: Config | str | None = None) -> Any:
     if d.protocol in ("fashion-mnist-ssl", "omniglot-ssl"):
         args: tuple = (d.root,)
     elif d.protocol == "folders":
-        args = (_required(d.root, "data.root", "the folder holding labeled/, unlabeled/ and test/"),)
+        args = (
+            _required(d.root, "data.root", "the folder holding labeled/, unlabeled/ and test/"),
+        )
     else:
         pools = {
             "cub-nabirds": ("the CUB_200_2011 folder", "the NABirds folder"),
@@ -205,15 +213,6 @@ def _model(source: Any, device: Any = "cpu") -> Any:
     )
 
 
-def _model_keys(trainer: Any) -> set[str]:
-    """Names of the backbone and embedding head (what an EmbeddingModel holds)."""
-    return {name for name in trainer.state_dict() if _is_model_key(name)}
-
-
-def _is_model_key(name: str) -> bool:
-    return not name.startswith(("basis", "prototypes", "pseudo_head"))
-
-
 def _initialise(trainer: Any, source: Any, *, whole_model: bool = False) -> None:
     """Loads initial weights: ``None`` keeps the seeded random initialisation; a file or a
     state_dict is read as torchvision-style backbone weights; a slade model or trainer gives
@@ -221,14 +220,11 @@ def _initialise(trainer: Any, source: Any, *, whole_model: bool = False) -> None
     if source is None:
         return
     if isinstance(source, CoreModule):
-        wanted = _model_keys(trainer)
-        state = {k: v for k, v in source.state_dict().items() if k in wanted}
         if whole_model:
-            trainer.load_state_dict(state, strict=False)
-        else:
-            backbone = {k: v for k, v in state.items() if not k.startswith("embedding.")}
-            load_torchvision_weights(trainer, backbone)
-        return
+            trainer.load_model(source)
+            return
+        model_state = getattr(source, "model_state_dict", source.state_dict)
+        source = model_state()
     load_torchvision_weights(trainer, source, ignore_prefixes=("fc.", "prototypes"))
 
 
@@ -298,14 +294,23 @@ class _Progress:
             return None
         from tqdm import tqdm
 
-        return tqdm(total=total, initial=initial, desc=description, dynamic_ncols=True, mininterval=0.5)
+        return tqdm(
+            total=total, initial=initial, desc=description, dynamic_ncols=True, mininterval=0.5
+        )
 
     def iterate(self, iterator: Iterator, total: int, description: str) -> Iterator:
         if not self.enabled:
             return iterator
         from tqdm import tqdm
 
-        return tqdm(iterator, total=total, desc=description, dynamic_ncols=True, leave=False, mininterval=0.5)
+        return tqdm(
+            iterator,
+            total=total,
+            desc=description,
+            dynamic_ncols=True,
+            leave=False,
+            mininterval=0.5,
+        )
 
 
 def _postfix(metrics: Mapping[str, float]) -> dict[str, str]:
@@ -323,23 +328,24 @@ def _train_loop(
     steps: int,
     batches: Callable[[int], Iterator[Any]],
     step: Callable[[Any], Mapping[str, float]],
-    *,
-    checkpoint_every: int,
+    config: Config,
     callback: Callback | None,
-    progress: _Progress,
-) -> list[dict]:
-    """Steps ``trainer.step_count + 1 .. steps`` with checkpoints; returns the history."""
+) -> Any:
+    """Steps ``trainer.step_count + 1 .. steps`` with checkpoints every
+    ``config.checkpoint_every`` steps; returns the trainer with its ``history`` (per-step
+    metrics, also of the steps before a resume)."""
     start = trainer.step_count
-    history = files.history(start)
+    trainer.history = history = files.history(start)
     if start >= steps and files.finished():
-        return history
-    bar = progress.bar(steps, min(start, steps), stage)
+        return trainer
+    checkpoint_every = config.checkpoint_every
+    bar = _Progress(config.progress).bar(steps, min(start, steps), stage)
     try:
         if start < steps:
             source = batches(start)
             for number in range(start + 1, steps + 1):
                 metrics = dict(step(next(source)))
-                history.append({"step": number, **{k: float(v) for k, v in metrics.items()}})
+                history.append({**{k: float(v) for k, v in metrics.items()}, "step": number})
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(_postfix(metrics), refresh=False)
@@ -354,7 +360,15 @@ def _train_loop(
         if bar is not None:
             bar.close()
     files.save(trainer, history, final=True)
-    return history
+    return trainer
+
+
+def _stage_files(trainer: Any, out: Any, init: Any, *, whole_model: bool = False) -> _StageFiles:
+    """The stage's files, with the trainer restored from them or else initialised."""
+    files = _StageFiles(out)
+    if not _resume(trainer, files):
+        _initialise(trainer, init, whole_model=whole_model)
+    return files
 
 
 def _resume(trainer: Any, files: _StageFiles) -> bool:
@@ -407,9 +421,7 @@ def train_ssl(
         precision=config.precision,
         seed=config.seed,
     )
-    files = _StageFiles(out)
-    if not _resume(trainer, files):
-        _initialise(trainer, init if init is not None else s.weights)
+    files = _stage_files(trainer, out, init if init is not None else s.weights)
     source = _ssl_images(data, config)
     count = len(source)
     if s.batch_size > count:
@@ -421,20 +433,20 @@ def train_ssl(
 
     def batches(start: int) -> Iterator[Any]:
         sampler = RandomBatchSampler(count, s.batch_size, seed=seed % 2**32)
-        return StepBatches(source, sampler, torch.zeros(count, dtype=torch.int64), seed, start, device)
+        return StepBatches(
+            source, sampler, torch.zeros(count, dtype=torch.int64), seed, start, device
+        )
 
-    trainer.history = _train_loop(
+    return _train_loop(
         "ssl",
         trainer,
         files,
         s.steps,
         batches,
         lambda batch: trainer.step(batch[0]),
-        checkpoint_every=config.checkpoint_every,
-        callback=callback,
-        progress=_Progress(config.progress),
+        config,
+        callback,
     )
-    return trainer
 
 
 def _ssl_images(data: Any, config: Config) -> TensorImages | TransformImages:
@@ -492,9 +504,7 @@ def train_teacher(
     data = _data(data, config)
     t = config.teacher
     trainer = _teacher_trainer(config)
-    files = _StageFiles(out)
-    if not _resume(trainer, files):
-        _initialise(trainer, init if init is not None else config.ssl.weights)
+    files = _stage_files(trainer, out, init if init is not None else config.ssl.weights)
     from .data import MPerClassSampler
 
     labels = data.labeled.labels
@@ -505,18 +515,16 @@ def train_teacher(
     def batches(start: int) -> Iterator[Any]:
         return StepBatches(source, sampler, labels, seed, start, trainer.device)
 
-    trainer.history = _train_loop(
+    return _train_loop(
         "teacher",
         trainer,
         files,
         t.steps,
         batches,
         lambda batch: trainer.step(batch[0], batch[1]),
-        checkpoint_every=config.checkpoint_every,
-        callback=callback,
-        progress=_Progress(config.progress),
+        config,
+        callback,
     )
-    return trainer
 
 
 @dataclass
@@ -540,7 +548,12 @@ class PseudoLabels:
     quality: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
-        return {"k": self.k, "images": int(self.labels.numel()), "inertia": self.inertia, **self.quality}
+        return {
+            "k": self.k,
+            "images": int(self.labels.numel()),
+            "inertia": self.inertia,
+            **self.quality,
+        }
 
     def save(self, folder: str | os.PathLike) -> None:
         """``pseudo_labels.npy`` and ``pseudo_labels.json`` (written last: the done marker)."""
@@ -606,7 +619,12 @@ def pseudo_label(
     p = config.pseudo_labels
     k = p.k if k is None else k
     if out is not None and (Path(out) / "pseudo_labels.json").exists():
-        return PseudoLabels.load(out)
+        saved = PseudoLabels.load(out)
+        if saved.k != k:
+            raise ConfigError(
+                f"{out} holds pseudo labels for k = {saved.k}, not {k}; use another folder"
+            )
+        return saved
     data = _data(data, config)
     unlabeled = getattr(data, "unlabeled", data)
     model = _model(source, config.device)
@@ -625,7 +643,7 @@ def pseudo_label(
         raise ConfigError(
             f"pseudo_labels.k ({k}) exceeds the {normalised.shape[0]} unlabeled images"
         )
-    result = cluster.kmeans(normalised, k, **options)
+    result = cluster.kmeans(normalised.to(model.device), k, **options)
     labels = result.labels.cpu()
     sizes = torch.bincount(labels, minlength=k).tolist()
     hidden = getattr(unlabeled, "hidden_labels", None)
@@ -707,14 +725,12 @@ def train_student(
     if isinstance(pseudo_labels, PseudoLabels):
         k = pseudo_labels.k
     trainer = _student_trainer(config, data.num_labeled_classes, k)
-    files = _StageFiles(out)
-    if not _resume(trainer, files):
-        if s.init == "teacher":
-            if teacher is None:
-                raise InvalidArgumentError("student.init='teacher' needs the teacher (teacher=...)")
-            _initialise(trainer, _model(teacher, config.device), whole_model=True)
-        else:
-            _initialise(trainer, init if init is not None else config.ssl.weights)
+    if s.init == "teacher":
+        if teacher is None:
+            raise InvalidArgumentError("student.init='teacher' needs the teacher (teacher=...)")
+        files = _stage_files(trainer, out, _model(teacher, config.device), whole_model=True)
+    else:
+        files = _stage_files(trainer, out, init if init is not None else config.ssl.weights)
     from .data import MPerClassSampler
 
     labels = data.labeled.labels
@@ -736,18 +752,16 @@ def train_student(
         (images_l, labels_l), (images_u, labels_u) = batch
         return trainer.step(images_l, labels_l, images_u, labels_u)
 
-    trainer.history = _train_loop(
+    return _train_loop(
         "student" if round == 1 else f"student (round {round})",
         trainer,
         files,
         s.steps,
         batches,
         step,
-        checkpoint_every=config.checkpoint_every,
-        callback=callback,
-        progress=_Progress(config.progress),
+        config,
+        callback,
     )
-    return trainer
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -769,23 +783,34 @@ def _evaluation_sets(data: Any, split: str) -> tuple[Any, Any]:
 def _embed_split(model: Any, data: Any, config: Config, split: str) -> dict[str, torch.Tensor]:
     queries, gallery = _evaluation_sets(data, split)
     progress = _Progress(config.progress).iterate
-    options = {"batch_size": config.eval.batch_size, "num_workers": config.data.num_workers, "progress": progress}
-    view = {"query": embed_dataset(model, queries, description=f"embed {split}", **options),
-            "query_labels": queries.labels}
+    options = {
+        "batch_size": config.eval.batch_size,
+        "num_workers": config.data.num_workers,
+        "progress": progress,
+    }
+    view = {
+        "query": embed_dataset(model, queries, description=f"embed {split}", **options),
+        "query_labels": queries.labels,
+    }
     if gallery is not None:
         view["reference"] = embed_dataset(model, gallery, description="embed gallery", **options)
         view["reference_labels"] = gallery.labels
     return view
 
 
-def _metrics(view: Mapping[str, torch.Tensor], config: Config) -> dict[str, float]:
+def _metrics(view: Mapping[str, torch.Tensor], config: Config, device: Any) -> dict[str, float]:
+    """Retrieval metrics, computed on ``device`` (the model's)."""
     from .retrieval import retrieval_metrics
 
+    def on_device(key: str) -> torch.Tensor | None:
+        value = view.get(key)
+        return value.to(device) if value is not None else None
+
     return retrieval_metrics(
-        view["query"],
-        view["query_labels"],
-        view.get("reference"),
-        view.get("reference_labels"),
+        on_device("query"),
+        on_device("query_labels"),
+        on_device("reference"),
+        on_device("reference_labels"),
         recall_at=list(config.eval.recall_at),
         nmi=config.eval.nmi,
     )
@@ -814,7 +839,8 @@ def evaluate(
     config = _config(config)
     model = _model(model, config.device)
     data = _data(data, config)
-    return _metrics(_embed_split(model, data, config, split or config.data.evaluate_on), config)
+    view = _embed_split(model, data, config, split or config.data.evaluate_on)
+    return _metrics(view, config, model.device)
 
 
 # --------------------------------------------------------------------------- the whole run
@@ -850,7 +876,12 @@ class RunResult:
         """Teacher vs student (and later rounds' students), then the pseudo labels."""
         rows = [("teacher", self.teacher)]
         for number, entry in enumerate(self.rounds, start=1):
-            rows.append(("student" if len(self.rounds) == 1 else f"student (round {number})", entry["student"]))
+            rows.append(
+                (
+                    "student" if len(self.rounds) == 1 else f"student (round {number})",
+                    entry["student"],
+                )
+            )
         return results_table(rows, self.pseudo_labels, split=self.split)
 
     def to_dict(self) -> dict[str, Any]:
@@ -879,7 +910,9 @@ def results_table(
     width = max([len(name) for name, _ in rows] + [7])
     lines = [f"{'(' + split + ')':<{width}}  " + "  ".join(f"{title:>6}" for title, _ in present)]
     for name, metrics in rows:
-        cells = [f"{100 * metrics[key]:6.2f}" if key in metrics else f"{'-':>6}" for _, key in present]
+        cells = [
+            f"{100 * metrics[key]:6.2f}" if key in metrics else f"{'-':>6}" for _, key in present
+        ]
         lines.append(f"{name:<{width}}  " + "  ".join(cells))
     for number, summary in enumerate(pseudo_labels, start=1):
         text = f"pseudo labels (round {number}): k = {summary['k']}, {summary['images']} images"
@@ -896,7 +929,8 @@ def results_table(
 _RUN_ENTRIES = ("config.json", "results.json", "ssl", "teacher", "plots")
 
 
-def _prepare_out(out: Path, config: Config, overwrite: bool) -> None:
+def _check_out(out: Path, config: Config, overwrite: bool) -> None:
+    """Refuses an output folder holding a run of another configuration."""
     saved = out / "config.json"
     if saved.exists() and not overwrite:
         previous = Config.from_dict(json.loads(saved.read_text()))
@@ -907,13 +941,17 @@ def _prepare_out(out: Path, config: Config, overwrite: bool) -> None:
                 f"{out} holds a run with another configuration ({shown}); "
                 "choose another output folder or overwrite it (overwrite=True, --overwrite)"
             )
+
+
+def _prepare_out(out: Path, config: Config, overwrite: bool) -> None:
+    """Clears an earlier run when overwriting, then records the configuration."""
     if overwrite:
         for name in _RUN_ENTRIES:
             _remove(out / name)
         for entry in out.glob("round*") if out.exists() else []:
             if entry.is_dir() and entry.name[5:].isdigit():
                 _remove(entry)
-    write_json(saved, config.to_dict())
+    write_json(out / "config.json", config.to_dict())
 
 
 def _remove(path: Path) -> None:
@@ -932,14 +970,16 @@ def _differences(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]
     return [] if a == b else [(prefix.rstrip("."), a, b)]
 
 
-def _stage_metrics(model: Any, data: Any, config: Config, folder: Path | None, split: str) -> tuple[dict, dict | None]:
+def _stage_metrics(
+    model: Any, data: Any, config: Config, folder: Path | None, split: str
+) -> tuple[dict, dict | None]:
     """Metrics of a stage's model, cached in ``metrics.json``; also the embeddings when
     they were computed here."""
     cached = folder / f"metrics_{split}.json" if folder is not None else None
     if cached is not None and cached.exists():
         return json.loads(cached.read_text()), None
     view = _embed_split(model, data, config, split)
-    metrics = _metrics(view, config)
+    metrics = _metrics(view, config, model.device)
     if cached is not None:
         write_json(cached, metrics)
     return metrics, view
@@ -980,8 +1020,10 @@ def run(
     config.validate()
     folder = Path(config.out) if config.out is not None else None
     if folder is not None:
-        _prepare_out(folder, config, overwrite)
+        _check_out(folder, config, overwrite)
     data = _data(data, config)
+    if folder is not None:
+        _prepare_out(folder, config, overwrite)
     split = config.data.evaluate_on
     seconds: dict[str, float] = {}
     trainers: dict[str, Any] = {}
@@ -999,7 +1041,10 @@ def run(
     if config.ssl.enabled:
         init = timed("ssl", lambda: train_ssl(data, config, out=sub("ssl"), callback=callback))
         trainers["ssl"] = init
-    teacher = timed("teacher", lambda: train_teacher(data, config, init=init, out=sub("teacher"), callback=callback))
+    teacher = timed(
+        "teacher",
+        lambda: train_teacher(data, config, init=init, out=sub("teacher"), callback=callback),
+    )
     trainers["teacher"] = teacher
     teacher_metrics, teacher_view = timed(
         "evaluate teacher", lambda: _stage_metrics(teacher, data, config, sub("teacher"), split)
@@ -1019,8 +1064,14 @@ def run(
         student = timed(
             name,
             lambda: train_student(
-                data, pseudo, config, init=init, teacher=current_teacher,
-                out=sub(f"round{number}", "student"), callback=callback, round=number,
+                data,
+                pseudo,
+                config,
+                init=init,
+                teacher=current_teacher,
+                out=sub(f"round{number}", "student"),
+                callback=callback,
+                round=number,
             ),
         )
         trainers[name] = student
@@ -1029,7 +1080,13 @@ def run(
             lambda: _stage_metrics(student, data, config, sub(f"round{number}", "student"), split),
         )
         summaries.append(pseudo.summary())
-        rounds.append({"teacher": current_metrics, "pseudo_labels": pseudo.summary(), "student": student_metrics})
+        rounds.append(
+            {
+                "teacher": current_metrics,
+                "pseudo_labels": pseudo.summary(),
+                "student": student_metrics,
+            }
+        )
         current_teacher, current_metrics = student, student_metrics
     result = RunResult(
         teacher=teacher_metrics,
@@ -1049,7 +1106,9 @@ def run(
     return result
 
 
-def _plots(result: RunResult, data: Any, views: dict[str, Any], pseudo: list[PseudoLabels], folder: Path) -> None:
+def _plots(
+    result: RunResult, data: Any, views: dict[str, Any], pseudo: list[PseudoLabels], folder: Path
+) -> None:
     from . import plots
 
     config = result.config
@@ -1072,7 +1131,9 @@ def _plots(result: RunResult, data: Any, views: dict[str, Any], pseudo: list[Pse
             chosen,
             folder / "retrieval_examples.png",
             query_image=lambda i: plots.image_array(queries, i),
-            reference_image=(lambda i: plots.image_array(gallery, i)) if gallery is not None else None,
+            reference_image=(
+                (lambda i: plots.image_array(gallery, i)) if gallery is not None else None
+            ),
             top_k=min(config.eval.top_k, len(queries) - 1 if gallery is None else len(gallery)),
         )
     hidden = getattr(data.unlabeled, "hidden_labels", None)
@@ -1080,6 +1141,8 @@ def _plots(result: RunResult, data: Any, views: dict[str, Any], pseudo: list[Pse
         for number, labels in enumerate(pseudo, start=1):
             suffix = "" if len(pseudo) == 1 else f"_round{number}"
             plots.pseudo_label_purity(
-                labels.labels, hidden, folder / f"pseudo_label_purity{suffix}.png",
+                labels.labels,
+                hidden,
+                folder / f"pseudo_label_purity{suffix}.png",
                 title=f"pseudo labels, k = {labels.k}",
             )

@@ -38,7 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--preset", required=True, help="see `slade presets`")
     run.add_argument("--data", metavar="PATH", help="data folder (sets data.root)")
-    run.add_argument("--pool", metavar="PATH", help="unlabeled pool folder of the paper pairings (data.pool_root)")
+    run.add_argument(
+        "--pool",
+        metavar="PATH",
+        help="unlabeled pool folder of the paper pairings (data.pool_root)",
+    )
     run.add_argument("--out", metavar="DIR", help="output folder (default runs/PRESET)")
     run.add_argument("--device", help="cpu, cuda or cuda:N (default cpu)")
     run.add_argument("--seed", type=int, help="run seed")
@@ -57,7 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", metavar="PATH", help="data folder (sets data.root)")
     evaluate.add_argument("--pool", metavar="PATH", help="data.pool_root")
     evaluate.add_argument("--preset", help="protocol and evaluation settings of this preset")
-    evaluate.add_argument("--split", choices=("test", "val"), help="default: the config's data.evaluate_on")
+    evaluate.add_argument(
+        "--split", choices=("test", "val"), help="default: the config's data.evaluate_on"
+    )
     evaluate.add_argument("--device", help="cpu, cuda or cuda:N")
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
     evaluate.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
@@ -141,7 +147,15 @@ def _presets() -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``slade`` console script and of ``python -m slade``."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    # Overrides may come before, between or after options: argparse leaves the ones after
+    # an option that follows the positionals unparsed.
+    args, extra = parser.parse_known_args(argv)
+    unknown = [item for item in extra if item.startswith("-") or not hasattr(args, "overrides")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     from .errors import ConfigError, SladeError
 
     try:

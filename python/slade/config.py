@@ -54,6 +54,7 @@ PROTOCOL_NAMES = (
 LOSSES = ("contrastive", "multi_similarity")
 VARIANTS = ("basis_mining", "basis", "pseudo_only")
 REGULARIZERS = ("sd", "global_ce", "local_ce")
+THRESHOLD_RULES = ("auto", "mu+", "mu-", "mid")
 
 
 @dataclass
@@ -196,7 +197,8 @@ class StudentConfig(_RankingLoss):
         num_basis: basis vectors B; ``None``: the number of labeled classes.
         num_pseudo_classes: classes of the global-CE head; ``None``: ``pseudo_labels.k``.
         momentum, sd_margin, sd_weight: the running statistics and margin of L_SD.
-        t1, t2: mining thresholds, ``"auto"`` (running mu+ / mu-) or numbers.
+        t1, t2: mining thresholds: numbers, or rules on the running statistics ``"mu+"``,
+            ``"mu-"``, ``"mid"`` or ``"auto"`` (T1 = mu+, T2 = mu-).
         require_pseudo_agreement: mined positives must share their pseudo label, negatives
             must not.
     """
@@ -218,8 +220,8 @@ class StudentConfig(_RankingLoss):
     momentum: float = 0.99
     sd_margin: float = 0.5
     sd_weight: float = 1.0
-    t1: str | float = "auto"
-    t2: str | float = "auto"
+    t1: float | str = "auto"
+    t2: float | str = "auto"
     require_pseudo_agreement: bool = True
 
 
@@ -277,7 +279,18 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     # Fields that change where or how visibly a run happens, not its results.
-    RUNTIME_FIELDS = ("device", "out", "progress", "data.num_workers", "data.root", "data.pool_root")
+    RUNTIME_FIELDS = (
+        "device",
+        "out",
+        "progress",
+        "checkpoint_every",
+        "data.num_workers",
+        "data.root",
+        "data.pool_root",
+        "eval.plots",
+        "eval.examples",
+        "eval.top_k",
+    )
 
     def to_dict(self) -> dict:
         """Plain JSON-ready values (tuples become lists)."""
@@ -314,26 +327,36 @@ class Config:
 
     def validate(self) -> Config:
         """Checks ranges and choices; raises ConfigError naming the first bad key."""
-        _check(self.data.protocol in PROTOCOL_NAMES, "data.protocol", f"one of {list(PROTOCOL_NAMES)}")
+        _check(
+            self.data.protocol in PROTOCOL_NAMES, "data.protocol", f"one of {list(PROTOCOL_NAMES)}"
+        )
         _check(self.data.evaluate_on in ("test", "val"), "data.evaluate_on", "'test' or 'val'")
         _check(self.data.augment in ("auto", "transform"), "data.augment", "'auto' or 'transform'")
         _check(self.data.shift >= 0, "data.shift", ">= 0")
         _check(self.data.val_classes >= 0, "data.val_classes", ">= 0")
         _check(self.data.num_workers >= 0, "data.num_workers", ">= 0")
-        if self.data.evaluate_on == "val" and self.data.protocol in ("fashion-mnist-ssl", "omniglot-ssl"):
+        if self.data.evaluate_on == "val" and self.data.protocol in (
+            "fashion-mnist-ssl",
+            "omniglot-ssl",
+        ):
             _check(self.data.val_classes > 0, "data.val_classes", "> 0 when data.evaluate_on='val'")
         for key in ("max_labeled", "max_unlabeled", "max_test"):
             value = getattr(self.data, key)
             _check(value is None or value >= 1, f"data.{key}", "None or >= 1")
-        _check(self.model.backbone in ("convnet", "resnet18", "resnet50"), "model.backbone",
-               "'convnet', 'resnet18' or 'resnet50'")
+        _check(
+            self.model.backbone in ("convnet", "resnet18", "resnet50"),
+            "model.backbone",
+            "'convnet', 'resnet18' or 'resnet50'",
+        )
         _check(self.model.in_channels in (1, 3), "model.in_channels", "1 or 3")
         _check(self.model.dim >= 1, "model.dim", ">= 1")
         _check(self.seed >= 0, "seed", ">= 0")
         _check(self.rounds >= 1, "rounds", ">= 1")
         _check(self.checkpoint_every >= 1, "checkpoint_every", ">= 1")
         _check(self.precision in ("fp32", "fp16"), "precision", "'fp32' or 'fp16'")
-        _check(self.device == "cpu" or self.device.startswith("cuda"), "device", "'cpu' or 'cuda[:N]'")
+        _check(
+            self.device == "cpu" or self.device.startswith("cuda"), "device", "'cpu' or 'cuda[:N]'"
+        )
         ssl = self.ssl
         _check(ssl.steps >= 0, "ssl.steps", ">= 0")
         _check(ssl.batch_size >= 2, "ssl.batch_size", ">= 2")
@@ -344,27 +367,42 @@ class Config:
             _check(section.steps >= 0, f"{name}.steps", ">= 0")
         t = self.teacher
         _check(t.m >= 1, "teacher.m", ">= 1")
-        _check(t.batch_size >= 2 and t.batch_size % t.m == 0, "teacher.batch_size",
-               f"a multiple of teacher.m ({t.m}), at least 2")
+        _check(
+            t.batch_size >= 2 and t.batch_size % t.m == 0,
+            "teacher.batch_size",
+            f"a multiple of teacher.m ({t.m}), at least 2",
+        )
         s = self.student
         _check(s.labeled_m >= 1, "student.labeled_m", ">= 1")
         _check(s.unlabeled_m >= 1, "student.unlabeled_m", ">= 1")
-        _check(s.labeled_batch_size % s.labeled_m == 0 and s.labeled_batch_size >= 2,
-               "student.labeled_batch_size", f"a multiple of student.labeled_m ({s.labeled_m})")
-        _check(s.unlabeled_batch_size % s.unlabeled_m == 0 and s.unlabeled_batch_size >= 2,
-               "student.unlabeled_batch_size",
-               f"a multiple of student.unlabeled_m ({s.unlabeled_m})")
+        _check(
+            s.labeled_batch_size % s.labeled_m == 0 and s.labeled_batch_size >= 2,
+            "student.labeled_batch_size",
+            f"a multiple of student.labeled_m ({s.labeled_m})",
+        )
+        _check(
+            s.unlabeled_batch_size % s.unlabeled_m == 0 and s.unlabeled_batch_size >= 2,
+            "student.unlabeled_batch_size",
+            f"a multiple of student.unlabeled_m ({s.unlabeled_m})",
+        )
         _check(s.init in ("ssl", "teacher"), "student.init", "'ssl' or 'teacher'")
         _check(s.variant in VARIANTS, "student.variant", f"one of {list(VARIANTS)}")
         _check(s.regularizer in REGULARIZERS, "student.regularizer", f"one of {list(REGULARIZERS)}")
         _check(s.basis_warmup >= 0, "student.basis_warmup", ">= 0")
         _check(0.0 <= s.momentum < 1.0, "student.momentum", "in [0, 1)")
         _check(s.num_basis is None or s.num_basis >= 1, "student.num_basis", "None or >= 1")
-        _check(s.num_pseudo_classes is None or s.num_pseudo_classes >= 1,
-               "student.num_pseudo_classes", "None or >= 1")
+        _check(
+            s.num_pseudo_classes is None or s.num_pseudo_classes >= 1,
+            "student.num_pseudo_classes",
+            "None or >= 1",
+        )
         for key in ("t1", "t2"):
             value = getattr(s, key)
-            _check(value == "auto" or isinstance(value, float), f"student.{key}", "'auto' or a number")
+            _check(
+                value in THRESHOLD_RULES or isinstance(value, float),
+                f"student.{key}",
+                f"a number or one of {list(THRESHOLD_RULES)}",
+            )
         p = self.pseudo_labels
         _check(p.k >= 1, "pseudo_labels.k", ">= 1")
         _check(p.iters >= 1, "pseudo_labels.iters", ">= 1")
@@ -372,16 +410,25 @@ class Config:
         _check(p.batch_size >= 1, "pseudo_labels.batch_size", ">= 1")
         e = self.eval
         _check(e.batch_size >= 1, "eval.batch_size", ">= 1")
-        _check(all(isinstance(k, int) and k >= 1 for k in e.recall_at), "eval.recall_at",
-               "positive integers")
+        _check(
+            all(isinstance(k, int) and k >= 1 for k in e.recall_at),
+            "eval.recall_at",
+            "positive integers",
+        )
         _check(e.examples >= 0 and e.top_k >= 1, "eval.examples", ">= 0 (and eval.top_k >= 1)")
         for section in ("ssl", "teacher", "student"):
             opt = getattr(self, section).optimizer
-            _check(opt.name in ("sgd", "adam", "adamw"), f"{section}.optimizer.name",
-                   "'sgd', 'adam' or 'adamw'")
+            _check(
+                opt.name in ("sgd", "adam", "adamw"),
+                f"{section}.optimizer.name",
+                "'sgd', 'adam' or 'adamw'",
+            )
             _check(opt.lr > 0, f"{section}.optimizer.lr", "> 0")
-            _check(opt.schedule in ("constant", "cosine", "step"), f"{section}.optimizer.schedule",
-                   "'constant', 'cosine' or 'step'")
+            _check(
+                opt.schedule in ("constant", "cosine", "step"),
+                f"{section}.optimizer.schedule",
+                "'constant', 'cosine' or 'step'",
+            )
         return self
 
     def semantic_dict(self) -> dict:
@@ -445,22 +492,36 @@ def _paper(name: str, k: int, lr_note: str = "") -> Config:
         steps=2000,  # ours
         batch_size=64,  # ours
         n_local=6,  # SwAV's multi-crop: 2 x 224 + 6 x 96
-        optimizer=OptimizerConfig(name="sgd", lr=0.05, head_lr=0.1, momentum=0.9,
-                                  weight_decay=1e-6, schedule="cosine", warmup_steps=100,
-                                  total_steps=2000),  # ours
+        optimizer=OptimizerConfig(
+            name="sgd",
+            lr=0.05,
+            head_lr=0.1,
+            momentum=0.9,
+            weight_decay=1e-6,
+            schedule="cosine",
+            warmup_steps=100,
+            total_steps=2000,
+        ),  # ours
         num_prototypes=3000,  # SwAV's ImageNet value
     )
     # ours: Adam 1e-5 backbone / 1e-4 head with a cosine schedule, 64-image batches.
-    teacher_opt = _adam(1e-5, head_lr=1e-4, weight_decay=1e-4, schedule="cosine",
-                        total_steps=4000)
+    teacher_opt = _adam(1e-5, head_lr=1e-4, weight_decay=1e-4, schedule="cosine", total_steps=4000)
     config.teacher = TeacherConfig(steps=4000, batch_size=64, m=4, optimizer=teacher_opt)
     config.pseudo_labels = PseudoLabelConfig(k=k, iters=20, batch_size=256)
-    student_opt = _adam(1e-5, head_lr=1e-4, basis_lr=1e-3, weight_decay=1e-4,
-                        schedule="cosine", total_steps=4000)
+    student_opt = _adam(
+        1e-5, head_lr=1e-4, basis_lr=1e-3, weight_decay=1e-4, schedule="cosine", total_steps=4000
+    )
     config.student = StudentConfig(
-        steps=4000, labeled_batch_size=32, labeled_m=4, unlabeled_batch_size=32,
-        unlabeled_m=4, optimizer=student_opt, variant="basis_mining", lambda1=1.0,
-        lambda2=1.0, basis_warmup=200,
+        steps=4000,
+        labeled_batch_size=32,
+        labeled_m=4,
+        unlabeled_batch_size=32,
+        unlabeled_m=4,
+        optimizer=student_opt,
+        variant="basis_mining",
+        lambda1=1.0,
+        lambda2=1.0,
+        basis_warmup=200,
     )
     config.eval = EvalConfig(batch_size=256)
     config.checkpoint_every = 500
@@ -544,7 +605,10 @@ def parse_overrides(overrides: Iterable[str] | Mapping[str, Any] | None) -> list
 
 def _annotations(cls: type) -> dict[str, str]:
     """Field name -> annotation string (annotations are strings here: postponed evaluation)."""
-    return {f.name: f.type if isinstance(f.type, str) else f.type.__name__ for f in dataclasses.fields(cls)}
+    return {
+        f.name: f.type if isinstance(f.type, str) else f.type.__name__
+        for f in dataclasses.fields(cls)
+    }
 
 
 def _resolve(config: Any, key: str) -> tuple[Any, str]:
@@ -561,15 +625,11 @@ def _resolve(config: Any, key: str) -> tuple[Any, str]:
     name = parts[-1]
     if not dataclasses.is_dataclass(owner) or name not in _annotations(type(owner)):
         raise _unknown(key, owner, name)
-    if dataclasses.is_dataclass(getattr(owner, name)):
-        raise ConfigError(
-            f"config key {key!r} is a section; set its fields, e.g. {key}.{_first_field(getattr(owner, name))}=..."
-        )
+    section = getattr(owner, name)
+    if dataclasses.is_dataclass(section):
+        example = f"{key}.{dataclasses.fields(section)[0].name}=..."
+        raise ConfigError(f"config key {key!r} is a section; set its fields, e.g. {example}")
     return owner, name
-
-
-def _first_field(section: Any) -> str:
-    return dataclasses.fields(section)[0].name
 
 
 def _unknown(key: str, owner: Any, part: str) -> ConfigError:
@@ -579,7 +639,9 @@ def _unknown(key: str, owner: Any, part: str) -> ConfigError:
 
 def _flatten(values: Mapping, prefix: str) -> Iterable[tuple[str, Any]]:
     if not isinstance(values, Mapping):
-        raise ConfigError(f"config section {prefix or '<root>'!r} must be a mapping, got {values!r}")
+        raise ConfigError(
+            f"config section {prefix or '<root>'!r} must be a mapping, got {values!r}"
+        )
     for key, value in values.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping) and key not in ("protocol_options", "group_weight_decay"):
@@ -600,14 +662,13 @@ def _coerce(value: Any, annotation: str, key: str) -> Any:
         if "None" in kinds:
             return None
         raise ConfigError(f"{key}: None is not allowed (expected {annotation})")
-    errors = []
     for kind in kinds:
         if kind == "None":
             continue
         try:
             return _convert(value, kind)
-        except (TypeError, ValueError) as err:
-            errors.append(str(err))
+        except (TypeError, ValueError):
+            continue
     raise ConfigError(f"{key}: expected {annotation}, got {value!r}")
 
 

@@ -47,7 +47,9 @@ def _smooth(values: np.ndarray, window: int) -> np.ndarray:
     return np.convolve(padded, kernel, mode="valid")
 
 
-def training_curves(histories: Mapping[str, Sequence[Mapping[str, float]]], path: str | os.PathLike) -> Path:
+def training_curves(
+    histories: Mapping[str, Sequence[Mapping[str, float]]], path: str | os.PathLike
+) -> Path:
     """One column per stage: the total loss and its parts (``loss/...``) over the steps
     (moving average of 1/20 of the run), and below the positive and negative pairs mined."""
     plt = _pyplot()
