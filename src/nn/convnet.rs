@@ -46,11 +46,14 @@ impl ConvNet {
         Ok(ConvNet { blocks })
     }
 
+    /// Each block pools before its ReLU: max-pooling and ReLU commute (ReLU is monotone),
+    /// so values and gradients are those of conv-BN-ReLU-pool, with the ReLU on a quarter
+    /// of the elements.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mut h = x.shallow_clone();
         for block in &self.blocks {
-            h = block.bn.forward_t(&block.conv.forward(&h)?, train)?.f_relu_()?;
-            h = h.f_max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false)?;
+            h = block.bn.forward_t(&block.conv.forward(&h)?, train)?;
+            h = h.f_max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false)?.f_relu_()?;
         }
         global_avg_pool(&h)
     }

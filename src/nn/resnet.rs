@@ -133,8 +133,10 @@ impl ResNet {
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut h = self.bn1.forward_t(&self.conv1.forward(x)?, train)?.f_relu_()?;
-        h = h.f_max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false)?;
+        // Pooling before the ReLU: they commute (ReLU is monotone), so values and gradients
+        // are torchvision's relu-then-maxpool ones, with the ReLU on a quarter of the elements.
+        let h = self.bn1.forward_t(&self.conv1.forward(x)?, train)?;
+        let mut h = h.f_max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false)?.f_relu_()?;
         for layer in &self.layers {
             for block in layer {
                 h = block.forward_t(&h, train)?;

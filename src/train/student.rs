@@ -308,8 +308,16 @@ impl Student {
         self.thresholds
     }
 
-    /// The loss terms of the embeddings `f` (float32, labeled rows first).
-    fn terms(&self, f: &Tensor, batch: &StudentBatch) -> Result<(Tensor, Metrics)> {
+    /// The loss terms of the embeddings `f` (float32, labeled rows first) at update `step`.
+    fn terms(&self, f: &Tensor, batch: &StudentBatch, step: i64) -> Result<(Tensor, Metrics)> {
+        match validate::finite(f, "embeddings") {
+            Err(SladeError::NonFinite(_)) => bail!(
+                NonFinite,
+                "the embeddings are NaN or Inf at step {step}; the parameters were not updated \
+                 (lower the learning rate, enable clip_grad_norm, or check the batch)"
+            ),
+            other => other?,
+        }
         let n_labeled = batch.labeled_images.size()[0];
         let n_unlabeled = batch.unlabeled_images.size()[0];
         let device = f.device();
@@ -439,9 +447,9 @@ impl Objective for Student {
     fn loss(&mut self, ctx: &mut StepContext, batch: &StudentBatch) -> Result<(Tensor, Metrics)> {
         let images = Tensor::f_cat(&[&batch.labeled_images, &batch.unlabeled_images], 0)?;
         let f = ctx.model.forward_t(&images, true)?;
-        let warming_up = self.warming_up(ctx.step);
+        let (step, warming_up) = (ctx.step, self.warming_up(ctx.step));
         tch::autocast(false, || {
-            let (loss, mut metrics) = self.terms(&f.f_to_kind(Kind::Float)?, batch)?;
+            let (loss, mut metrics) = self.terms(&f.f_to_kind(Kind::Float)?, batch, step)?;
             metrics.insert("warmup".into(), if warming_up { 1.0 } else { 0.0 });
             Ok((loss, metrics))
         })
