@@ -142,10 +142,15 @@ def test_pseudo_label_quality_matches_scikit_learn(tmp_path, fashion):
 
 
 @needs_omniglot
-def test_omniglot_run_with_two_self_training_rounds(tmp_path):
+def test_omniglot_run_with_ssl_two_self_training_rounds_and_per_image_transforms(tmp_path):
     config = tiny(
         "omniglot-ssl",
         f"data.root={DATA / 'omniglot'}",
+        "data.augment=transform",
+        "ssl.enabled=true",
+        "ssl.steps=2",
+        "ssl.batch_size=16",
+        "ssl.num_prototypes=10",
         "rounds=2",
         "teacher.steps=3",
         "student.steps=3",
@@ -156,6 +161,8 @@ def test_omniglot_run_with_two_self_training_rounds(tmp_path):
     # Round 2's teacher is round 1's student.
     assert result.rounds[1]["teacher"] == result.rounds[0]["student"]
     assert result.student == result.rounds[1]["student"]
+    assert result.trainers["ssl"].step_count == 2
+    assert isinstance(slade.load_trainer(tmp_path / "ssl" / "final.safetensors"), slade.SwavTrainer)
     for name in (
         "round2/pseudo_labels.npy",
         "round2/student/final.safetensors",
@@ -172,7 +179,7 @@ def test_omniglot_run_with_two_self_training_rounds(tmp_path):
 
 @needs_fashion
 def test_interrupted_runs_resume_to_the_same_results(tmp_path, fashion):
-    config = tiny()
+    config = tiny("fashion-mnist-ssl", "eval.plots=false")
     reference = slade.run(config, data=fashion, out=tmp_path / "reference")
     out = tmp_path / "interrupted"
     # Ctrl-C in the teacher (a checkpoint is written at the interrupt), then a crash in the

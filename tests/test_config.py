@@ -137,3 +137,18 @@ def test_semantic_dict_ignores_where_and_how_visibly_a_run_happens():
     assert a.semantic_dict() == b.semantic_dict()
     c = preset("fashion-mnist-ssl", ["teacher.steps=5"])
     assert a.semantic_dict() != c.semantic_dict()
+
+
+def test_a_cosine_schedule_without_total_steps_spans_its_stage():
+    from slade.api import _optimizer
+
+    config = preset("cub-nabirds", ["teacher.steps=123"])
+    assert config.teacher.optimizer.total_steps is None
+    assert _optimizer(config.teacher).total_steps == 123
+    assert _optimizer(config.ssl).total_steps == config.ssl.steps
+    assert config.teacher.optimizer.total_steps is None  # the config itself is left alone
+    fixed = preset(
+        "fashion-mnist-ssl",
+        ["teacher.optimizer.schedule=cosine", "teacher.optimizer.total_steps=50"],
+    )
+    assert _optimizer(fixed.teacher).total_steps == 50

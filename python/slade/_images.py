@@ -6,9 +6,10 @@ and the augmentation of a batch (or of each image in it) from a generator seeded
 (seed, stage, t). A run resumed from a checkpoint at step t therefore sees exactly the
 batches an uninterrupted run sees.
 
-In-memory grayscale images (Fashion-MNIST, Omniglot) are augmented batch-wise on uint8
-tensors, which is much faster than per-image PIL transforms; other data go through the
-dataset's own transform, one seeded generator per image.
+In-memory grayscale images (Fashion-MNIST, Omniglot) are augmented batch-wise on their
+uint8 arrays (random shifts in numpy: 0.5 ms for 64 images against 5 ms through the
+per-image PIL preset on a 2-core CPU; SwAV crops with torch's grid_sample); other data go
+through the dataset's own transform, one seeded generator per image.
 """
 
 from __future__ import annotations

@@ -477,13 +477,19 @@ def omniglot_ssl() -> Config:
     return config
 
 
-def _paper(name: str, k: int, lr_note: str = "") -> Config:
+def _paper(name: str, k: int) -> Config:
     """The paper's setting (SLADE Sec 4): ResNet-50 initialised self-supervised (SwAV,
-    fine-tuned on labeled + unlabeled images), 512-d embeddings, contrastive teacher and
-    student, Sec 3.3's basis + mining student with lambda1 = lambda2 = 1. Published: the
-    backbone, SwAV initialisation, the 512-d embedding, the ~2x-classes rule for k (k = 400
-    for NABirds). Ours (not in the paper): step counts, batch composition, learning rates,
-    schedules, SwAV crop settings."""
+    fine-tuned on labeled + unlabeled images), 512-d embeddings, the basis + mining student
+    of Sec 3.3 with lambda1 = lambda2 = 1, contrastive loss (the paper reports contrastive
+    and multi-similarity; set ``teacher.loss`` / ``student.loss``). Published: the backbone,
+    the SwAV initialisation, the 512-d embedding, k ~ 2x the labeled classes (k = 400 for
+    NABirds). Ours (not in the paper): step counts, batch composition, learning rates,
+    schedules, SwAV crop settings.
+
+    The paper starts from SwAV's ImageNet ResNet-50; slade never downloads, so point
+    ``ssl.weights`` at those weights (a torchvision-style ``.pt``/``.safetensors`` file),
+    otherwise SwAV starts from a random initialisation. Cosine schedules span each stage
+    (``total_steps`` follows ``steps``)."""
     config = Config(preset=name)
     config.data = DataConfig(protocol=name, num_workers=4)
     config.model = ModelConfig("resnet50", 3, 512)  # paper: ResNet-50, 512-d
@@ -500,17 +506,14 @@ def _paper(name: str, k: int, lr_note: str = "") -> Config:
             weight_decay=1e-6,
             schedule="cosine",
             warmup_steps=100,
-            total_steps=2000,
         ),  # ours
         num_prototypes=3000,  # SwAV's ImageNet value
     )
     # ours: Adam 1e-5 backbone / 1e-4 head with a cosine schedule, 64-image batches.
-    teacher_opt = _adam(1e-5, head_lr=1e-4, weight_decay=1e-4, schedule="cosine", total_steps=4000)
+    teacher_opt = _adam(1e-5, head_lr=1e-4, weight_decay=1e-4, schedule="cosine")
     config.teacher = TeacherConfig(steps=4000, batch_size=64, m=4, optimizer=teacher_opt)
     config.pseudo_labels = PseudoLabelConfig(k=k, iters=20, batch_size=256)
-    student_opt = _adam(
-        1e-5, head_lr=1e-4, basis_lr=1e-3, weight_decay=1e-4, schedule="cosine", total_steps=4000
-    )
+    student_opt = _adam(1e-5, head_lr=1e-4, basis_lr=1e-3, weight_decay=1e-4, schedule="cosine")
     config.student = StudentConfig(
         steps=4000,
         labeled_batch_size=32,
