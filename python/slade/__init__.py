@@ -21,19 +21,37 @@ from .errors import (
 )
 from .nn import EmbeddingModel, ModelConfig, load_torchvision_weights
 from .basis import FeatureBasis
-from .cluster import KMeansResult, kmeans, nmi, pseudo_label
+from .cluster import KMeansResult, kmeans, nmi
 from .retrieval import knn, retrieval_metrics
 from .train import OptimizerConfig, StudentTrainer, SwavConfig, SwavTrainer, TeacherTrainer
+from . import config
+from .config import Config
 
 __version__ = _core.__version__
 
 
-def __getattr__(name: str):
-    # slade.data imports torchvision; load it on first use rather than with slade.
-    if name == "data":
-        import importlib
+# The pipeline (slade.api) and slade.data import torchvision: loaded on first use.
+_PIPELINE = (
+    "load_data",
+    "train_ssl",
+    "train_teacher",
+    "pseudo_label",
+    "PseudoLabels",
+    "train_student",
+    "evaluate",
+    "load_trainer",
+    "run",
+    "RunResult",
+)
 
-        return importlib.import_module(".data", __name__)
+
+def __getattr__(name: str):
+    import importlib
+
+    if name in ("data", "api", "plots", "cli"):
+        return importlib.import_module(f".{name}", __name__)
+    if name in _PIPELINE:
+        return getattr(importlib.import_module(".api", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -45,6 +63,17 @@ __all__ = [
     "kmeans",
     "nmi",
     "pseudo_label",
+    "config",
+    "Config",
+    "load_data",
+    "train_ssl",
+    "train_teacher",
+    "PseudoLabels",
+    "train_student",
+    "evaluate",
+    "load_trainer",
+    "run",
+    "RunResult",
     "knn",
     "retrieval_metrics",
     "ModelConfig",

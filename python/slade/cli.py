@@ -1,0 +1,179 @@
+"""The ``slade`` command: run the pipeline, evaluate a checkpoint, list presets.
+
+    slade run --preset fashion-mnist-ssl --out runs/fashion-mnist-ssl teacher.steps=200
+    slade evaluate runs/fashion-mnist-ssl/round1/student/final.safetensors
+    slade presets
+
+Overrides are ``key=value`` with dotted keys of :class:`slade.config.Config`
+(``teacher.optimizer.lr=3e-4``, ``student.variant=basis``, ``seed=2``).
+Exit status: 0 on success, 2 for a usage or configuration error, 1 for other failures
+(missing data, bad files), 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="slade",
+        description="SLADE semi-supervised metric learning: teacher, pseudo labels, student.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    run = commands.add_parser(
+        "run",
+        help="train teacher and student and report both",
+        description="Runs the whole pipeline of a preset and writes results.json, "
+        "checkpoints and plots to OUT; a folder holding an interrupted run of the same "
+        "configuration is resumed.",
+    )
+    run.add_argument("--preset", required=True, help="see `slade presets`")
+    run.add_argument("--data", metavar="PATH", help="data folder (sets data.root)")
+    run.add_argument(
+        "--pool",
+        metavar="PATH",
+        help="unlabeled pool folder of the paper pairings (data.pool_root)",
+    )
+    run.add_argument("--out", metavar="DIR", help="output folder (default runs/PRESET)")
+    run.add_argument("--device", help="cpu, cuda or cuda:N (default cpu)")
+    run.add_argument("--seed", type=int, help="run seed")
+    run.add_argument("--overwrite", action="store_true", help="delete an earlier run in OUT first")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="retrieval metrics of a checkpoint",
+        description="Embeds the test (or validation) split with a checkpoint's model and "
+        "prints MAP@R, R-Precision, P@1, Recall@K and NMI. The protocol comes from --preset, "
+        "or from the config.json of the run the checkpoint belongs to.",
+    )
+    evaluate.add_argument("checkpoint", help="a .safetensors checkpoint written by slade")
+    evaluate.add_argument("--data", metavar="PATH", help="data folder (sets data.root)")
+    evaluate.add_argument("--pool", metavar="PATH", help="data.pool_root")
+    evaluate.add_argument("--preset", help="protocol and evaluation settings of this preset")
+    evaluate.add_argument(
+        "--split", choices=("test", "val"), help="default: the config's data.evaluate_on"
+    )
+    evaluate.add_argument("--device", help="cpu, cuda or cuda:N")
+    evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    evaluate.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+
+    commands.add_parser("presets", help="list the presets")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from . import api
+    from .config import preset
+
+    config = preset(args.preset)
+    options = {
+        "data.root": args.data,
+        "data.pool_root": args.pool,
+        "device": args.device,
+        "seed": args.seed,
+    }
+    config.override({k: v for k, v in options.items() if v is not None})
+    config.override(args.overrides)
+    if args.no_progress:
+        config.progress = False
+    out = Path(args.out) if args.out else Path("runs") / args.preset
+    result = api.run(config, out=out, overwrite=args.overwrite)
+    print(result.table())
+    print(f"results: {out / 'results.json'}; plots: {out / 'plots'}")
+    return 0
+
+
+def _run_config_of(checkpoint: Path) -> dict | None:
+    """The config.json of the run a checkpoint lies in (up to three folders up)."""
+    for folder in list(checkpoint.resolve().parents)[:3]:
+        candidate = folder / "config.json"
+        if candidate.is_file():
+            return json.loads(candidate.read_text())
+    return None
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from . import api
+    from .config import Config, preset
+    from .errors import ConfigError, MissingFileError
+
+    checkpoint = Path(args.checkpoint)
+    if not checkpoint.exists():
+        raise MissingFileError(f"no such checkpoint: {checkpoint}")
+    if args.preset:
+        config = preset(args.preset)
+    else:
+        saved = _run_config_of(checkpoint)
+        if saved is None:
+            raise ConfigError(
+                f"no config.json found beside {checkpoint}: pass --preset to say which data to use"
+            )
+        config = Config.from_dict(saved)
+    options = {"data.root": args.data, "data.pool_root": args.pool, "device": args.device}
+    config.override({k: v for k, v in options.items() if v is not None})
+    config.override(args.overrides)
+    config.progress = False
+    config.validate()
+    split = args.split or config.data.evaluate_on
+    metrics = api.evaluate(checkpoint, config=config, split=split)
+    if args.json:
+        print(json.dumps(metrics, indent=1))
+    else:
+        print(api.results_table([(checkpoint.name, metrics)], split=split))
+        for key, value in metrics.items():
+            print(f"  {key:<16} {value:.4f}")
+    return 0
+
+
+def _presets() -> int:
+    from .config import PRESETS
+
+    width = max(len(name) for name in PRESETS)
+    for name, (_, description) in PRESETS.items():
+        print(f"{name:<{width}}  {description}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``slade`` console script and of ``python -m slade``."""
+    parser = _parser()
+    # Overrides may come before, between or after options: argparse leaves the ones after
+    # an option that follows the positionals unparsed.
+    args, extra = parser.parse_known_args(argv)
+    unknown = [item for item in extra if item.startswith("-") or not hasattr(args, "overrides")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
+    from .errors import ConfigError, SladeError
+
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "evaluate":
+            return _evaluate(args)
+        return _presets()
+    except ConfigError as err:
+        print(f"slade: error: {err}", file=sys.stderr)
+        return 2
+    except (SladeError, FileNotFoundError) as err:
+        print(f"slade: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("slade: interrupted (run the same command again to resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""The `slade` command: run, evaluate, presets, and its error messages."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+import slade
+from slade.cli import main
+
+FASHION_ROOT = Path("/usr/share/datasets/fashion-mnist")
+needs_fashion = pytest.mark.skipif(
+    not any((FASHION_ROOT / f"train-images-idx3-ubyte{s}").exists() for s in ("", ".gz")),
+    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
+)
+
+TINY = [
+    "teacher.steps=3",
+    "student.steps=3",
+    "pseudo_labels.k=4",
+    "data.max_unlabeled=200",
+    "data.max_test=200",
+    "eval.examples=1",
+]
+
+
+def test_presets_lists_every_preset_also_through_python_dash_m():
+    done = subprocess.run(
+        [sys.executable, "-m", "slade", "presets"], capture_output=True, text=True, check=True
+    )
+    names = [line.split()[0] for line in done.stdout.splitlines()]
+    assert names == slade.config.preset_names()
+
+
+def test_the_console_script_points_at_main():
+    scripts = {e.name: e.value for e in metadata.entry_points(group="console_scripts")}
+    assert scripts.get("slade") == "slade.cli:main"
+
+
+@pytest.mark.parametrize(
+    "argv, pattern",
+    [
+        (
+            ["run", "--preset", "mnist"],
+            "unknown preset 'mnist'; available presets: fashion-mnist-ssl",
+        ),
+        (
+            ["run", "--preset", "fashion-mnist-ssl", "teacher.stepz=3"],
+            "unknown config key 'teacher.stepz'",
+        ),
+        (
+            ["run", "--preset", "fashion-mnist-ssl", "teacher.steps=many"],
+            "teacher.steps: expected int, got 'many'",
+        ),
+        (
+            ["run", "--preset", "fashion-mnist-ssl", "student.variant=all"],
+            "student.variant must be one of",
+        ),
+        (["run", "--preset", "fashion-mnist-ssl", "teacher.steps"], "key=value"),
+        (["run", "--preset", "cub-nabirds"], "data.root is required"),
+    ],
+)
+def test_configuration_errors_exit_2_with_a_message_naming_the_problem(
+    argv, pattern, capsys, tmp_path
+):
+    assert main(argv + ["--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("slade: error: ") and pattern in err
+
+
+def test_missing_data_exits_1_naming_the_file(capsys, tmp_path):
+    assert (
+        main(
+            [
+                "run",
+                "--preset",
+                "omniglot-ssl",
+                "--data",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 1
+    )
+    assert "images_background_small1.zip" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "run",
+                "--preset",
+                "fashion-mnist-ssl",
+                "--data",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "f"),
+            ]
+        )
+        == 1
+    )
+    assert "train-images-idx3-ubyte" in capsys.readouterr().err
+    assert not (tmp_path / "f" / "config.json").exists()  # nothing written before the data loads
+    assert main(["evaluate", str(tmp_path / "none.safetensors")]) == 1
+    assert "none.safetensors" in capsys.readouterr().err
+
+
+def test_usage_errors_exit_2():
+    with pytest.raises(SystemExit) as caught:
+        main(["run"])
+    assert caught.value.code == 2
+
+
+@needs_fashion
+def test_run_then_evaluate_the_student_checkpoint(capsys, tmp_path):
+    out = tmp_path / "run"
+    assert (
+        main(["run", "--preset", "fashion-mnist-ssl", "--out", str(out), "--no-progress", *TINY])
+        == 0
+    )
+    printed = capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    assert {"teacher", "student", "config"} <= set(results)
+    assert results["config"]["teacher"]["steps"] == 3 and results["config"]["out"] == str(out)
+    rows = {line.split()[0]: line.split()[1:] for line in printed.splitlines()[1:3]}
+    assert float(rows["student"][0]) == pytest.approx(
+        100 * results["student"]["map_at_r"], abs=0.006
+    )
+    assert (out / "plots" / "training_curves.png").is_file()
+
+    checkpoint = out / "round1" / "student" / "final.safetensors"
+    assert main(["evaluate", str(checkpoint), "--json"]) == 0  # data from the run's config.json
+    assert json.loads(capsys.readouterr().out) == results["student"]
+    assert (
+        main(["evaluate", str(checkpoint), "--preset", "fashion-mnist-ssl", "data.max_test=200"])
+        == 0
+    )
+    assert "map_at_r" in capsys.readouterr().out
+
+    # The same command again finds the finished run and only reports it.
+    assert (
+        main(["run", "--preset", "fashion-mnist-ssl", "--out", str(out), "--no-progress", *TINY])
+        == 0
+    )
+    assert capsys.readouterr().out == printed
+    assert (
+        main(
+            ["run", "--preset", "fashion-mnist-ssl", "--out", str(out), "--no-progress", *TINY[1:]]
+        )
+        == 2
+    )
+    assert "another configuration" in capsys.readouterr().err
