@@ -180,7 +180,9 @@ class ReferenceStudent:
             total = total + self.lambda2 * (ce + reg)
             pairs = None
             if self.variant == "basis_mining":
-                t1, t2 = self.basis.threshold(self.t1), self.basis.threshold(self.t2)
+                # "all": thresholds outside the range of a cosine (every pair passes)
+                t1 = -2.0 if self.t1 == "all" else self.basis.threshold(self.t1)
+                t2 = 2.0 if self.t2 == "all" else self.basis.threshold(self.t2)
                 with torch.no_grad():
                     s = self.basis.similarity(fu.detach())
                 pairs = mine_pairs(s, pseudo, t1, t2, self.require)

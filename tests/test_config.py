@@ -101,6 +101,8 @@ def test_overrides_convert_strings_to_each_field_type():
         ("student.t1=high", "student.t1"),
         ("data.protocol=mnist", "data.protocol"),
         ("device=tpu", "device"),
+        ("data.val_in_pool=0.5", "data.val_in_pool"),
+        ("data.val_in_pool=1.0", "data.val_in_pool"),
     ],
 )
 def test_bad_overrides_raise_config_errors_naming_the_key(override, pattern):

@@ -42,6 +42,7 @@ from slade.data import (
     load_protocol,
     omniglot_ssl,
     split_classes,
+    with_val_in_pool,
 )
 from slade.errors import ConfigError, InvalidArgumentError, MissingFileError
 
@@ -232,6 +233,30 @@ def test_omniglot_ssl_validation_split(omniglot):
     assert len(data.val) == 17 * 20
 
 
+def test_omniglot_ssl_validation_classes_in_the_pool(omniglot):
+    data = omniglot_ssl(_omniglot_root(), val_classes=20, seed=0)
+    moved = with_val_in_pool(data, 0.5, seed=3)
+    assert len(moved.val) == 200 and moved.val.num_classes == 20
+    assert len(moved.unlabeled) == len(data.unlabeled) + 200
+    # the pool keeps its images first, then 10 drawings of each validation character
+    pool = moved.unlabeled._images
+    assert torch.equal(pool.images[: len(data.unlabeled)], data.unlabeled._images.images)
+    added = _names(pool, moved.unlabeled.hidden_labels[len(data.unlabeled) :])
+    assert sorted(set(added)) == sorted(data.val.classes)
+    assert all(added.count(name) == 10 for name in set(added))
+    assert _names(moved.unlabeled._images)[: len(data.unlabeled)] == _names(data.unlabeled._images)
+    # each validation image is either a query or in the pool, never both
+    val_rows = {bytes(img.numpy()) for img in data.val.images}
+    query_rows = {bytes(img.numpy()) for img in moved.val.images}
+    added_rows = {bytes(img.numpy()) for img in pool.images[len(data.unlabeled) :]}
+    assert query_rows | added_rows == val_rows and not query_rows & added_rows
+    assert moved.val.labels.max() == 19 and moved.labeled is data.labeled
+    with pytest.raises(ConfigError, match="val_classes"):
+        with_val_in_pool(omniglot_ssl(_omniglot_root()), 0.5)
+    with pytest.raises(InvalidArgumentError, match="fraction"):
+        with_val_in_pool(data, 1.0)
+
+
 # --------------------------------------------------------------------------- folders
 
 
@@ -263,6 +288,16 @@ def test_folders_with_val_folder_and_errors(tmp_path):
         folders(tmp_path, style="sepia")
     with pytest.raises(ConfigError, match="transform"):
         folders(tmp_path, train_transform="fancy")
+
+
+def test_folders_validation_in_an_unlabeled_pool(tmp_path):
+    fixture = write_folders(tmp_path)
+    data = folders(tmp_path, val_classes=1, seed=0)
+    moved = with_val_in_pool(data, 0.5, seed=0)
+    assert len(moved.val) + len(moved.unlabeled) == len(data.val) + len(fixture["unlabeled"])
+    assert moved.unlabeled.hidden_labels is None  # the folder pool has no labels to keep
+    assert moved.unlabeled[len(moved.unlabeled) - 1][1] == UNLABELED
+    assert moved.unlabeled[len(moved.unlabeled) - 1][0].shape == data.unlabeled[0][0].shape
 
 
 def test_split_classes_arguments(tmp_path):

@@ -88,6 +88,7 @@ CASES = [
     dict(variant="basis", regularizer="global_ce", num_pseudo_classes=5, basis_warmup=1),
     dict(variant="basis_mining", t1="mu+", t2="mid", require_pseudo_agreement=False),
     dict(variant="basis_mining", t1=0.9, t2=0.5, lambda1=0.5, lambda2=2.0, sd_margin=0.3, momentum=0.9),
+    dict(variant="basis_mining", t1="all", t2="mu+"),
 ]
 
 
@@ -180,6 +181,13 @@ def test_metrics_name_every_part():
     stats = fixed.basis_statistics
     assert metrics["threshold/t2"] == pytest.approx((stats["mu_pos"] + stats["mu_neg"]) / 2)
     assert fixed.threshold_rules() == ("0.25", "mid")
+    every = student(t1="all", t2="all")
+    metrics = every.step(*make_batch())
+    pseudo = make_batch()[3]
+    same = int((pseudo[:, None] == pseudo[None, :]).sum()) - len(pseudo)
+    assert (metrics["threshold/t1"], metrics["threshold/t2"]) == (-2.0, 2.0)
+    assert metrics["pairs/positive"] == same
+    assert metrics["pairs/negative"] == len(pseudo) * (len(pseudo) - 1) - same
     naive = student(variant="pseudo_only")
     metrics = naive.step(*make_batch())
     assert naive.basis is None and "lr/basis" not in metrics and "loss/basis" not in metrics

@@ -26,7 +26,7 @@ from .data.base import ImageDataset, ImageTensorDataset, UnlabeledDataset
 from .data.transforms import RandomShift
 
 # Stage codes mixed into the seeds.
-STAGE_CODES = {"subset": 1, "ssl": 2, "teacher": 3, "student_labeled": 4, "student_unlabeled": 5}
+STAGE_CODES = {"subset": 1, "ssl": 2, "teacher": 3, "student_labeled": 4, "student_unlabeled": 5, "val_in_pool": 6}
 
 
 def derive_seed(*parts: int) -> int:

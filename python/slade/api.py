@@ -132,6 +132,10 @@ def load_data(config: Config | str | None = None) -> Any:
         data = data_module.load_protocol(d.protocol, *args, **options)
     except TypeError as err:
         raise ConfigError(f"data.protocol_options do not fit {d.protocol}: {err}") from None
+    if d.val_in_pool:
+        data = data_module.with_val_in_pool(
+            data, d.val_in_pool, derive_seed(config.seed, STAGE_CODES["val_in_pool"])
+        )
     return _subsampled(data, d, config.seed)
 
 

@@ -54,7 +54,7 @@ PROTOCOL_NAMES = (
 LOSSES = ("contrastive", "multi_similarity")
 VARIANTS = ("basis_mining", "basis", "pseudo_only")
 REGULARIZERS = ("sd", "global_ce", "local_ce")
-THRESHOLD_RULES = ("auto", "mu+", "mu-", "mid")
+THRESHOLD_RULES = ("auto", "mu+", "mu-", "mid", "all")
 
 
 @dataclass
@@ -72,6 +72,9 @@ class DataConfig:
         image_size: Omniglot's image side in pixels (28; ``None`` keeps 105).
         val_classes: labeled classes held out as a validation split (a count, or a fraction
             of the labeled classes); 0 keeps them all for training.
+        val_in_pool: fraction of each validation class's images moved into the unlabeled
+            pool (labels hidden), the rest staying validation queries; mirrors protocols
+            whose test classes are also in the pool (0: none).
         evaluate_on: ``"test"`` or ``"val"`` (tune hyperparameters on ``"val"``).
         shift: grayscale training augmentation, random shifts of up to ``shift`` pixels.
         augment: ``"auto"``: in-memory grayscale images are augmented batch-wise on tensors
@@ -88,6 +91,7 @@ class DataConfig:
     protocol_options: dict = field(default_factory=dict)
     image_size: int | None = 28
     val_classes: float = 0
+    val_in_pool: float = 0.0
     evaluate_on: str = "test"
     shift: int = 2
     augment: str = "auto"
@@ -198,7 +202,8 @@ class StudentConfig(_RankingLoss):
         num_pseudo_classes: classes of the global-CE head; ``None``: ``pseudo_labels.k``.
         momentum, sd_margin, sd_weight: the running statistics and margin of L_SD.
         t1, t2: mining thresholds: numbers, or rules on the running statistics ``"mu+"``,
-            ``"mu-"``, ``"mid"`` or ``"auto"`` (T1 = mu+, T2 = mu-).
+            ``"mu-"``, ``"mid"``, ``"all"`` (no test on that side) or ``"auto"``
+            (T1 = mu+, T2 = mu-, DESIGN.md's default).
         require_pseudo_agreement: mined positives must share their pseudo label, negatives
             must not.
     """
@@ -334,6 +339,12 @@ class Config:
         _check(self.data.augment in ("auto", "transform"), "data.augment", "'auto' or 'transform'")
         _check(self.data.shift >= 0, "data.shift", ">= 0")
         _check(self.data.val_classes >= 0, "data.val_classes", ">= 0")
+        _check(0.0 <= self.data.val_in_pool < 1.0, "data.val_in_pool", "in [0, 1)")
+        _check(
+            not self.data.val_in_pool or self.data.val_classes > 0,
+            "data.val_in_pool",
+            "0 unless data.val_classes > 0",
+        )
         _check(self.data.num_workers >= 0, "data.num_workers", ">= 0")
         if self.data.evaluate_on == "val" and self.data.protocol in (
             "fashion-mnist-ssl",

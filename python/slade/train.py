@@ -459,7 +459,9 @@ class StudentTrainer(_Trainer):
       share their pseudo label and negatives N = {s <= T2} that do not (drop the pseudo-label
       condition with ``require_pseudo_agreement=False``); otherwise all pairs by pseudo label.
       ``t1``/``t2`` are numbers or rules read from the running statistics after this step's
-      update: ``"mu+"``, ``"mu-"``, ``"mid"`` ((mu+ + mu-) / 2), or ``"auto"`` (the default
+      update: ``"mu+"``, ``"mu-"``, ``"mid"`` ((mu+ + mu-) / 2), ``"all"`` (no test on that
+      side: every pseudo-label-agreeing pair is a positive, or every disagreeing one a
+      negative), or ``"auto"`` (the default
       rules, currently T1 = mu+ and T2 = mu-; see :meth:`threshold_rules`). A rule whose
       statistic no batch has defined yet mines no pair of that side.
     - L_rank(unlabeled): the same loss kind as the labeled one over those pairs (no

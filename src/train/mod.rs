@@ -153,6 +153,10 @@ pub trait Objective: Send {
         Ok(())
     }
 
+    /// Optimizer groups of the objective that exist even when empty (so that a setting for
+    /// them, e.g. `basis_lr`, is accepted by every variant); "backbone" and "head" always do.
+    const GROUPS: &'static [&'static str] = &[];
+
     /// State tensors that are neither parameters nor buffers (e.g. running statistics),
     /// saved in checkpoints under "objective.".
     fn state(&self) -> Vec<(String, Tensor)> {
@@ -213,7 +217,7 @@ impl<O: Objective> Trainer<O> {
                 None => groups.push((v.group.clone(), vec![entry])),
             }
         }
-        for required in [BACKBONE_GROUP, HEAD_GROUP, BASIS_GROUP] {
+        for &required in [BACKBONE_GROUP, HEAD_GROUP].iter().chain(O::GROUPS) {
             if !groups.iter().any(|(g, _)| g == required) {
                 groups.push((required.to_string(), Vec::new()));
             }

@@ -17,7 +17,8 @@
 //!    pseudo label and a negative not (`require_pseudo_agreement`); otherwise all pairs by
 //!    pseudo label. T1/T2 are numbers or rules read from the running statistics after
 //!    step 3's update (the blended statistics L_SD used): "mu+", "mu-", "mid" = (mu+ + mu-)/2,
-//!    and "auto" = [`AUTO_THRESHOLDS`]. A rule whose statistic no batch has defined yet
+//!    "all" (no test on that side: T1 = -2, T2 = 2, outside the range of a cosine) and
+//!    "auto" = [`AUTO_THRESHOLDS`]. A rule whose statistic no batch has defined yet
 //!    mines no pair of that side.
 //! 5. L_rank(unlabeled) on those pairs, with the labeled loss's kind (contrastive or
 //!    multi-similarity; no multi-similarity miner on top).
@@ -107,6 +108,8 @@ impl ThresholdRule {
                 "mu+" => Ok(ThresholdRule::MuPos),
                 "mu-" => Ok(ThresholdRule::MuNeg),
                 "mid" => Ok(ThresholdRule::Mid),
+                // Beyond the range of a cosine: every pair passes that side's test.
+                "all" => Ok(ThresholdRule::Fixed([-2.0, 2.0][which])),
                 "auto" => {
                     let auto = [AUTO_THRESHOLDS.0, AUTO_THRESHOLDS.1][which];
                     Self::parse(&ThresholdSetting::Rule(auto.into()), name, which)
@@ -114,7 +117,7 @@ impl ThresholdRule {
                 other => bail!(
                     Config,
                     "unknown {name} rule {other:?}; pass a number or one of \"auto\", \"mu+\", \
-                     \"mu-\", \"mid\""
+                     \"mu-\", \"mid\", \"all\""
                 ),
             },
         }
@@ -155,7 +158,7 @@ pub struct StudentConfig {
     pub momentum: f64,
     pub sd_margin: f64,
     pub sd_weight: f64,
-    /// T1 and T2: a number or "auto", "mu+", "mu-", "mid".
+    /// T1 and T2: a number or "auto", "mu+", "mu-", "mid", "all".
     pub t1: ThresholdSetting,
     pub t2: ThresholdSetting,
     pub require_pseudo_agreement: bool,
@@ -393,6 +396,7 @@ impl Student {
 impl Objective for Student {
     type Batch = StudentBatch;
     const KIND: &'static str = "student";
+    const GROUPS: &'static [&'static str] = &[BASIS_GROUP];
 
     fn config(&self) -> serde_json::Value {
         serde_json::to_value(&self.config).expect("plain settings serialise")
@@ -511,6 +515,9 @@ mod tests {
         );
         assert_eq!(rules, (ThresholdRule::MuPos, ThresholdRule::MuNeg));
         assert_eq!(ThresholdRule::Mid.resolve(Some(0.8), Some(0.2)), Some(0.5));
+        let all = ThresholdSetting::Rule("all".into());
+        assert_eq!(ThresholdRule::parse(&all, "t1", 0).unwrap(), ThresholdRule::Fixed(-2.0));
+        assert_eq!(ThresholdRule::parse(&all, "t2", 1).unwrap(), ThresholdRule::Fixed(2.0));
         assert_eq!(ThresholdRule::MuPos.resolve(None, Some(0.2)), None);
         let err = ThresholdRule::parse(&ThresholdSetting::Rule("median".into()), "t1", 0);
         assert!(err.unwrap_err().to_string().contains("mu+"));

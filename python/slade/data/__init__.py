@@ -13,7 +13,9 @@ from .base import (
     ImageFileDataset,
     ImageTensorDataset,
     UnlabeledDataset,
+    concat,
     split_classes,
+    split_images_per_class,
 )
 from .datasets import (
     CUB200,
@@ -38,6 +40,7 @@ from .protocols import (
     inshop_fashion200k,
     load_protocol,
     omniglot_ssl,
+    with_val_in_pool,
 )
 from .samplers import MPerClassSampler, RandomBatchSampler
 from .transforms import MultiCrop, RandomShift, eval_transform, multi_crop, train_transform
@@ -48,7 +51,10 @@ __all__ = [
     "ImageFileDataset",
     "ImageTensorDataset",
     "UnlabeledDataset",
+    "concat",
     "split_classes",
+    "split_images_per_class",
+    "with_val_in_pool",
     "CUB200",
     "Cars196",
     "CompCars",

@@ -321,6 +321,15 @@ class UnlabeledDataset(Dataset):
     def subset(self, indices: Any) -> "UnlabeledDataset":
         return UnlabeledDataset(self._images.subset(indices, relabel=False), self._labels_known)
 
+    def with_images(self, images: ImageDataset) -> "UnlabeledDataset":
+        """This pool plus ``images`` (their labels become hidden labels, or are dropped
+        where this pool has none)."""
+        if not self._labels_known:
+            images = images.subset(np.arange(len(images)), relabel=False)
+            images.labels = torch.full_like(images.labels, UNLABELED)
+            images.classes = []
+        return UnlabeledDataset(concat(self._images, images), self._labels_known)
+
     def with_labels(self, labels: Any, classes: Sequence[str] | None = None) -> ImageDataset:
         """A labeled dataset of the same images, e.g. with the teacher's pseudo labels (Sec 3.2)."""
         return self._images.with_labels(labels, classes)
@@ -358,3 +367,68 @@ def split_classes(
     held_out = np.sort(rng.choice(present, size=count, replace=False))
     mask = np.isin(dataset.labels.numpy(), held_out)
     return dataset.subset(~mask), dataset.subset(mask)
+
+
+def concat(first: ImageDataset, second: ImageDataset) -> ImageDataset:
+    """The images of ``first`` then ``second`` (same dataset type) as one dataset.
+
+    Classes are merged by name: ``first``'s keep their numbers, ``second``'s new names are
+    appended. Extras present in both are concatenated, others dropped; the transform is
+    ``first``'s.
+    """
+    in_memory = isinstance(first, ImageTensorDataset), isinstance(second, ImageTensorDataset)
+    files = isinstance(first, ImageFileDataset), isinstance(second, ImageFileDataset)
+    if not (all(in_memory) or all(files)):
+        raise InvalidArgumentError(
+            f"cannot concatenate a {type(first).__name__} and a {type(second).__name__}: "
+            "both must hold images in memory or both image files"
+        )
+    classes = list(first.classes)
+    index = {name: i for i, name in enumerate(classes)}
+    for name in second.classes:
+        if name not in index:
+            index[name] = len(classes)
+            classes.append(name)
+    remap = torch.tensor([index[name] for name in second.classes] or [0], dtype=torch.int64)
+    second_labels = torch.where(
+        second.labels >= 0, remap[second.labels.clamp(min=0)], second.labels
+    )
+    clone = copy.copy(first)
+    if isinstance(first, ImageTensorDataset):
+        if first.images.shape[1:] != second.images.shape[1:]:
+            raise ShapeError(
+                f"cannot concatenate images of shape {tuple(first.images.shape[1:])} "
+                f"and {tuple(second.images.shape[1:])}"
+            )
+        clone.images = torch.cat([first.images, second.images])
+    else:
+        if first.mode != second.mode:
+            raise InvalidArgumentError(
+                f"cannot concatenate {first.mode} and {second.mode} image files"
+            )
+        clone.paths = first.paths + second.paths
+    clone.labels = torch.cat([first.labels, second_labels])
+    clone.classes = classes
+    clone.extras = {
+        key: np.concatenate([value, second.extras[key]])
+        for key, value in first.extras.items()
+        if key in second.extras
+    }
+    return clone
+
+
+def split_images_per_class(
+    dataset: ImageDataset, fraction: float, seed: int = 0
+) -> tuple[ImageDataset, ImageDataset]:
+    """Splits each class's images at random: ``(rest, taken)``, ``taken`` holding
+    ``round(fraction * n)`` of each class's ``n`` images (labels and classes kept)."""
+    if not 0.0 < fraction < 1.0:
+        raise InvalidArgumentError(f"a fraction of images must lie in (0, 1), got {fraction}")
+    rng = np.random.default_rng(seed)
+    labels = dataset.labels.numpy()
+    taken = np.zeros(len(labels), dtype=bool)
+    for label in np.unique(labels):
+        rows = np.flatnonzero(labels == label)
+        count = int(round(fraction * len(rows)))
+        taken[rng.choice(rows, size=count, replace=False)] = True
+    return dataset.subset(~taken, relabel=False), dataset.subset(taken, relabel=False)

@@ -24,7 +24,7 @@ Protocols:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Union
 
@@ -33,7 +33,7 @@ import numpy as np
 from ..errors import ConfigError, InvalidArgumentError, MissingFileError, SladeIOError
 from . import transforms as presets
 from ._files import PathLike
-from .base import ImageDataset, UnlabeledDataset, split_classes
+from .base import ImageDataset, UnlabeledDataset, split_classes, split_images_per_class
 from .datasets import (
     CUB200,
     Cars196,
@@ -121,6 +121,26 @@ class SemiSupervisedData:
             "classes": int(hidden.unique().numel()) if hidden is not None else None,
         }
         return out
+
+
+def with_val_in_pool(data: SemiSupervisedData, fraction: float, seed: int = 0) -> SemiSupervisedData:
+    """Moves ``fraction`` of each validation class's images into the unlabeled pool.
+
+    In the protocols the test classes also appear in the unlabeled pool (other images of
+    them), which is what the student's pseudo labels exploit. A validation split that
+    mirrors this puts part of each held-out class into the pool (labels hidden) and keeps
+    the other part as validation queries; hyperparameters tuned on it see the same setting
+    as the test split.
+    """
+    if data.val is None:
+        raise ConfigError("val_in_pool needs a validation split: set val_classes > 0")
+    queries, pooled = split_images_per_class(data.val, fraction, seed)
+    pooled = pooled.with_transform(data.unlabeled.transform)
+    return replace(
+        data,
+        unlabeled=data.unlabeled.with_images(pooled),
+        val=queries.subset(np.arange(len(queries))),
+    )
 
 
 def _resolve(
