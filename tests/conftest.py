@@ -1,9 +1,24 @@
-"""Shared pytest configuration: the `cuda` marker skips tests when no CUDA device is present."""
+"""Shared pytest configuration.
+
+- The `cuda` marker skips tests when no CUDA device is present.
+- The fixtures `fashion_mnist_root` and `omniglot_root` give the real data sets DESIGN.md §3
+  names, and fail (never skip) when they are absent, saying how to provide them:
+  Fashion-MNIST from the Debian package dataset-fashion-mnist (installed by
+  scripts/setup.sh), Omniglot's archives under ``$SLADE_DATA/omniglot`` (default
+  ``<repo>/../shared/data``).
+"""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
+
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+DATA = Path(os.environ.get("SLADE_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+OMNIGLOT_ZIPS = ("images_background_small1.zip", "images_background_small2.zip")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -13,3 +28,26 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_root() -> Path:
+    if not any((FASHION_MNIST / f"train-images-idx3-ubyte{s}").exists() for s in ("", ".gz")):
+        pytest.fail(
+            f"Fashion-MNIST not found in {FASHION_MNIST}: run scripts/setup.sh or "
+            "`apt-get install dataset-fashion-mnist`"
+        )
+    return FASHION_MNIST
+
+
+@pytest.fixture(scope="session")
+def omniglot_root() -> Path:
+    root = DATA / "omniglot"
+    missing = [name for name in OMNIGLOT_ZIPS if not (root / name).is_file()]
+    if missing:
+        pytest.fail(
+            f"Omniglot archives {missing} not found in {root}: set SLADE_DATA to a folder "
+            f"holding omniglot/{OMNIGLOT_ZIPS[0]} and omniglot/{OMNIGLOT_ZIPS[1]} (the official "
+            "release, github.com/brendenlake/omniglot, python/)"
+        )
+    return root

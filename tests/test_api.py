@@ -4,7 +4,6 @@ reproducible batch and augmentation streams it is built on."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -17,18 +16,8 @@ import slade
 from slade import _images
 from slade.api import PseudoLabels
 
-FASHION_ROOT = Path("/usr/share/datasets/fashion-mnist")
-DATA = Path(os.environ.get("SLADE_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
-needs_fashion = pytest.mark.skipif(
-    not (FASHION_ROOT / "train-images-idx3-ubyte.gz").exists()
-    and not (FASHION_ROOT / "train-images-idx3-ubyte").exists(),
-    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
-)
-needs_omniglot = pytest.mark.skipif(
-    not (DATA / "omniglot" / "images_background_small1.zip").exists(),
-    reason="Omniglot archives not found under $SLADE_DATA/omniglot",
-)
+needs_fashion = pytest.mark.usefixtures("fashion_mnist_root")
 
 TINY = [
     "teacher.steps=6",
@@ -48,12 +37,7 @@ def tiny(name: str = "fashion-mnist-ssl", *extra: str) -> slade.Config:
 
 
 @pytest.fixture(scope="module")
-def fashion():
-    if (
-        not (FASHION_ROOT / "train-images-idx3-ubyte.gz").exists()
-        and not (FASHION_ROOT / "train-images-idx3-ubyte").exists()
-    ):
-        pytest.skip("Fashion-MNIST not installed")
+def fashion(fashion_mnist_root):
     return slade.load_data(tiny())
 
 
@@ -141,11 +125,12 @@ def test_pseudo_label_quality_matches_scikit_learn(tmp_path, fashion):
     assert torch.equal(again.labels, pseudo.labels) and again.quality == pseudo.quality
 
 
-@needs_omniglot
-def test_omniglot_run_with_ssl_two_self_training_rounds_and_per_image_transforms(tmp_path):
+def test_omniglot_run_with_ssl_two_self_training_rounds_and_per_image_transforms(
+    tmp_path, omniglot_root
+):
     config = tiny(
         "omniglot-ssl",
-        f"data.root={DATA / 'omniglot'}",
+        f"data.root={omniglot_root}",
         "data.augment=transform",
         "ssl.enabled=true",
         "ssl.steps=2",
@@ -242,6 +227,7 @@ def test_ssl_weights_initialise_teacher_and_student(tmp_path, fashion):
         "ssl.num_prototypes=10",
         "teacher.steps=0",
         "student.steps=0",
+        "student.init=ssl",
     )
     ssl = slade.train_ssl(fashion, config, out=tmp_path / "ssl")
     assert ssl.step_count == 2 and len(ssl.history) == 2

@@ -13,11 +13,7 @@ import pytest
 import slade
 from slade.cli import main
 
-FASHION_ROOT = Path("/usr/share/datasets/fashion-mnist")
-needs_fashion = pytest.mark.skipif(
-    not any((FASHION_ROOT / f"train-images-idx3-ubyte{s}").exists() for s in ("", ".gz")),
-    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
-)
+needs_fashion = pytest.mark.usefixtures("fashion_mnist_root")
 
 TINY = [
     "teacher.steps=3",
