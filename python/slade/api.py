@@ -633,6 +633,9 @@ def pseudo_label(
         return saved
     data = _data(data, config)
     unlabeled = getattr(data, "unlabeled", data)
+    if getattr(data, "eval_transform", None) is not None:
+        # the teacher sees the pool as it sees test images: no training augmentation
+        unlabeled = unlabeled.with_transform(data.eval_transform)
     model = _model(source, config.device)
     embeddings = embed_dataset(
         model,
