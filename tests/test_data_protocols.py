@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import os
 import zipfile
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import DATA, FASHION_MNIST, OMNIGLOT_ZIPS
 from data_layouts import (
     write_cars_annos,
     write_compcars,
@@ -46,29 +46,7 @@ from slade.data import (
 )
 from slade.errors import ConfigError, InvalidArgumentError, MissingFileError
 
-REPO = Path(__file__).resolve().parents[1]
-FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-OMNIGLOT_ZIPS = ("images_background_small1.zip", "images_background_small2.zip")
-
-
-def _omniglot_root() -> Path:
-    root = Path(os.environ.get("SLADE_DATA", REPO.parent / "shared" / "data")) / "omniglot"
-    missing = [name for name in OMNIGLOT_ZIPS if not (root / name).is_file()]
-    if missing:
-        pytest.fail(
-            f"Omniglot archives {missing} not found in {root}: set SLADE_DATA to a folder holding "
-            f"omniglot/{OMNIGLOT_ZIPS[0]} and omniglot/{OMNIGLOT_ZIPS[1]} (the official release, "
-            "github.com/brendenlake/omniglot, python/)"
-        )
-    return root
-
-
-def _require_fashion_mnist() -> None:
-    if not (FASHION_MNIST / "train-labels-idx1-ubyte.gz").is_file():
-        pytest.fail(
-            f"Fashion-MNIST not found in {FASHION_MNIST}: run scripts/setup.sh or "
-            "`apt-get install dataset-fashion-mnist`"
-        )
+OMNIGLOT = DATA / "omniglot"
 
 
 def _raw_idx(name: str) -> np.ndarray:
@@ -88,8 +66,7 @@ def _names(dataset, labels=None) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def fashion() -> SemiSupervisedData:
-    _require_fashion_mnist()
+def fashion(fashion_mnist_root) -> SemiSupervisedData:
     return load_protocol("fashion-mnist-ssl")
 
 
@@ -142,7 +119,6 @@ def test_fashion_mnist_ssl_items_and_transforms(fashion):
 
 
 def test_fashion_mnist_ssl_validation_classes(fashion):
-    _require_fashion_mnist()
     data = load_protocol("fashion-mnist-ssl", val_classes=2, seed=3)
     again = load_protocol("fashion-mnist-ssl", val_classes=2, seed=3)
     assert data.val is not None and data.val.classes == again.val.classes
@@ -162,8 +138,8 @@ def test_fashion_mnist_ssl_validation_classes(fashion):
 
 
 @pytest.fixture(scope="module")
-def omniglot() -> SemiSupervisedData:
-    return omniglot_ssl(_omniglot_root())
+def omniglot(omniglot_root) -> SemiSupervisedData:
+    return omniglot_ssl(omniglot_root)
 
 
 def _alphabets(dataset) -> set[str]:
@@ -203,12 +179,12 @@ def test_omniglot_ssl_drawers_and_disjointness(omniglot):
 
 def test_omniglot_ssl_pixels_come_from_the_zip(omniglot):
     """One test image against the PNG decoded straight from the archive."""
-    raw = omniglot_ssl(_omniglot_root(), image_size=None, train_transform=None, eval_transform=None)
+    raw = omniglot_ssl(OMNIGLOT, image_size=None, train_transform=None, eval_transform=None)
     assert raw.test.images.shape == (500, 105, 105)
     index = 123
     name = raw.test.classes[int(raw.test.labels[index])]
     drawer = int(raw.test.extras["drawer"][index])
-    with zipfile.ZipFile(_omniglot_root() / OMNIGLOT_ZIPS[0]) as archive:
+    with zipfile.ZipFile(OMNIGLOT / OMNIGLOT_ZIPS[0]) as archive:
         member = next(
             m
             for m in archive.namelist()
@@ -227,14 +203,14 @@ def test_omniglot_ssl_pixels_come_from_the_zip(omniglot):
 
 
 def test_omniglot_ssl_validation_split(omniglot):
-    data = omniglot_ssl(_omniglot_root(), val_classes=0.2, seed=1)
+    data = omniglot_ssl(OMNIGLOT, val_classes=0.2, seed=1)
     assert data.val.num_classes == 17 and data.num_labeled_classes == 69
     assert not set(data.val.classes) & set(data.labeled.classes)
     assert len(data.val) == 17 * 20
 
 
 def test_omniglot_ssl_validation_classes_in_the_pool(omniglot):
-    data = omniglot_ssl(_omniglot_root(), val_classes=20, seed=0)
+    data = omniglot_ssl(OMNIGLOT, val_classes=20, seed=0)
     moved = with_val_in_pool(data, 0.5, seed=3)
     assert len(moved.val) == 200 and moved.val.num_classes == 20
     assert len(moved.unlabeled) == len(data.unlabeled) + 200
@@ -252,7 +228,7 @@ def test_omniglot_ssl_validation_classes_in_the_pool(omniglot):
     assert query_rows | added_rows == val_rows and not query_rows & added_rows
     assert moved.val.labels.max() == 19 and moved.labeled is data.labeled
     with pytest.raises(ConfigError, match="val_classes"):
-        with_val_in_pool(omniglot_ssl(_omniglot_root()), 0.5)
+        with_val_in_pool(omniglot_ssl(OMNIGLOT), 0.5)
     with pytest.raises(InvalidArgumentError, match="fraction"):
         with_val_in_pool(data, 1.0)
 
