@@ -60,8 +60,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variant", action="append", help="repeatable; default: " + ", ".join(DEFAULT_VARIANTS))
     parser.add_argument("overrides", nargs="*", help="key=value config overrides for every run")
+    parser.add_argument("--teacher-only", action="store_true", help="no students (teacher settings)")
     args = parser.parse_args()
-    variants = args.variant or list(DEFAULT_VARIANTS)
+    variants = [] if args.teacher_only else args.variant or list(DEFAULT_VARIANTS)
 
     rows: dict[str, list[list[float]]] = {"teacher": []}
     for variant in variants:
@@ -77,9 +78,12 @@ def main() -> None:
         began = time.perf_counter()
         teacher = slade.train_teacher(data, config)
         rows["teacher"].append(percent(slade.evaluate(teacher, data, config=config)))
-        pseudo = slade.pseudo_label(teacher, data, config=config)
         print(f"seed {seed} teacher {rows['teacher'][-1][0]:.1f} MAP@R "
-              f"({time.perf_counter() - began:.0f} s); pseudo labels {pseudo.summary()}", flush=True)
+              f"({time.perf_counter() - began:.0f} s)", flush=True)
+        if not variants:
+            continue
+        pseudo = slade.pseudo_label(teacher, data, config=config)
+        print(f"seed {seed} pseudo labels {pseudo.summary()}", flush=True)
         for variant in variants:
             began = time.perf_counter()
             student_config = slade.config.preset(args.preset, base + variant_overrides(variant))
