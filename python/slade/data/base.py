@@ -325,7 +325,7 @@ class UnlabeledDataset(Dataset):
         """This pool plus ``images`` (their labels become hidden labels, or are dropped
         where this pool has none)."""
         if not self._labels_known:
-            images = images.subset(np.arange(len(images)), relabel=False)
+            images = copy.copy(images)
             images.labels = torch.full_like(images.labels, UNLABELED)
             images.classes = []
         return UnlabeledDataset(concat(self._images, images), self._labels_known)
@@ -421,7 +421,8 @@ def split_images_per_class(
     dataset: ImageDataset, fraction: float, seed: int = 0
 ) -> tuple[ImageDataset, ImageDataset]:
     """Splits each class's images at random: ``(rest, taken)``, ``taken`` holding
-    ``round(fraction * n)`` of each class's ``n`` images (labels and classes kept)."""
+    ``round(fraction * n)`` of each class's ``n`` images; each part relabeled ``0..C-1``
+    over the classes it holds, as :func:`split_classes` does."""
     if not 0.0 < fraction < 1.0:
         raise InvalidArgumentError(f"a fraction of images must lie in (0, 1), got {fraction}")
     rng = np.random.default_rng(seed)
@@ -431,4 +432,4 @@ def split_images_per_class(
         rows = np.flatnonzero(labels == label)
         count = int(round(fraction * len(rows)))
         taken[rng.choice(rows, size=count, replace=False)] = True
-    return dataset.subset(~taken, relabel=False), dataset.subset(taken, relabel=False)
+    return dataset.subset(~taken), dataset.subset(taken)

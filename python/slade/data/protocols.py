@@ -139,7 +139,7 @@ def with_val_in_pool(data: SemiSupervisedData, fraction: float, seed: int = 0) -
     return replace(
         data,
         unlabeled=data.unlabeled.with_images(pooled),
-        val=queries.subset(np.arange(len(queries))),
+        val=queries,
     )
 
 
