@@ -5,19 +5,39 @@
   names, and fail (never skip) when they are absent, saying how to provide them:
   Fashion-MNIST from the Debian package dataset-fashion-mnist (installed by
   scripts/setup.sh), Omniglot's archives under ``$SLADE_DATA/omniglot`` (default
-  ``<repo>/../shared/data``).
+  ``<repo>/../shared/data``, see ``_shared_data``).
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-DATA = Path(os.environ.get("SLADE_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _shared_data() -> Path:
+    """``$SLADE_DATA``, else ``shared/data`` beside the checkout, else beside the checkout this
+    one was cloned from (a scratch clone of a local repository)."""
+    if "SLADE_DATA" in os.environ:
+        return Path(os.environ["SLADE_DATA"])
+    candidates = [REPO.parent / "shared" / "data"]
+    origin = subprocess.run(
+        ["git", "-C", str(REPO), "config", "--get", "remote.origin.url"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    if origin and Path(origin).is_dir():
+        candidates.append(Path(origin).resolve().parent / "shared" / "data")
+    return next((c for c in candidates if c.is_dir()), candidates[0])
+
+
+DATA = _shared_data()
 OMNIGLOT_ZIPS = ("images_background_small1.zip", "images_background_small2.zip")
 
 

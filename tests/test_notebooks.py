@@ -3,15 +3,15 @@ settings: SLADE_NOTEBOOK_QUICK=1)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from conftest import DATA
+
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-DATA = Path(os.environ.get("SLADE_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 NEEDS = {"quickstart.ipynb": "fashion_mnist_root", "paper_ablations.ipynb": "omniglot_root"}
 
