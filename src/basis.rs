@@ -6,24 +6,23 @@
 //! - L_CE: softmax cross-entropy of r (B logits) against the true labels of the labeled
 //!   samples (labels in [0, B)).
 //! - L_reg = L_SD ("sd", the paper's): over the pairs i < j of unlabeled samples, positives
-//!   share their pseudo label and negatives do not. With mu_b and var_b the mean and
-//!   (population) variance of s over a batch's positive or negative pairs, the statistics
-//!   used are blended with the running ones: mu = (1 - beta) mu_b + beta mu_run and
-//!   var = (1 - beta) var_b + beta var_run, the running part detached, so only the batch
-//!   part carries gradient. L_SD = (var+ + var-) + w [m - (mu+ - mu-)]_+.
+//!   share their pseudo label and negatives do not. With mu and var the mean and (population)
+//!   variance of s over a batch's positive or negative pairs,
+//!   L_SD = (var+ + var-) + w [m - (mu+ - mu-)]_+, computed on the batch statistics with
+//!   full gradient (`SdStatistics::Batch`, DESIGN.md §2.4). The comparison switch
+//!   `SdStatistics::Blended` computes it on (1 - beta) batch + beta running (the running part
+//!   detached), which scales its gradient by 1 - beta.
 //!   A batch without positive (negative) pairs contributes no var+ (var-) term and no margin
-//!   term, and leaves that side's running statistics unchanged. Until a side has been
-//!   updated once, its blended statistics are the batch ones (the first update initialises
-//!   the running values instead of blending with zeros). Our definition where the paper is
-//!   silent.
+//!   term, and leaves that side's running statistics unchanged. Our definition where the
+//!   paper is silent.
 //! - L_reg = "global_ce" (ablation 3): softmax cross-entropy of H r against the pseudo labels,
 //!   H (num_pseudo_classes x B) being a second linear head without bias on the basis
 //!   representation, trained with it. "local_ce": the same, the softmax restricted to the
 //!   pseudo classes present in the batch.
 //!
-//! Running statistics: a training-mode loss call computes the loss with the statistics as
-//! they were before the call, then sets the running values to the blended ones (for every
-//! regulariser, so that miners can use them as thresholds). Evaluation-mode calls never
+//! Running statistics: a training-mode call updates mu <- (1 - beta) mu_batch + beta mu
+//! (same for var; the first update of a side sets it to the batch values), for every
+//! regulariser, so that miners can use them as thresholds. Evaluation-mode calls never
 //! change them.
 
 use crate::bail;
@@ -59,6 +58,29 @@ impl FromStr for Regularizer {
     }
 }
 
+/// Which statistics L_SD is computed on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SdStatistics {
+    /// The batch's, with full gradient (DESIGN.md §2.4; the default).
+    Batch,
+    /// (1 - beta) batch + beta running, the running part detached (the comparison switch).
+    Blended,
+}
+
+impl FromStr for SdStatistics {
+    type Err = SladeError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "batch" => Ok(SdStatistics::Batch),
+            "blended" => Ok(SdStatistics::Blended),
+            other => bail!(
+                Config,
+                "unknown sd_statistics {other:?}; expected \"batch\" or \"blended\""
+            ),
+        }
+    }
+}
+
 impl Regularizer {
     pub fn name(self) -> &'static str {
         match self {
@@ -79,11 +101,19 @@ pub struct BasisConfig {
     /// Weight w of the margin term.
     pub sd_weight: f64,
     pub regularizer: Regularizer,
+    /// The statistics L_SD is computed on.
+    pub sd_statistics: SdStatistics,
 }
 
 impl Default for BasisConfig {
     fn default() -> Self {
-        BasisConfig { momentum: 0.99, sd_margin: 0.5, sd_weight: 1.0, regularizer: Regularizer::Sd }
+        BasisConfig {
+            momentum: 0.99,
+            sd_margin: 0.5,
+            sd_weight: 1.0,
+            regularizer: Regularizer::Sd,
+            sd_statistics: SdStatistics::Batch,
+        }
     }
 }
 
@@ -149,6 +179,12 @@ pub struct FeatureBasis {
 struct SideStatistics {
     mean: Tensor,
     var: Tensor,
+}
+
+impl SideStatistics {
+    fn shallow(&self) -> SideStatistics {
+        SideStatistics { mean: self.mean.shallow_clone(), var: self.var.shallow_clone() }
+    }
 }
 
 impl FeatureBasis {
@@ -348,10 +384,15 @@ impl FeatureBasis {
         let (pos, neg) = pair_statistics(&s, &pseudo.0, &pseudo.1)?;
         let beta = self.config.momentum;
         let st = &self.state;
-        let pos =
-            pos.map(|b| blend(b, &st.mu_pos, &st.var_pos, &st.updates_pos, beta)).transpose()?;
-        let neg =
-            neg.map(|b| blend(b, &st.mu_neg, &st.var_neg, &st.updates_neg, beta)).transpose()?;
+        let blended_pos =
+            pos.as_ref().map(|b| blend(b, &st.mu_pos, &st.var_pos, &st.updates_pos, beta));
+        let blended_neg =
+            neg.as_ref().map(|b| blend(b, &st.mu_neg, &st.var_neg, &st.updates_neg, beta));
+        let (blended_pos, blended_neg) = (blended_pos.transpose()?, blended_neg.transpose()?);
+        let (pos, neg) = match self.config.sd_statistics {
+            SdStatistics::Batch => (pos, neg),
+            SdStatistics::Blended => (blended_pos.as_ref().map(SideStatistics::shallow), blended_neg.as_ref().map(SideStatistics::shallow)),
+        };
         let zero = r.f_sum(r.kind())?.f_mul_scalar(0.0)?.f_abs()?;
         let loss = match self.config.regularizer {
             Regularizer::Sd => {
@@ -371,8 +412,8 @@ impl FeatureBasis {
         if train {
             let _guard = tch::no_grad_guard();
             for (side, mu, var, updates) in [
-                (&pos, &st.mu_pos, &st.var_pos, &st.updates_pos),
-                (&neg, &st.mu_neg, &st.var_neg, &st.updates_neg),
+                (&blended_pos, &st.mu_pos, &st.var_pos, &st.updates_pos),
+                (&blended_neg, &st.mu_neg, &st.var_neg, &st.updates_neg),
             ] {
                 if let Some(side) = side {
                     let (mut mu, mut var, mut updates) =
@@ -460,17 +501,18 @@ fn pair_statistics(
     Ok((side(same.shallow_clone(), positives)?, side(same.f_logical_not()?, negatives)?))
 }
 
-/// The statistics used by the loss: the batch ones blended with the running ones (detached),
-/// or the batch ones alone while the side has never been updated.
+/// (1 - beta) batch + beta running (the running part detached), or the batch statistics
+/// alone while the side has never been updated: the next running values, and the statistics
+/// of `SdStatistics::Blended`.
 fn blend(
-    batch: SideStatistics,
+    batch: &SideStatistics,
     mu: &Tensor,
     var: &Tensor,
     updates: &Tensor,
     beta: f64,
 ) -> Result<SideStatistics> {
     if updates.f_int64_value(&[])? == 0 {
-        return Ok(batch);
+        return Ok(batch.shallow());
     }
     let mix = |b: &Tensor, running: &Tensor| -> Result<Tensor> {
         let running = running.f_detach()?.f_to_kind(b.kind())?;
@@ -518,10 +560,33 @@ mod tests {
         assert!((loss.total.double_value(&[]) - expected).abs() < 1e-5);
         assert!((b.state.mu_pos.double_value(&[]) - mp).abs() < 1e-5);
         assert_eq!(b.state.updates_neg.int64_value(&[]), 1);
-        // Second call: blended with beta = 0.99.
+        // Second call: the batch statistics again, whatever the running ones are.
         let again = b.loss(None, Some((&emb, &pseudo)), false).unwrap();
         assert!((again.total.double_value(&[]) - expected).abs() < 1e-5);
         assert_eq!(b.state.updates_pos.int64_value(&[]), 1);
+    }
+
+    /// The weight gradient of L_SD (variance terms only: sd_weight 0) on a second call.
+    fn sd_gradient(statistics: SdStatistics) -> Tensor {
+        tch::manual_seed(0);
+        let config = BasisConfig { sd_weight: 0.0, sd_statistics: statistics, ..Default::default() };
+        let b = FeatureBasis::new(4, 6, None, config, Device::Cpu).unwrap();
+        let emb = Tensor::randn([6, 6], (Kind::Float, Device::Cpu));
+        let pseudo = Tensor::from_slice(&[0i64, 0, 1, 1, 2, 2]);
+        b.loss(None, Some((&emb, &pseudo)), true).unwrap();
+        let loss = b.loss(None, Some((&emb, &pseudo)), true).unwrap();
+        let grad = Tensor::run_backward(&[&loss.total], &[&b.state.weight], false, false);
+        grad[0].shallow_clone()
+    }
+
+    #[test]
+    fn blended_statistics_damp_the_gradient_by_one_minus_beta() {
+        let full = sd_gradient(SdStatistics::Batch);
+        let damped = sd_gradient(SdStatistics::Blended);
+        assert!(full.abs().max().double_value(&[]) > 1e-4);
+        let ratio = (damped - &full * 0.01).abs().max().double_value(&[]);
+        assert!(ratio < 1e-7, "blended gradient is not 1% of the batch one: {ratio}");
+        assert!("blend".parse::<SdStatistics>().is_err());
     }
 
     #[test]

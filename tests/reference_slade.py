@@ -43,11 +43,20 @@ class ReferenceBasis:
     """W_a, the optional pseudo-class head H and the running statistics of s = cos(W_a f_i,
     W_a f_j) over unlabeled pairs i < j (positives: same pseudo label)."""
 
-    def __init__(self, weight, pseudo_head=None, momentum=0.99, sd_margin=0.5, sd_weight=1.0, regularizer="sd"):
+    def __init__(
+        self,
+        weight,
+        pseudo_head=None,
+        momentum=0.99,
+        sd_margin=0.5,
+        sd_weight=1.0,
+        regularizer="sd",
+        sd_statistics="batch",
+    ):
         self.weight = weight.detach().clone().requires_grad_(True)
         self.pseudo_head = None if pseudo_head is None else pseudo_head.detach().clone().requires_grad_(True)
         self.momentum, self.sd_margin, self.sd_weight = momentum, sd_margin, sd_weight
-        self.regularizer = regularizer
+        self.regularizer, self.sd_statistics = regularizer, sd_statistics
         self.running = {"pos": None, "neg": None}  # (mu, var), detached
 
     def parameters(self):
@@ -65,22 +74,24 @@ class ReferenceBasis:
         i, j = torch.triu_indices(n, n, 1, device=fu.device)
         s = self.similarity(fu)[i, j]
         same = pseudo[i] == pseudo[j]
-        blended = {}
+        batch, blended = {}, {}
         for side, mask in (("pos", same), ("neg", ~same)):
             if mask.any():
                 values = s[mask]
                 mu, var = values.mean(), values.var(unbiased=False)
+                batch[side] = (mu, var)
                 if self.running[side] is not None:
                     mu0, var0 = self.running[side]
                     b = self.momentum
                     mu, var = (1 - b) * mu + b * mu0, (1 - b) * var + b * var0
                 blended[side] = (mu, var)
+        used = batch if self.sd_statistics == "batch" else blended
         if self.regularizer == "sd":
             reg = torch.zeros((), device=fu.device)
-            for _, var in blended.values():
+            for _, var in used.values():
                 reg = reg + var
-            if len(blended) == 2:
-                gap = blended["pos"][0] - blended["neg"][0]
+            if len(used) == 2:
+                gap = used["pos"][0] - used["neg"][0]
                 reg = reg + self.sd_weight * F.relu(self.sd_margin - gap)
         else:
             logits = r @ self.pseudo_head.t()
@@ -142,6 +153,7 @@ class ReferenceStudent:
         t1="auto",
         t2="auto",
         require_pseudo_agreement=True,
+        mining="basis",
         loss="contrastive",
         miner=False,
         epsilon=0.1,
@@ -153,13 +165,16 @@ class ReferenceStudent:
         self.t1 = AUTO[0] if t1 == "auto" else t1
         self.t2 = AUTO[1] if t2 == "auto" else t2
         self.require = require_pseudo_agreement
+        if mining not in ("basis", "oracle"):
+            raise ValueError(f"the reference has no mining {mining!r}")
+        self.mining = mining
         self.labeled = ReferenceRanking(loss, miner, epsilon, **params)
         self.unlabeled = ranking_loss(loss, **params)
 
     def warming_up(self, step):
         return step < self.warmup
 
-    def loss(self, xl, labels, xu, pseudo, step=0):
+    def loss(self, xl, labels, xu, pseudo, step=0, true_labels=None):
         x = torch.cat([xl, xu])
         if self.warming_up(step):
             self.model.body.eval()
@@ -186,6 +201,14 @@ class ReferenceStudent:
                 with torch.no_grad():
                     s = self.basis.similarity(fu.detach())
                 pairs = mine_pairs(s, pseudo, t1, t2, self.require)
+                if self.mining == "oracle":
+                    # the pseudo pairs that the true labels confirm
+                    same_p = pseudo[:, None] == pseudo[None, :]
+                    same_y = true_labels[:, None] == true_labels[None, :]
+                    off = ~torch.eye(len(pseudo), dtype=torch.bool)
+                    a1, p = torch.where(same_p & same_y & off)
+                    a2, n_ = torch.where(~same_p & ~same_y)
+                    pairs = (a1, p, a2, n_)
                 parts["threshold/t1"], parts["threshold/t2"] = t1, t2
         parts["loss/rank_unlabeled"] = self.unlabeled(fu, pseudo, pairs)
         if pairs is not None:

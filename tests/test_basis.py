@@ -16,11 +16,11 @@ class ReferenceBasis:
     """DESIGN.md §2.4 in plain PyTorch: W_a, an optional head H and running statistics."""
 
     def __init__(self, weight, head=None, momentum=0.99, margin=0.5, sd_weight=1.0,
-                 regularizer="sd"):
+                 regularizer="sd", sd_statistics="batch"):
         self.weight = weight.detach().clone().double().requires_grad_(True)
         self.head = None if head is None else head.detach().clone().double().requires_grad_(True)
         self.beta, self.margin, self.sd_weight = momentum, margin, sd_weight
-        self.regularizer = regularizer
+        self.regularizer, self.sd_statistics = regularizer, sd_statistics
         self.running = {"pos": None, "neg": None}  # (mu, var) once updated
 
     def similarity(self, emb):
@@ -28,15 +28,16 @@ class ReferenceBasis:
         return r @ r.T
 
     def side(self, values, name):
+        """(batch mean and variance, their momentum blend with the running ones)."""
         if len(values) == 0:
-            return None
+            return None, None
         mu = values.mean()
         var = ((values - mu) ** 2).mean()
-        if self.running[name] is not None:
-            mu_run, var_run = self.running[name]
-            mu = (1 - self.beta) * mu + self.beta * mu_run
-            var = (1 - self.beta) * var + self.beta * var_run
-        return mu, var
+        if self.running[name] is None:
+            return (mu, var), (mu, var)
+        mu_run, var_run = self.running[name]
+        b = self.beta
+        return (mu, var), ((1 - b) * mu + b * mu_run, (1 - b) * var + b * var_run)
 
     def loss(self, emb_l, labels_l, emb_u, pseudo_u, training=True):
         ce = F.cross_entropy(emb_l @ self.weight.T, labels_l) if emb_l is not None else 0.0
@@ -46,7 +47,9 @@ class ReferenceBasis:
             i, j = torch.triu_indices(n, n, 1)
             values = self.similarity(emb_u)[i, j]
             same = pseudo_u[i] == pseudo_u[j]
-            pos, neg = self.side(values[same], "pos"), self.side(values[~same], "neg")
+            (pos, pos_next), (neg, neg_next) = self.side(values[same], "pos"), self.side(values[~same], "neg")
+            if self.sd_statistics == "blended":
+                pos, neg = pos_next, neg_next
             if self.regularizer == "sd":
                 for stats in (pos, neg):
                     if stats is not None:
@@ -62,7 +65,7 @@ class ReferenceBasis:
                     targets = torch.searchsorted(present, pseudo_u)
                 reg = F.cross_entropy(logits, targets)
             if training:
-                for name, stats in (("pos", pos), ("neg", neg)):
+                for name, stats in (("pos", pos_next), ("neg", neg_next)):
                     if stats is not None:
                         self.running[name] = (stats[0].detach(), stats[1].detach())
         return ce + reg
@@ -83,7 +86,7 @@ def make(regularizer="sd", num_basis=4, dim=8, k=None, **kwargs):
                                num_pseudo_classes=k, dtype=torch.float64, **kwargs)
     reference = ReferenceBasis(basis.weight, basis.pseudo_head, regularizer=regularizer,
                                momentum=basis.momentum, margin=basis.sd_margin,
-                               sd_weight=basis.sd_weight)
+                               sd_weight=basis.sd_weight, sd_statistics=basis.sd_statistics)
     return basis, reference
 
 
@@ -122,13 +125,16 @@ def check_step(basis, reference, emb_l, labels_l, emb_u, pseudo_u, training=True
 # Losses against the reference, values and gradients.
 
 
-@pytest.mark.parametrize("regularizer", ["sd", "global_ce", "local_ce"])
+@pytest.mark.parametrize("regularizer", ["sd", "blended", "global_ce", "local_ce"])
 def test_loss_values_gradients_and_momentum_match_reference(regularizer):
-    k = 5 if regularizer != "sd" else None
-    basis, reference = make(regularizer, k=k)
+    k = 5 if regularizer not in ("sd", "blended") else None
+    if regularizer == "blended":
+        basis, reference = make("sd", sd_statistics="blended", momentum=0.9)
+    else:
+        basis, reference = make(regularizer, k=k)
     for step in range(4):
         parts = check_step(basis, reference, *batch(step, pseudo_classes=5))
-        assert set(parts) == {"ce", regularizer}
+        assert set(parts) == {"ce", basis.regularizer}
         for name, stored in (("pos", (basis.mu_pos, basis.var_pos)),
                              ("neg", (basis.mu_neg, basis.var_neg))):
             torch.testing.assert_close(stored[0].double(), reference.running[name][0],

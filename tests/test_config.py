@@ -103,12 +103,26 @@ def test_overrides_convert_strings_to_each_field_type():
         ("device=tpu", "device"),
         ("data.val_in_pool=0.5", "data.val_in_pool"),
         ("data.val_in_pool=1.0", "data.val_in_pool"),
+        ("data.val_groups=-1", "data.val_groups"),
+        ("student.sd_statistics=running", "student.sd_statistics"),
+        ("student.mining=best", "student.mining"),
     ],
 )
 def test_bad_overrides_raise_config_errors_naming_the_key(override, pattern):
     with pytest.raises(slade.ConfigError, match=pattern.replace(".", r"\.")) as caught:
         preset("fashion-mnist-ssl", [override])
     assert isinstance(caught.value, ValueError)
+
+
+def test_research_bounds_and_validation_groups_are_checked_together():
+    with pytest.raises(slade.ConfigError, match="student.mining"):
+        preset("fashion-mnist-ssl", ["student.mining=oracle", "student.variant=basis"])
+    with pytest.raises(slade.ConfigError, match="data.val_groups"):
+        preset("omniglot-ssl", ["data.val_groups=1", "data.val_classes=5"])
+    config = preset("omniglot-ssl", ["data.val_groups=1", "data.val_in_pool=0.5", "data.evaluate_on=val"])
+    assert config.data.val_groups == 1
+    with pytest.raises(slade.ConfigError, match="data.val_groups.*no class groups"):
+        slade.load_data(preset("fashion-mnist-ssl", ["data.val_groups=1"]))
 
 
 def test_unknown_preset_lists_the_available_ones():

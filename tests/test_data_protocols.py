@@ -209,6 +209,26 @@ def test_omniglot_ssl_validation_split(omniglot):
     assert len(data.val) == 17 * 20
 
 
+def test_omniglot_ssl_validation_alphabets(omniglot):
+    labeled = {"Balinese": 24, "Early_Aramaic": 22, "Korean": 40}
+    held = set()
+    for seed in range(6):
+        data = omniglot_ssl(OMNIGLOT, val_groups=1, seed=seed)
+        (alphabet,) = set(data.val.extras["alphabet"].tolist())
+        held.add(alphabet)
+        assert data.val.num_classes == labeled[alphabet]
+        assert data.num_labeled_classes == 86 - labeled[alphabet]
+        assert alphabet not in set(data.labeled.extras["alphabet"].tolist())
+        assert len(data.val) == 20 * labeled[alphabet]
+    assert len(held) >= 2  # the seed chooses the alphabet
+    two = omniglot_ssl(OMNIGLOT, val_groups=2, seed=0)
+    assert len(set(two.val.extras["alphabet"].tolist())) == 2
+    with pytest.raises(InvalidArgumentError, match="val_groups"):
+        omniglot_ssl(OMNIGLOT, val_groups=3)
+    with pytest.raises(ConfigError, match="val_classes"):
+        omniglot_ssl(OMNIGLOT, val_groups=1, val_classes=5)
+
+
 def test_omniglot_ssl_validation_classes_in_the_pool(omniglot):
     data = omniglot_ssl(OMNIGLOT, val_classes=20, seed=0)
     moved = with_val_in_pool(data, 0.5, seed=3)

@@ -51,10 +51,11 @@ def reference_for(trainer, device="cpu", **kw):
             sd_margin=kw.get("sd_margin", 0.5),
             sd_weight=kw.get("sd_weight", 1.0),
             regularizer=kw.get("regularizer", "sd"),
+            sd_statistics=kw.get("sd_statistics", "batch"),
         )
     names = (
         "variant", "lambda1", "lambda2", "basis_warmup", "t1", "t2",
-        "require_pseudo_agreement", "loss", "miner", "epsilon",
+        "require_pseudo_agreement", "loss", "miner", "epsilon", "mining",
     )
     settings = {k: v for k, v in kw.items() if k in names}
     return ReferenceStudent(model, basis, **settings)
@@ -89,6 +90,10 @@ CASES = [
     dict(variant="basis_mining", t1="mu+", t2="mid", require_pseudo_agreement=False),
     dict(variant="basis_mining", t1=0.9, t2=0.5, lambda1=0.5, lambda2=2.0, sd_margin=0.3, momentum=0.9),
     dict(variant="basis_mining", t1="all", t2="mu+"),
+    dict(variant="basis_mining", sd_statistics="blended", momentum=0.9),
+    dict(variant="basis", sd_statistics="blended", sd_margin=0.8),
+    dict(variant="basis_mining", num_basis=9, t1="mid", t2="all"),
+    dict(variant="basis_mining", mining="oracle", t1="mu+", t2="mu-"),
 ]
 
 
@@ -102,6 +107,47 @@ def torch_sgd(ref):
 @pytest.mark.parametrize("settings", CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
 def test_student_steps_equal_plain_pytorch(settings):
     _compare_steps(student(optim=SGD, **settings), settings, torch_sgd, TOL)
+
+
+@pytest.mark.parametrize("name", ["fashion-mnist-ssl", "omniglot-ssl"])
+def test_preset_student_settings_equal_plain_pytorch(name):
+    """The small presets' actual student settings (B, thresholds, statistics, weights)."""
+    s = slade.config.preset(name).student
+    keys = ("variant", "lambda1", "lambda2", "basis_warmup", "momentum", "sd_margin",
+            "sd_weight", "t1", "t2", "require_pseudo_agreement", "sd_statistics", "mining",
+            "regularizer")
+    settings = {key: getattr(s, key) for key in keys}
+    settings.update(num_basis=s.num_basis or NUM_BASIS, loss=s.loss, miner=s.miner)
+    _compare_steps(student(optim=SGD, **settings), settings, torch_sgd, TOL)
+
+
+def test_random_mining_keeps_as_many_pseudo_pairs_as_basis_mining():
+    """The random bound draws, per side, the count basis mining keeps from the pseudo pairs;
+    over steps it keeps other pairs than basis mining (its loss differs)."""
+    settings = dict(variant="basis_mining", t1="mu+", t2="mu-")
+    by_basis, by_chance = student(**settings), student(mining="random", **settings)
+    differed = False
+    for step in range(3):
+        batch = make_batch(seed=step)
+        a, b = by_basis.step(*batch), by_chance.step(*batch)
+        assert (a["pairs/positive"], a["pairs/negative"]) == (b["pairs/positive"], b["pairs/negative"])
+        assert b["pairs/positive"] < b["pairs/pseudo_positive"]
+        differed |= a["loss/rank_unlabeled"] != b["loss/rank_unlabeled"]
+        # keep both trainers on the same weights so that basis mining's count is comparable
+        by_chance.load_state_dict(by_basis.state_dict())
+    assert differed
+
+
+def test_oracle_mining_needs_the_true_labels():
+    trainer = student(variant="basis_mining", mining="oracle")
+    with pytest.raises(slade.SladeError, match="true_labels"):
+        trainer.step(*make_batch())
+    with pytest.raises(slade.SladeError, match="true_labels"):
+        trainer.step(*make_batch(), torch.zeros(3, dtype=torch.int64))
+    with pytest.raises(slade.ConfigError, match="basis_mining"):
+        student(variant="basis", mining="random")
+    with pytest.raises(slade.ConfigError, match="sd_statistics"):
+        student(variant="basis", sd_statistics="running")
 
 
 def test_student_adam_steps_equal_plain_pytorch():
@@ -124,9 +170,10 @@ def _compare_steps(trainer, settings, make_optimizer, tol, steps=4):
     for step in range(steps):
         sync_from(trainer, ref.model, ref.basis)
         batch = make_batch(seed=step)
-        metrics = trainer.step(*batch)
+        truth = torch.arange(len(batch[3])) % 3  # hidden labels for oracle mining
+        metrics = trainer.step(*batch, truth)
         opt.zero_grad()
-        loss, parts = ref.loss(*batch, step=step)
+        loss, parts = ref.loss(*batch, step=step, true_labels=truth)
         loss.backward()
         ref.after_backward(step)
         opt.step()

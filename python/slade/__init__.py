@@ -5,7 +5,7 @@
 
 import torch  # noqa: F401  (must be imported before the extension)
 
-from . import _core, losses, miners
+from . import _core, diagnostics, losses, miners
 from .errors import (
     ConfigError,
     DeviceError,
@@ -42,6 +42,7 @@ _PIPELINE = (
     "load_trainer",
     "run",
     "RunResult",
+    "diagnose",
 )
 
 
@@ -57,6 +58,8 @@ def __getattr__(name: str):
 
 __all__ = [
     "FeatureBasis",
+    "diagnostics",
+    "diagnose",
     "losses",
     "miners",
     "KMeansResult",

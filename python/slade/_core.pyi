@@ -111,6 +111,7 @@ class StudentTrainer(_Trainer):
         labels: torch.Tensor,
         unlabeled_images: torch.Tensor,
         pseudo_labels: torch.Tensor,
+        true_labels: torch.Tensor | None = None,
     ) -> dict[str, float]: ...
     def compute_gradients(
         self,
@@ -118,6 +119,7 @@ class StudentTrainer(_Trainer):
         labels: torch.Tensor,
         unlabeled_images: torch.Tensor,
         pseudo_labels: torch.Tensor,
+        true_labels: torch.Tensor | None = None,
     ) -> dict[str, float]: ...
     def threshold_rules(self) -> tuple[str, str]: ...
 
@@ -152,7 +154,7 @@ _BasisState = tuple[
     torch.Tensor,
     torch.Tensor,
 ]
-_BasisConfig = tuple[float, float, float, str]
+_BasisConfig = tuple[float, float, float, str, str]
 
 def basis_init(
     num_basis: int, dim: int, num_pseudo_classes: int | None, config: _BasisConfig
@@ -180,6 +182,7 @@ def basis_pairs(
     t1: float | str,
     t2: float | str,
     require_pseudo_agreement: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]: ...
 def contrastive_loss(
     embeddings: torch.Tensor,
     labels: torch.Tensor | None = None,

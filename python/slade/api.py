@@ -65,6 +65,9 @@ __all__ = [
 #: (KeyboardInterrupt first saves a checkpoint).
 Callback = Callable[[str, int, Mapping[str, float]], None]
 
+#: Protocols whose labeled classes come in groups that ``data.val_groups`` holds out whole.
+GROUPED_PROTOCOLS = ("omniglot-ssl",)
+
 TABLE_METRICS = (
     ("MAP@R", "map_at_r"),
     ("RP", "r_precision"),
@@ -104,6 +107,14 @@ def load_data(config: Config | str | None = None) -> Any:
         options["val_classes"] = (
             int(d.val_classes) if float(d.val_classes).is_integer() else d.val_classes
         )
+        options.setdefault("seed", config.seed)
+    if d.val_groups:
+        if d.protocol not in GROUPED_PROTOCOLS:
+            raise ConfigError(
+                f"data.val_groups: protocol {d.protocol!r} has no class groups; it applies to "
+                f"{', '.join(GROUPED_PROTOCOLS)} (use data.val_classes)"
+            )
+        options["val_groups"] = d.val_groups
         options.setdefault("seed", config.seed)
     grayscale = (
         d.protocol in ("fashion-mnist-ssl", "omniglot-ssl") or options.get("style") == "grayscale"
@@ -665,6 +676,11 @@ def pseudo_label(
 
 def _student_trainer(config: Config, num_basis: int, k: int) -> Any:
     s = config.student
+    if s.num_basis is not None and s.num_basis < num_basis and s.variant != "pseudo_only":
+        raise ConfigError(
+            f"student.num_basis ({s.num_basis}) must be at least the number of labeled "
+            f"classes ({num_basis}): L_CE needs one basis vector per labeled class"
+        )
     pseudo_classes = s.num_pseudo_classes if s.num_pseudo_classes is not None else k
     return train.StudentTrainer(
         config.model,
@@ -683,10 +699,22 @@ def _student_trainer(config: Config, num_basis: int, k: int) -> Any:
         t1=s.t1,
         t2=s.t2,
         require_pseudo_agreement=s.require_pseudo_agreement,
+        sd_statistics=s.sd_statistics,
+        mining=s.mining,
         precision=config.precision,
         seed=config.seed,
         **_ranking(s),
     )
+
+
+def _hidden(data: Any) -> torch.Tensor:
+    """The unlabeled pool's hidden labels (int64), or a clear error where there are none."""
+    if data.hidden_labels is None:
+        raise ConfigError(
+            "student.mining='oracle' needs the unlabeled pool's hidden labels, which this "
+            "data does not have; use mining='basis' or 'random'"
+        )
+    return torch.as_tensor(data.hidden_labels).to(torch.int64).cpu()
 
 
 def train_student(
@@ -750,15 +778,20 @@ def train_student(
     sampler_l = MPerClassSampler(labels, s.labeled_m, s.labeled_batch_size, seed=seed_l % 2**32)
     sampler_u = MPerClassSampler(pseudo, s.unlabeled_m, s.unlabeled_batch_size, seed=seed_u % 2**32)
 
+    # Oracle mining reads the pool's hidden labels: they ride along as a second column.
+    pool_labels = pseudo if s.mining != "oracle" else torch.stack([pseudo, _hidden(data)], 1)
+
     def batches(start: int) -> Iterator[Any]:
         device = trainer.device
         return zip(
             StepBatches(labeled, sampler_l, labels, seed_l, start, device),
-            StepBatches(unlabeled, sampler_u, pseudo, seed_u, start, device),
+            StepBatches(unlabeled, sampler_u, pool_labels, seed_u, start, device),
         )
 
     def step(batch: Any) -> Mapping[str, float]:
         (images_l, labels_l), (images_u, labels_u) = batch
+        if labels_u.dim() == 2:
+            return trainer.step(images_l, labels_l, images_u, labels_u[:, 0], labels_u[:, 1])
         return trainer.step(images_l, labels_l, images_u, labels_u)
 
     return _train_loop(
@@ -771,6 +804,72 @@ def train_student(
         config,
         callback,
     )
+
+
+def diagnose(
+    student: Any,
+    data: Any,
+    pseudo_labels: Any,
+    config: Config | str | None = None,
+    *,
+    true_labels: Any = None,
+    num_batches: int = 50,
+) -> dict[str, Any]:
+    """Whether the student's basis and mining filter noise on this pool
+    (:mod:`slade.diagnostics`): the pool embedded by ``student``, batches drawn as training
+    draws them, pairs judged by ``true_labels`` (default: the pool's hidden labels). Also
+    the gradient norm of each loss term at the embeddings of one training-like batch.
+
+    Returns ``{"pairs": {...}, "gradient_norms": {...}, "thresholds": [T1, T2]}``, or an
+    empty dict when no true labels are known.
+    """
+    from . import diagnostics
+
+    config = _config(config)
+    data = _data(data, config)
+    truth = data.hidden_labels if true_labels is None else true_labels
+    if truth is None:
+        return {}
+    s = config.student
+    pseudo = pseudo_labels.labels if isinstance(pseudo_labels, PseudoLabels) else pseudo_labels
+    pool = data.unlabeled.with_transform(data.eval_transform) if data.eval_transform else data.unlabeled
+    model = _model(student, config.device)
+    pseudo = torch.as_tensor(pseudo)
+    # only the images of the batches drawn below are embedded
+    drawn = diagnostics._batches(pseudo, s.unlabeled_batch_size, s.unlabeled_m, num_batches, config.seed)
+    rows = torch.unique(torch.cat(list(drawn)))
+    emb_drawn = embed_dataset(
+        model, pool.subset(rows.numpy()), batch_size=config.pseudo_labels.batch_size,
+        num_workers=config.data.num_workers, progress=_Progress(False).iterate,
+    )
+    emb_u = torch.zeros(len(pool), emb_drawn.shape[1])
+    emb_u[rows] = emb_drawn
+    basis = diagnostics.basis_of(student) if hasattr(student, "basis") else None
+    thresholds: list[float | None] = [None, None]
+    if basis is not None:
+        rules = student.threshold_rules()
+        stats = student.basis_statistics
+        thresholds = [diagnostics.threshold_value(rules[i], stats, i) for i in (0, 1)]
+    pairs = diagnostics.pair_diagnostics(
+        emb_u, pseudo, truth, basis=basis, t1=thresholds[0], t2=thresholds[1],
+        require_pseudo_agreement=s.require_pseudo_agreement, neg_margin=s.neg_margin,
+        batch_size=s.unlabeled_batch_size, m=s.unlabeled_m, num_batches=num_batches,
+        seed=config.seed,
+    )
+    labeled = data.labeled.with_transform(data.eval_transform) if data.eval_transform else data.labeled
+    rows_l = torch.randperm(len(labeled), generator=torch.Generator().manual_seed(config.seed))
+    rows_l = rows_l[: s.labeled_batch_size]
+    emb_l = embed_dataset(
+        model, labeled.subset(rows_l.numpy(), relabel=False), batch_size=len(rows_l),
+        num_workers=config.data.num_workers, progress=_Progress(False).iterate,
+    )
+    labels_l = data.labeled.labels[rows_l]
+    batch_u = next(diagnostics._batches(pseudo, s.unlabeled_batch_size, s.unlabeled_m, 1, config.seed))
+    norms = diagnostics.gradient_norms(
+        emb_l, labels_l, emb_u[batch_u], pseudo[batch_u], basis=basis,
+        pos_margin=s.pos_margin, neg_margin=s.neg_margin,
+    )
+    return {"pairs": pairs, "gradient_norms": norms, "thresholds": thresholds}
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -862,7 +961,8 @@ class RunResult:
     Attributes:
         teacher, student: metrics of the first teacher and of the last student.
         pseudo_labels: per round, the pseudo labels' summary (k, NMI, purity, ...).
-        rounds: per round, ``{"teacher": metrics, "pseudo_labels": ..., "student": metrics}``.
+        rounds: per round, ``{"teacher": metrics, "pseudo_labels": ..., "student": metrics,
+            "diagnostics": ...}`` (:func:`diagnose`; empty without the pool's hidden labels).
         config: the configuration.
         out: the output folder (None when nothing was saved).
         seconds: wall time of each stage run in this call.
@@ -1094,6 +1194,9 @@ def run(
                 "teacher": current_metrics,
                 "pseudo_labels": pseudo.summary(),
                 "student": student_metrics,
+                "diagnostics": timed(
+                    f"diagnose {name}", lambda: diagnose(student, data, pseudo, config)
+                ),
             }
         )
         current_teacher, current_metrics = student, student_metrics
@@ -1123,6 +1226,13 @@ def _plots(
     config = result.config
     histories = {name: getattr(trainer, "history", []) for name, trainer in result.trainers.items()}
     plots.training_curves(histories, folder / "training_curves.png")
+    diagnosed = {
+        f"round {number}": entry["diagnostics"]
+        for number, entry in enumerate(result.rounds, start=1)
+        if entry.get("diagnostics")
+    }
+    if diagnosed:
+        plots.mining_diagnostics(diagnosed, folder / "mining_diagnostics.png")
     queries, gallery = _evaluation_sets(data, result.split)
     final = "student" if len(result.rounds) == 1 else f"student_round{len(result.rounds)}"
     shown = {}

@@ -28,14 +28,14 @@ class FeatureBasis(torch.nn.Module):
       the labeled samples, which must lie in ``[0, num_basis)``.
     - L_reg with ``regularizer="sd"`` (the paper's L_SD): over the pairs i < j of unlabeled
       samples, positives share their pseudo label and negatives do not. mu and var are the
-      mean and (population) variance of s over a side's pairs, blended with the running
-      values: ``mu = (1 - momentum) mu_batch + momentum mu_running`` (same for var), the
-      running part detached so that only the batch part carries gradient.
-      ``L_SD = (var+ + var-) + sd_weight * max(0, sd_margin - (mu+ - mu-))``.
+      mean and (population) variance of s over a side's pairs in the batch, and
+      ``L_SD = (var+ + var-) + sd_weight * max(0, sd_margin - (mu+ - mu-))`` with full
+      gradient (``sd_statistics="batch"``, DESIGN.md §2.4). ``sd_statistics="blended"``
+      (a comparison switch) computes it on ``(1 - momentum) batch + momentum running``
+      instead, the running part detached, which scales its gradient by ``1 - momentum``.
       A batch without positive (negative) pairs adds no var+ (var-) term and no margin
-      term (a zero with zero gradients), and leaves that side's statistics unchanged. Until a
-      side has been updated once, its blended statistics are the batch ones. (Our
-      definitions where the paper is silent.)
+      term (a zero with zero gradients), and leaves that side's statistics unchanged.
+      (Our definitions where the paper is silent.)
     - ``regularizer="global_ce"`` (the paper's ablation): softmax cross-entropy of H r
       against the pseudo labels, where H (``num_pseudo_classes x num_basis``, the
       ``pseudo_head`` parameter) is a second linear head without bias on the basis
@@ -43,8 +43,9 @@ class FeatureBasis(torch.nn.Module):
       restricted to the pseudo classes present in the batch.
 
     Running statistics: each call of :meth:`loss` in training mode (``self.training``)
-    computes the loss with the statistics as they were, then stores the blended ones as the
-    new running values (for every regulariser, so that ``basis_pairs(t1="auto")`` works).
+    updates ``mu <- (1 - momentum) mu_batch + momentum mu`` (same for var; a side's first
+    update sets the batch values), for every regulariser, so that
+    ``basis_pairs(t1="auto")`` works.
     Calls in eval mode leave them unchanged.
 
     State: the parameters ``weight`` (W_a, also available as ``W_a``) and ``pseudo_head``
@@ -60,6 +61,7 @@ class FeatureBasis(torch.nn.Module):
         sd_margin: m_sd, the margin wanted between mu+ and mu-.
         sd_weight: w, the weight of the margin term.
         regularizer: ``"sd"``, ``"global_ce"`` or ``"local_ce"``.
+        sd_statistics: ``"batch"`` (default) or ``"blended"``: what L_SD is computed on.
         num_pseudo_classes: k of the pseudo labels; needed by the ``"*_ce"`` regularisers
             (the size of ``pseudo_head``).
         device, dtype: where and in which float type to keep the parameters.
@@ -77,6 +79,7 @@ class FeatureBasis(torch.nn.Module):
         sd_margin: float = 0.5,
         sd_weight: float = 1.0,
         regularizer: str = "sd",
+        sd_statistics: str = "batch",
         num_pseudo_classes: int | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
@@ -86,6 +89,7 @@ class FeatureBasis(torch.nn.Module):
         self.sd_margin = float(sd_margin)
         self.sd_weight = float(sd_weight)
         self.regularizer = str(regularizer)
+        self.sd_statistics = str(sd_statistics)
         state = _core.basis_init(num_basis, dim, num_pseudo_classes, self._config())
         self.weight = torch.nn.Parameter(state["weight"].detach())
         head = state["pseudo_head"]
@@ -115,8 +119,8 @@ class FeatureBasis(torch.nn.Module):
     def num_pseudo_classes(self) -> int | None:
         return None if self.pseudo_head is None else self.pseudo_head.shape[0]
 
-    def _config(self) -> tuple[float, float, float, str]:
-        return (self.momentum, self.sd_margin, self.sd_weight, self.regularizer)
+    def _config(self) -> tuple[float, float, float, str, str]:
+        return (self.momentum, self.sd_margin, self.sd_weight, self.regularizer, self.sd_statistics)
 
     def _state(self) -> tuple:
         return (self.weight, self.pseudo_head) + tuple(getattr(self, n) for n in _STATS)
@@ -170,5 +174,5 @@ class FeatureBasis(torch.nn.Module):
         return (
             f"num_basis={self.num_basis}, dim={self.dim}, momentum={self.momentum}, "
             f"sd_margin={self.sd_margin}, sd_weight={self.sd_weight}, "
-            f"regularizer={self.regularizer!r}{head}"
+            f"regularizer={self.regularizer!r}, sd_statistics={self.sd_statistics!r}{head}"
         )

@@ -55,6 +55,8 @@ LOSSES = ("contrastive", "multi_similarity")
 VARIANTS = ("basis_mining", "basis", "pseudo_only")
 REGULARIZERS = ("sd", "global_ce", "local_ce")
 THRESHOLD_RULES = ("auto", "mu+", "mu-", "mid", "all")
+SD_STATISTICS = ("batch", "blended")
+MINING = ("basis", "oracle", "random")
 
 
 @dataclass
@@ -72,6 +74,9 @@ class DataConfig:
         image_size: Omniglot's image side in pixels (28; ``None`` keeps 105).
         val_classes: labeled classes held out as a validation split (a count, or a fraction
             of the labeled classes); 0 keeps them all for training.
+        val_groups: whole class groups held out as the validation split instead (Omniglot:
+            labeled alphabets), so that validation asks for groups never seen with labels,
+            as test does; 0: none.
         val_in_pool: fraction of each validation class's images moved into the unlabeled
             pool (labels hidden), the rest staying validation queries; mirrors protocols
             whose test classes are also in the pool (0: none).
@@ -91,6 +96,7 @@ class DataConfig:
     protocol_options: dict = field(default_factory=dict)
     image_size: int | None = 28
     val_classes: float = 0
+    val_groups: int = 0
     val_in_pool: float = 0.0
     evaluate_on: str = "test"
     shift: int = 2
@@ -198,7 +204,8 @@ class StudentConfig(_RankingLoss):
         lambda1, lambda2: weights of the unlabeled ranking loss and of L_Basis.
         basis_warmup: steps training W_a alone (backbone frozen) first.
         regularizer: ``"sd"``, ``"global_ce"`` or ``"local_ce"`` (ablation).
-        num_basis: basis vectors B; ``None``: the number of labeled classes.
+        num_basis: basis vectors B (at least the number of labeled classes, whose CE
+            logits are the first ones); ``None``: the number of labeled classes.
         num_pseudo_classes: classes of the global-CE head; ``None``: ``pseudo_labels.k``.
         momentum, sd_margin, sd_weight: the running statistics and margin of L_SD.
         t1, t2: mining thresholds: numbers, or rules on the running statistics ``"mu+"``,
@@ -206,6 +213,11 @@ class StudentConfig(_RankingLoss):
             (T1 = mu+, T2 = mu-, DESIGN.md's default).
         require_pseudo_agreement: mined positives must share their pseudo label, negatives
             must not.
+        sd_statistics: ``"batch"``: L_SD on the batch statistics with full gradient
+            (DESIGN.md §2.4); ``"blended"``: the damped comparison form.
+        mining: ``"basis"`` (the method); research bounds needing the pool's hidden labels
+            or not: ``"oracle"`` (keep the pseudo pairs the hidden labels confirm),
+            ``"random"`` (as many pseudo pairs as basis mining keeps, drawn at random).
     """
 
     steps: int = 400
@@ -228,6 +240,8 @@ class StudentConfig(_RankingLoss):
     t1: float | str = "auto"
     t2: float | str = "auto"
     require_pseudo_agreement: bool = True
+    sd_statistics: str = "batch"
+    mining: str = "basis"
 
 
 @dataclass
@@ -340,17 +354,28 @@ class Config:
         _check(self.data.shift >= 0, "data.shift", ">= 0")
         _check(self.data.val_classes >= 0, "data.val_classes", ">= 0")
         _check(0.0 <= self.data.val_in_pool < 1.0, "data.val_in_pool", "in [0, 1)")
+        held_out = self.data.val_classes > 0 or self.data.val_groups > 0
+        _check(self.data.val_groups >= 0, "data.val_groups", ">= 0")
         _check(
-            not self.data.val_in_pool or self.data.val_classes > 0,
+            not (self.data.val_classes > 0 and self.data.val_groups > 0),
+            "data.val_groups",
+            "0 when data.val_classes > 0 (one validation split at a time)",
+        )
+        _check(
+            not self.data.val_in_pool or held_out,
             "data.val_in_pool",
-            "0 unless data.val_classes > 0",
+            "0 unless data.val_classes or data.val_groups > 0",
         )
         _check(self.data.num_workers >= 0, "data.num_workers", ">= 0")
         if self.data.evaluate_on == "val" and self.data.protocol in (
             "fashion-mnist-ssl",
             "omniglot-ssl",
         ):
-            _check(self.data.val_classes > 0, "data.val_classes", "> 0 when data.evaluate_on='val'")
+            _check(
+                held_out,
+                "data.val_classes",
+                "> 0 (or data.val_groups > 0) when data.evaluate_on='val'",
+            )
         for key in ("max_labeled", "max_unlabeled", "max_test"):
             value = getattr(self.data, key)
             _check(value is None or value >= 1, f"data.{key}", "None or >= 1")
@@ -400,6 +425,17 @@ class Config:
         _check(s.variant in VARIANTS, "student.variant", f"one of {list(VARIANTS)}")
         _check(s.regularizer in REGULARIZERS, "student.regularizer", f"one of {list(REGULARIZERS)}")
         _check(s.basis_warmup >= 0, "student.basis_warmup", ">= 0")
+        _check(
+            s.sd_statistics in SD_STATISTICS,
+            "student.sd_statistics",
+            f"one of {list(SD_STATISTICS)}",
+        )
+        _check(s.mining in MINING, "student.mining", f"one of {list(MINING)}")
+        _check(
+            s.mining == "basis" or s.variant == "basis_mining",
+            "student.mining",
+            "'basis' unless student.variant is 'basis_mining' (the bounds replace its mining)",
+        )
         _check(0.0 <= s.momentum < 1.0, "student.momentum", "in [0, 1)")
         _check(s.num_basis is None or s.num_basis >= 1, "student.num_basis", "None or >= 1")
         _check(
@@ -465,19 +501,21 @@ def fashion_mnist_ssl() -> Config:
     """``fashion-mnist-ssl`` (DESIGN.md §3): ConvNet/128, contrastive, Adam 1e-3, teacher
     400 steps on m-per-class batches of 64 (m = 16), k = 50, student 400 steps of
     32 labeled + 32 unlabeled images. All values ours (the reference sketch's); no shifts,
-    as in that sketch. The student starts from the teacher's weights and mines with
-    T1 = mu-, T2 = mu+, both chosen on the validation split (bench/README.md)."""
+    as in that sketch. The student starts from the teacher's weights, has 128 basis vectors
+    and mines with T1 = mu+, T2 = "all", chosen on the validation split (bench/README.md)."""
     config = Config(preset="fashion-mnist-ssl")
     config.data = DataConfig(protocol="fashion-mnist-ssl", shift=0)
     config.model = ModelConfig("convnet", 1, 128)
     config.teacher = TeacherConfig(steps=400, batch_size=64, m=16, optimizer=_adam(1e-3))
     config.pseudo_labels = PseudoLabelConfig(k=50)
     # Chosen on the validation split (bench/ablation.py --split val, bench/README.md):
-    # starting from the teacher's weights, and T1 = mu-, T2 = mu+ (only pairs whose basis
-    # similarity contradicts their pseudo label by more than the other side's mean are
-    # dropped). DESIGN.md's defaults (init "ssl", T1 = mu+, T2 = mu-) scored lower there.
+    # starting from the teacher's weights; B = 128 basis vectors (more than the labeled
+    # classes); mining filters pseudo positives only: T1 = mu+ (a positive needs a basis
+    # similarity above the running positive mean), T2 = "all" (pseudo negatives, 99%
+    # precise here, are all kept). DESIGN.md's T2 = mu- and B = labeled classes scored
+    # lower there.
     config.student = StudentConfig(
-        steps=400, optimizer=_adam(1e-3), init="teacher", t1="mu-", t2="mu+"
+        steps=400, optimizer=_adam(1e-3), init="teacher", num_basis=128, t1="mu+", t2="all"
     )
     return config
 

@@ -5,6 +5,8 @@
   and misses red, one block per model (e.g. teacher and student on the same queries).
 - :func:`pseudo_label_purity`: cluster sizes coloured by purity against the hidden labels,
   and the distribution of purity over images.
+- :func:`mining_diagnostics`: whether mining filters noise (:func:`slade.diagnose`):
+  precision of pseudo and mined pairs, kept fractions, ROC-AUCs among pseudo positives.
 """
 
 from __future__ import annotations
@@ -16,7 +18,25 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-__all__ = ["training_curves", "retrieval_examples", "pseudo_label_purity", "image_array"]
+__all__ = [
+    "training_curves",
+    "retrieval_examples",
+    "pseudo_label_purity",
+    "mining_diagnostics",
+    "image_array",
+]
+
+_DIAGNOSTIC_BARS = (
+    ("pseudo_positive_precision", "precision\npseudo +"),
+    ("mined_positive_precision", "precision\nmined +"),
+    ("mined_positive_kept", "kept +"),
+    ("pseudo_negative_precision", "precision\npseudo -"),
+    ("mined_negative_precision", "precision\nmined -"),
+    ("mined_negative_kept", "kept -"),
+    ("inactive_mined_negative", "inactive\nmined -"),
+    ("auc_embedding_pseudo_positive", "AUC cos(f)\namong pseudo +"),
+    ("auc_basis_pseudo_positive", "AUC s\namong pseudo +"),
+)
 
 
 def _pyplot() -> Any:
@@ -183,5 +203,33 @@ def pseudo_label_purity(
     histogram.set_xlabel("cluster purity")
     histogram.set_ylabel("images")
     histogram.legend(fontsize=8)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def mining_diagnostics(
+    diagnostics: Mapping[str, Mapping[str, Any]], path: str | os.PathLike
+) -> Path:
+    """Bars of :func:`slade.diagnose`'s pair diagnostics (one colour per round) and, beside
+    them, the gradient norm of each loss term at the embeddings."""
+    plt = _pyplot()
+    figure, (bars, norms) = plt.subplots(
+        1, 2, figsize=(13, 3.6), gridspec_kw={"width_ratios": [3, 1]}
+    )
+    width = 0.8 / max(1, len(diagnostics))
+    for number, (name, found) in enumerate(diagnostics.items()):
+        pairs = found.get("pairs", {})
+        values = [pairs.get(key, np.nan) for key, _ in _DIAGNOSTIC_BARS]
+        x = np.arange(len(values)) + number * width
+        bars.bar(x, values, width=width, label=name)
+        grads = found.get("gradient_norms", {})
+        norms.bar(np.arange(len(grads)) + number * width, list(grads.values()), width=width)
+        norms.set_xticks(np.arange(len(grads)), list(grads))
+    bars.set_xticks(np.arange(len(_DIAGNOSTIC_BARS)), [label for _, label in _DIAGNOSTIC_BARS])
+    bars.tick_params(axis="x", labelsize=7)
+    bars.set_ylim(0, 1.05)
+    bars.set_title("unlabeled pairs: does mining filter noise?")
+    bars.legend(fontsize=7)
+    norms.set_title("gradient norm at the embeddings")
     figure.tight_layout()
     return _save(figure, path)

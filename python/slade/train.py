@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from . import _core
-from ._convert import as_tensor
+from ._convert import as_tensor, optional_tensor
 from .errors import ConfigError, DtypeError
 from .nn import (
     CoreModule,
@@ -449,7 +449,8 @@ class StudentTrainer(_Trainer):
       ``basis.weight`` in group ``"basis"``; see :class:`slade.FeatureBasis`): L_CE is the
       cross-entropy of r = W_a f against the labels (which must lie in
       ``[0, num_basis)``); L_reg is ``regularizer="sd"`` (L_SD on the basis similarities
-      s(i, j) = cos(r_i, r_j) of unlabeled pairs, with momentum-blended statistics, margin
+      s(i, j) = cos(r_i, r_j) of unlabeled pairs, on the batch statistics with full
+      gradient, or ``sd_statistics="blended"`` for the damped comparison form; margin
       ``sd_margin`` and weight ``sd_weight``), ``"global_ce"`` or ``"local_ce"`` (a
       cross-entropy against the pseudo labels through a second head ``basis.pseudo_head``,
       ``num_pseudo_classes x num_basis``). The running statistics are buffers
@@ -469,7 +470,13 @@ class StudentTrainer(_Trainer):
 
     Ablations (``variant``): ``"pseudo_only"`` (no basis, no mining; ``num_basis`` and the
     basis settings are then unused), ``"basis"`` (+ L_Basis; the unlabeled loss still over
-    all pseudo pairs), ``"basis_mining"`` (the full method).
+    all pseudo pairs), ``"basis_mining"`` (the full method). Research bounds of
+    ``basis_mining`` (``mining``): ``"oracle"`` keeps the pseudo pairs that the hidden
+    labels confirm (pass ``true_labels`` to :meth:`step`), ``"random"`` keeps as many
+    pseudo pairs of each side as basis mining would, drawn uniformly; ``"basis"`` is the
+    method. Steps of ``basis_mining`` also report ``pairs/pseudo_positive`` and
+    ``pairs/pseudo_negative`` (all pseudo pairs), so the kept fraction is
+    ``pairs/positive / pairs/pseudo_positive``.
 
     Warm-up: for the first ``basis_warmup`` updates the backbone is frozen (no gradient,
     BatchNorm in evaluation mode) and the embedding head is not updated: only the basis
@@ -483,10 +490,12 @@ class StudentTrainer(_Trainer):
     Args:
         model_config, optim_config, device, precision, seed: as :class:`TeacherTrainer`
             (``OptimizerConfig.basis_lr`` sets the basis' learning rate).
-        num_basis: B, the number of basis vectors (the number of labeled classes).
+        num_basis: B, the number of basis vectors, at least the number of labeled classes
+            (L_CE uses the first ones as class logits; the rest span unseen directions).
         loss, miner, pos_margin, neg_margin, alpha, beta, base, epsilon: the ranking loss.
         variant, lambda1, lambda2, basis_warmup, regularizer, num_pseudo_classes, momentum,
-        sd_margin, sd_weight, t1, t2, require_pseudo_agreement: see above.
+        sd_margin, sd_weight, t1, t2, require_pseudo_agreement, sd_statistics, mining: see
+            above.
     """
 
     def __init__(
@@ -509,6 +518,8 @@ class StudentTrainer(_Trainer):
         t1: float | str = "auto",
         t2: float | str = "auto",
         require_pseudo_agreement: bool = True,
+        sd_statistics: str = "batch",
+        mining: str = "basis",
         miner: bool = False,
         pos_margin: float = 0.0,
         neg_margin: float = 1.0,
@@ -528,7 +539,12 @@ class StudentTrainer(_Trainer):
         ):
             if not isinstance(value, numbers.Integral) or isinstance(value, bool):
                 raise ConfigError(f"{name} must be an integer, got {value!r}")
-        for name, value in (("variant", variant), ("regularizer", regularizer)):
+        for name, value in (
+            ("variant", variant),
+            ("regularizer", regularizer),
+            ("sd_statistics", sd_statistics),
+            ("mining", mining),
+        ):
             if not isinstance(value, str):
                 raise ConfigError(f"{name} must be a str, got {value!r}")
         self.student_config = {
@@ -546,6 +562,8 @@ class StudentTrainer(_Trainer):
             "t1": _threshold(t1, "t1"),
             "t2": _threshold(t2, "t2"),
             "require_pseudo_agreement": bool(require_pseudo_agreement),
+            "sd_statistics": sd_statistics,
+            "mining": mining,
         }
         self._core = _core.StudentTrainer(
             _trainer_config(self.model_config, self.optim_config, precision, seed),
@@ -564,11 +582,17 @@ class StudentTrainer(_Trainer):
         return trainer
 
     def step(
-        self, labeled_images: Any, labels: Any, unlabeled_images: Any, pseudo_labels: Any
+        self,
+        labeled_images: Any,
+        labels: Any,
+        unlabeled_images: Any,
+        pseudo_labels: Any,
+        true_labels: Any = None,
     ) -> dict[str, float]:
         """One training step on a labeled batch (images and labels in ``[0, num_basis)``)
         and an unlabeled batch (images of the same size and their pseudo labels, cluster ids
-        >= 0, below ``num_pseudo_classes`` for the CE regularisers).
+        >= 0, below ``num_pseudo_classes`` for the CE regularisers). ``true_labels``: the
+        hidden labels of the unlabeled images, read only by ``mining="oracle"``.
 
         Returns ``loss`` (the weighted total) and its unweighted parts ``loss/rank_labeled``,
         ``loss/rank_unlabeled`` and, with a basis, ``loss/basis`` = ``loss/ce`` +
@@ -579,23 +603,29 @@ class StudentTrainer(_Trainer):
         ``basis/mu_pos``, ``basis/var_pos``, ``basis/mu_neg``, ``basis/var_neg`` (running
         statistics after the update); ``warmup`` (1 during the basis warm-up);
         ``lr/<group>``; ``step``; ``grad_norm`` when clipping."""
-        return self._core.step(*self._batch(labeled_images, labels, unlabeled_images, pseudo_labels))
+        batch = self._batch(labeled_images, labels, unlabeled_images, pseudo_labels, true_labels)
+        return self._core.step(*batch)
 
     def compute_gradients(
-        self, labeled_images: Any, labels: Any, unlabeled_images: Any, pseudo_labels: Any
+        self,
+        labeled_images: Any,
+        labels: Any,
+        unlabeled_images: Any,
+        pseudo_labels: Any,
+        true_labels: Any = None,
     ) -> dict[str, float]:
         """The first half of a step: forward, loss and backward (gradients in ``.grad``)."""
-        return self._core.compute_gradients(
-            *self._batch(labeled_images, labels, unlabeled_images, pseudo_labels)
-        )
+        batch = self._batch(labeled_images, labels, unlabeled_images, pseudo_labels, true_labels)
+        return self._core.compute_gradients(*batch)
 
     @staticmethod
-    def _batch(labeled_images, labels, unlabeled_images, pseudo_labels):
+    def _batch(labeled_images, labels, unlabeled_images, pseudo_labels, true_labels):
         return (
             as_tensor(labeled_images, "labeled_images"),
             as_tensor(labels, "labels"),
             as_tensor(unlabeled_images, "unlabeled_images"),
             as_tensor(pseudo_labels, "pseudo_labels"),
+            optional_tensor(true_labels, "true_labels"),
         )
 
     def threshold_rules(self) -> tuple[str, str]:

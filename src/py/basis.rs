@@ -22,9 +22,9 @@ pub(crate) struct StateArg(
     PyTensor,
 );
 
-/// (momentum, sd_margin, sd_weight, regularizer).
+/// (momentum, sd_margin, sd_weight, regularizer, sd_statistics).
 #[derive(FromPyObject)]
-pub(crate) struct ConfigArg(f64, f64, f64, String);
+pub(crate) struct ConfigArg(f64, f64, f64, String, String);
 
 impl ConfigArg {
     fn config(&self) -> crate::Result<BasisConfig> {
@@ -33,6 +33,7 @@ impl ConfigArg {
             sd_margin: self.1,
             sd_weight: self.2,
             regularizer: self.3.parse()?,
+            sd_statistics: self.4.parse()?,
         };
         config.validate()?;
         Ok(config)

@@ -247,6 +247,7 @@ trainer_class!(PyStudentTrainer, "StudentTrainer", Student, {
         Ok(Self { inner })
     }
 
+    #[pyo3(signature = (labeled_images, labels, unlabeled_images, pseudo_labels, true_labels=None))]
     fn step(
         &self,
         py: Python<'_>,
@@ -254,11 +255,14 @@ trainer_class!(PyStudentTrainer, "StudentTrainer", Student, {
         labels: PyTensor,
         unlabeled_images: PyTensor,
         pseudo_labels: PyTensor,
+        true_labels: Option<PyTensor>,
     ) -> PyResult<Metrics> {
-        let batch = student_batch([labeled_images, labels, unlabeled_images, pseudo_labels]);
+        let batch =
+            student_batch([labeled_images, labels, unlabeled_images, pseudo_labels], true_labels);
         with_locked(py, &self.inner, move |t| t.step(&batch))
     }
 
+    #[pyo3(signature = (labeled_images, labels, unlabeled_images, pseudo_labels, true_labels=None))]
     fn compute_gradients(
         &self,
         py: Python<'_>,
@@ -266,8 +270,10 @@ trainer_class!(PyStudentTrainer, "StudentTrainer", Student, {
         labels: PyTensor,
         unlabeled_images: PyTensor,
         pseudo_labels: PyTensor,
+        true_labels: Option<PyTensor>,
     ) -> PyResult<Metrics> {
-        let batch = student_batch([labeled_images, labels, unlabeled_images, pseudo_labels]);
+        let batch =
+            student_batch([labeled_images, labels, unlabeled_images, pseudo_labels], true_labels);
         with_locked(py, &self.inner, move |t| t.compute_gradients(&batch))
     }
 
@@ -282,12 +288,14 @@ trainer_class!(PyStudentTrainer, "StudentTrainer", Student, {
 
 fn student_batch(
     [labeled_images, labels, unlabeled_images, pseudo_labels]: [PyTensor; 4],
+    true_labels: Option<PyTensor>,
 ) -> StudentBatch {
     StudentBatch {
         labeled_images: labeled_images.0,
         labels: labels.0,
         unlabeled_images: unlabeled_images.0,
         pseudo_labels: pseudo_labels.0,
+        true_labels: true_labels.map(|t| t.0),
     }
 }
 

@@ -16,7 +16,7 @@
 //!    the basis similarity s(i, j) = cos(W_a f_i, W_a f_j), a positive also sharing its
 //!    pseudo label and a negative not (`require_pseudo_agreement`); otherwise all pairs by
 //!    pseudo label. T1/T2 are numbers or rules read from the running statistics after
-//!    step 3's update (the blended statistics L_SD used): "mu+", "mu-", "mid" = (mu+ + mu-)/2,
+//!    step 3's momentum update: "mu+", "mu-", "mid" = (mu+ + mu-)/2,
 //!    "all" (no test on that side: T1 = -2, T2 = 2, outside the range of a cosine) and
 //!    "auto" = [`AUTO_THRESHOLDS`]. A rule whose statistic no batch has defined yet
 //!    mines no pair of that side.
@@ -25,8 +25,10 @@
 //!
 //! Variants (the paper's ablation): "pseudo_only" (no basis, no mining: the unlabeled
 //! ranking loss over all pairs by pseudo label), "basis" (+ L_Basis, unlabeled pairs still
-//! all pseudo pairs), "basis_mining" (+ mining; the full method). Warm-up: for the first
-//! `basis_warmup` updates the backbone is frozen (no gradient, BatchNorm in evaluation mode)
+//! all pseudo pairs), "basis_mining" (+ mining; the full method). Research bounds
+//! of that mining (`mining`): "oracle" keeps the pseudo pairs the hidden labels confirm,
+//! "random" as many pseudo pairs per side as basis mining keeps, drawn at random.
+//! Warm-up: for the first `basis_warmup` updates the backbone is frozen (no gradient, BatchNorm in evaluation mode)
 //! and the embedding head is not updated, so only the basis (W_a, and H for the CE
 //! regularisers) trains. In fp16 mode only the network runs under autocast; losses, basis
 //! and mining run in float32.
@@ -54,6 +56,34 @@ pub const AUTO_THRESHOLDS: (&str, &str) = ("mu+", "mu-");
 /// Prefix of the basis' parameters and buffers (`basis.weight`, `basis.mu_pos`, ...; the
 /// names of `slade.FeatureBasis`'s state after the prefix).
 pub const BASIS_PREFIX: &str = "basis";
+
+/// How the unlabeled pairs of "basis_mining" are chosen: the method's, or a research bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mining {
+    /// P = {s >= T1}, N = {s <= T2} of the basis similarity (the method).
+    Basis,
+    /// The pseudo pairs that the hidden labels (`StudentBatch::true_labels`) confirm: an
+    /// upper bound on what any filter of the pseudo pairs can do.
+    Oracle,
+    /// As many pseudo pairs of each side as basis mining keeps in this batch, drawn
+    /// uniformly: what filtering by chance at the same kept fraction does.
+    Random,
+}
+
+impl std::str::FromStr for Mining {
+    type Err = SladeError;
+    fn from_str(name: &str) -> Result<Self> {
+        match name {
+            "basis" => Ok(Mining::Basis),
+            "oracle" => Ok(Mining::Oracle),
+            "random" => Ok(Mining::Random),
+            other => bail!(
+                Config,
+                "unknown mining {other:?}; choose \"basis\", \"oracle\" or \"random\""
+            ),
+        }
+    }
+}
 
 /// Which parts of the method run (the paper's ablation).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,6 +192,10 @@ pub struct StudentConfig {
     pub t1: ThresholdSetting,
     pub t2: ThresholdSetting,
     pub require_pseudo_agreement: bool,
+    /// "batch" (L_SD on the batch statistics, full gradient) or "blended".
+    pub sd_statistics: String,
+    /// "basis" (the method), "oracle" or "random" (research bounds).
+    pub mining: String,
 }
 
 impl Default for StudentConfig {
@@ -182,6 +216,8 @@ impl Default for StudentConfig {
             t1: ThresholdSetting::Rule("auto".into()),
             t2: ThresholdSetting::Rule("auto".into()),
             require_pseudo_agreement: true,
+            sd_statistics: "batch".into(),
+            mining: "basis".into(),
         }
     }
 }
@@ -193,6 +229,8 @@ pub struct StudentBatch {
     pub labels: Tensor,
     pub unlabeled_images: Tensor,
     pub pseudo_labels: Tensor,
+    /// Hidden true labels of the unlabeled images, for `mining = "oracle"` only.
+    pub true_labels: Option<Tensor>,
 }
 
 /// The student objective: its settings and the feature basis (absent for "pseudo_only").
@@ -202,6 +240,7 @@ pub struct Student {
     variant: Variant,
     basis: Option<FeatureBasis>,
     thresholds: (ThresholdRule, ThresholdRule),
+    mining: Mining,
 }
 
 impl Student {
@@ -231,12 +270,21 @@ impl Student {
             ThresholdRule::parse(&config.t1, "t1", 0)?,
             ThresholdRule::parse(&config.t2, "t2", 1)?,
         );
+        let mining: Mining = config.mining.parse()?;
+        if mining != Mining::Basis && variant != Variant::BasisMining {
+            bail!(
+                Config,
+                "mining {:?} replaces the basis mining of variant \"basis_mining\"; variant                  {:?} mines no pairs",
+                config.mining,
+                config.variant
+            );
+        }
         let basis = if variant == Variant::PseudoOnly {
             None
         } else {
             Some(Self::register_basis(&config, regularizer, builder, model)?)
         };
-        Ok(Student { config, ranking, variant, basis, thresholds })
+        Ok(Student { config, ranking, variant, basis, thresholds, mining })
     }
 
     fn register_basis(
@@ -257,6 +305,7 @@ impl Student {
             sd_margin: config.sd_margin,
             sd_weight: config.sd_weight,
             regularizer,
+            sd_statistics: config.sd_statistics.parse()?,
         };
         basis_config.validate().map_err(|e| SladeError::Config(e.to_string()))?;
         let (b, dim) = (config.num_basis, model.config().dim);
@@ -366,18 +415,24 @@ impl Student {
                         }
                     }
                     let similarity = tch::no_grad(|| basis.similarity(&fu.f_detach()?))?;
-                    basis_pair_masks(
+                    let mined = basis_pair_masks(
                         &similarity,
                         Some(&pseudo),
                         t1,
                         t2,
                         self.config.require_pseudo_agreement,
-                    )?
+                    )?;
+                    self.bound(mined, &pseudo, batch)?
                 } else {
                     PairMasks::from_labels(&pseudo)?
                 }
             }
         };
+        if self.variant == Variant::BasisMining {
+            let (pos, neg) = pair_counts(&PairMasks::from_labels(&pseudo)?)?;
+            scalars.push(("pairs/pseudo_positive".into(), pos));
+            scalars.push(("pairs/pseudo_negative".into(), neg));
+        }
         let rank_unlabeled = self.ranking.on_masks(&fu, &unlabeled_masks)?;
         let (pos, neg) = pair_counts(&unlabeled_masks)?;
         scalars.push(("loss/rank_unlabeled".into(), rank_unlabeled.shallow_clone()));
@@ -386,6 +441,30 @@ impl Student {
         total = total.f_add(&rank_unlabeled.f_mul_scalar(self.config.lambda1)?)?;
         read_scalars(&mut metrics, scalars)?;
         Ok((total, metrics))
+    }
+
+    /// The pairs of `self.mining` given the basis-mined ones.
+    fn bound(&self, mined: PairMasks, pseudo: &Tensor, batch: &StudentBatch) -> Result<PairMasks> {
+        let _guard = tch::no_grad_guard();
+        let all = PairMasks::from_labels(pseudo)?;
+        match self.mining {
+            Mining::Basis => Ok(mined),
+            Mining::Oracle => {
+                let Some(truth) = &batch.true_labels else {
+                    bail!(Value, "mining \"oracle\" needs the true_labels of the unlabeled batch");
+                };
+                let truth = truth.f_to_device(pseudo.device())?.f_to_kind(Kind::Int64)?;
+                let same = truth.f_unsqueeze(1)?.f_eq_tensor(&truth.f_unsqueeze(0)?)?;
+                Ok(PairMasks {
+                    pos: all.pos.f_logical_and(&same)?,
+                    neg: all.neg.f_logical_and(&same.f_logical_not()?)?,
+                })
+            }
+            Mining::Random => Ok(PairMasks {
+                pos: random_subset(&all.pos, &mined.pos)?,
+                neg: random_subset(&all.neg, &mined.neg)?,
+            }),
+        }
     }
 
     fn warming_up(&self, step: i64) -> bool {
@@ -422,6 +501,9 @@ impl Objective for Student {
         )?;
         if let Some(&bad) = pseudo.iter().find(|&&l| l < 0) {
             bail!(Value, "pseudo_labels contains {bad}; pseudo labels are cluster ids >= 0");
+        }
+        if let Some(truth) = &batch.true_labels {
+            validate::labels(truth, pseudo.len(), "true_labels", "unlabeled_images")?;
         }
         if let Some(basis) = &self.basis {
             let labels = validate::labels(
@@ -472,6 +554,21 @@ impl Objective for Student {
     }
 }
 
+/// As many of the symmetric `candidates` pairs as `kept` holds, drawn uniformly (torch's
+/// global generator), returned symmetric.
+fn random_subset(candidates: &Tensor, kept: &Tensor) -> Result<Tensor> {
+    let upper = |m: &Tensor| m.f_triu(1);
+    let (candidates, count) = (upper(candidates)?, upper(kept)?.f_sum(Kind::Int64)?);
+    let count = count.f_int64_value(&[])?;
+    let scores = Tensor::f_rand(candidates.size(), (Kind::Float, candidates.device()))?
+        .f_masked_fill(&candidates.f_logical_not()?, -1.0)?;
+    let flat = scores.f_flatten(0, -1)?;
+    let chosen = flat.f_topk(count, 0, true, false)?.1;
+    let picked = flat.f_zeros_like()?.f_index_fill(0, &chosen, 1.0)?.f_gt(0.5)?;
+    let picked = picked.f_view_as(&candidates)?.f_logical_and(&candidates)?;
+    Ok(picked.f_logical_or(&picked.f_tr()?)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{optim::OptimizerConfig, Trainer, TrainerConfig};
@@ -504,6 +601,7 @@ mod tests {
             labels,
             unlabeled_images: Tensor::randn([12, 1, 28, 28], opts) * 0.3 - shift(&pseudo),
             pseudo_labels: pseudo,
+            true_labels: None,
         }
     }
 

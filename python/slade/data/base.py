@@ -369,6 +369,32 @@ def split_classes(
     return dataset.subset(~mask), dataset.subset(mask)
 
 
+def split_groups(
+    dataset: ImageDataset, groups: np.ndarray, count: int, seed: int = 0
+) -> tuple[ImageDataset, ImageDataset]:
+    """Splits off ``count`` whole class groups (``groups``: one group name per image, e.g.
+    Omniglot's alphabet) at random, so that the held-out classes, like a protocol's test
+    classes, come from groups never seen with labels.
+
+    Returns ``(rest, held_out)`` as :func:`split_classes`; the choice depends only on
+    ``seed`` and the group names.
+    """
+    groups = np.asarray(groups)
+    if groups.shape != (len(dataset),):
+        raise InvalidArgumentError(
+            f"groups must name one group per image ({len(dataset)}), got shape {groups.shape}"
+        )
+    present = np.unique(groups)
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or not 1 <= count < len(present):
+        raise InvalidArgumentError(
+            f"val_groups must be an integer in [1, {len(present)}) (the data has "
+            f"{len(present)} class groups: {[str(g) for g in present]}), got {count!r}"
+        )
+    held_out = np.random.default_rng(seed).choice(present, size=int(count), replace=False)
+    mask = np.isin(groups, held_out)
+    return dataset.subset(~mask), dataset.subset(mask)
+
+
 def concat(first: ImageDataset, second: ImageDataset) -> ImageDataset:
     """The images of ``first`` then ``second`` (same dataset type) as one dataset.
 

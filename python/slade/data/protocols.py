@@ -33,7 +33,13 @@ import numpy as np
 from ..errors import ConfigError, InvalidArgumentError, MissingFileError, SladeIOError
 from . import transforms as presets
 from ._files import PathLike
-from .base import ImageDataset, UnlabeledDataset, split_classes, split_images_per_class
+from .base import (
+    ImageDataset,
+    UnlabeledDataset,
+    split_classes,
+    split_groups,
+    split_images_per_class,
+)
 from .datasets import (
     CUB200,
     Cars196,
@@ -133,7 +139,9 @@ def with_val_in_pool(data: SemiSupervisedData, fraction: float, seed: int = 0) -
     as the test split.
     """
     if data.val is None:
-        raise ConfigError("val_in_pool needs a validation split: set val_classes > 0")
+        raise ConfigError(
+            "val_in_pool needs a validation split: set val_classes (or val_groups) > 0"
+        )
     queries, pooled = split_images_per_class(data.val, fraction, seed)
     pooled = pooled.with_transform(data.unlabeled.transform)
     return replace(
@@ -168,6 +176,8 @@ def _assemble(
     seed: int,
     val: ImageDataset | None = None,
     gallery: ImageDataset | None = None,
+    val_groups: int = 0,
+    group_key: str | None = None,
 ) -> SemiSupervisedData:
     if (
         isinstance(val_classes, bool)
@@ -183,6 +193,12 @@ def _assemble(
                 f"{name}: the data already has a validation set; leave val_classes at 0"
             )
         labeled, val = split_classes(labeled, val_classes, seed)
+    if val_groups:
+        if val_classes or val is not None:
+            raise ConfigError(
+                f"{name}: val_groups holds out whole class groups; leave val_classes at 0"
+            )
+        labeled, val = split_groups(labeled, labeled.extras[group_key], val_groups, seed)
     train_t = _resolve(train_transform, lambda: presets.train_transform(style))
     eval_t = _resolve(eval_transform, lambda: presets.eval_transform(style))
     return SemiSupervisedData(
@@ -238,6 +254,7 @@ def omniglot_ssl(
     *,
     image_size: int | None = 28,
     val_classes: int | float = 0,
+    val_groups: int = 0,
     seed: int = 0,
     train_transform: TransformArg = PRESET,
     eval_transform: TransformArg = PRESET,
@@ -250,6 +267,8 @@ def omniglot_ssl(
     drawers 11-20 (50 characters, 500 images). The test characters are also in the
     unlabeled pool (other drawers), never among the labeled ones. Images are 28x28 by
     default (``image_size=None`` keeps 105x105). ``root`` as :class:`Omniglot`.
+    ``val_groups`` holds out that many whole labeled alphabets (seeded) as validation
+    classes, so that validation, like test, asks for alphabets never seen with labels.
     """
     data = Omniglot(root, image_size=image_size)
     expected = OMNIGLOT_LABELED_ALPHABETS + OMNIGLOT_UNLABELED_ALPHABETS + OMNIGLOT_SHARED_ALPHABETS
@@ -271,6 +290,8 @@ def omniglot_ssl(
         eval_transform=eval_transform,
         val_classes=val_classes,
         seed=seed,
+        val_groups=val_groups,
+        group_key="alphabet",
     )
 
 
