@@ -459,3 +459,33 @@ def test_fp16_student_on_cuda_learns():
     values = [m["loss"] for m in metrics if m["skipped"] == 0.0]
     assert len(values) >= 10 and values[-1] < values[0]
     assert trainer.basis.dtype == torch.float32
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(variant="basis_mining", sd_statistics="blended", momentum=0.9),
+        dict(variant="basis_mining", mining="oracle", t1="mu+", t2="mu-"),
+        dict(variant="basis_mining", mining="random", t1="mu+", t2="mu-"),
+        dict(variant="basis_mining", num_basis=9, t1="mu+", t2="all"),
+    ],
+    ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()),
+)
+def test_new_student_switches_on_cuda_equal_the_cpu(settings):
+    """The CPU trainer is checked against plain PyTorch above; the CUDA one against it,
+    from the same weights (random mining draws on each device's generator: counts only)."""
+    on_cpu, on_gpu = student(**settings), student(device="cuda", **settings)
+    on_gpu.load_state_dict(on_cpu.state_dict())
+    for step in range(3):
+        batch = make_batch(seed=step)
+        truth = torch.arange(len(batch[3])) % 3
+        a = on_cpu.step(*batch, truth)
+        b = on_gpu.step(*(t.cuda() for t in batch), truth.cuda())
+        keys = ("pairs/positive", "pairs/negative", "pairs/pseudo_positive")
+        if settings.get("mining") != "random":
+            keys += ("loss", "loss/sd", "loss/rank_unlabeled", "basis/mu_pos")
+        for key in keys:
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-4), key
+        if settings.get("mining") == "random":
+            on_gpu.load_state_dict(on_cpu.state_dict())
