@@ -106,7 +106,9 @@ def main() -> None:
         config = slade.config.preset(args.preset, base)
         data = slade.load_data(config)
         began = time.perf_counter()
-        teacher = slade.train_teacher(data, config)
+        # ablation 1: with ssl.enabled, teacher and students start from the SwAV weights
+        init = slade.train_ssl(data, config) if config.ssl.enabled else None
+        teacher = slade.train_teacher(data, config, init=init)
         rows["teacher"].append(percent(slade.evaluate(teacher, data, config=config)))
         print(f"seed {seed} teacher {rows['teacher'][-1][0]:.1f} MAP@R "
               f"({time.perf_counter() - began:.0f} s)", flush=True)
@@ -117,7 +119,7 @@ def main() -> None:
         for variant in variants:
             began = time.perf_counter()
             student_config = slade.config.preset(args.preset, base + variant_overrides(variant))
-            student = slade.train_student(data, pseudo, student_config, teacher=teacher)
+            student = slade.train_student(data, pseudo, student_config, init=init, teacher=teacher)
             name = name_of(variant)
             rows[name].append(percent(slade.evaluate(student, data, config=student_config)))
             found = slade.diagnose(student, data, pseudo, student_config).get("pairs", {})
