@@ -62,7 +62,7 @@ def test_pair_diagnostics_equal_a_loop_over_pairs():
         batch_size=16, m=4, num_batches=3, seed=5,
     )
     total = dict.fromkeys(("pp", "pp_true", "pn", "pn_true", "kp", "kp_true", "kn", "kn_true", "inactive"), 0)
-    for rows in diagnostics._batches(pseudo, 16, 4, 3, 5):
+    for rows in diagnostics.training_batches(pseudo, 16, 4, 3, 5):
         for key, value in _loop(emb, pseudo, truth, basis, t1, t2, rows.tolist(), 1.2).items():
             total[key] += value
     assert found["pseudo_positive_precision"] == pytest.approx(total["pp_true"] / total["pp"])

@@ -836,7 +836,7 @@ def diagnose(
     model = _model(student, config.device)
     pseudo = torch.as_tensor(pseudo)
     # only the images of the batches drawn below are embedded
-    drawn = diagnostics._batches(pseudo, s.unlabeled_batch_size, s.unlabeled_m, num_batches, config.seed)
+    drawn = diagnostics.training_batches(pseudo, s.unlabeled_batch_size, s.unlabeled_m, num_batches, config.seed)
     rows = torch.unique(torch.cat(list(drawn)))
     emb_drawn = embed_dataset(
         model, pool.subset(rows.numpy()), batch_size=config.pseudo_labels.batch_size,
@@ -864,7 +864,7 @@ def diagnose(
         num_workers=config.data.num_workers, progress=_Progress(False).iterate,
     )
     labels_l = data.labeled.labels[rows_l]
-    batch_u = next(diagnostics._batches(pseudo, s.unlabeled_batch_size, s.unlabeled_m, 1, config.seed))
+    batch_u = next(diagnostics.training_batches(pseudo, s.unlabeled_batch_size, s.unlabeled_m, 1, config.seed))
     norms = diagnostics.gradient_norms(
         emb_l, labels_l, emb_u[batch_u], pseudo[batch_u], basis=basis,
         pos_margin=s.pos_margin, neg_margin=s.neg_margin,

@@ -33,7 +33,14 @@ from . import losses
 from .basis import FeatureBasis
 from .errors import InvalidArgumentError
 
-__all__ = ["auc", "basis_of", "gradient_norms", "pair_diagnostics", "threshold_value"]
+__all__ = [
+    "auc",
+    "basis_of",
+    "gradient_norms",
+    "pair_diagnostics",
+    "threshold_value",
+    "training_batches",
+]
 
 
 def auc(scores: torch.Tensor, positive: torch.Tensor) -> float:
@@ -94,7 +101,8 @@ def basis_of(trainer: Any) -> FeatureBasis | None:
     return basis.eval()
 
 
-def _batches(pseudo: torch.Tensor, batch_size: int, m: int, num_batches: int, seed: int):
+def training_batches(pseudo: torch.Tensor, batch_size: int, m: int, num_batches: int, seed: int):
+    """The row indices of `num_batches` m-per-pseudo-class batches, as training draws them."""
     from .data import MPerClassSampler
 
     sampler = MPerClassSampler(pseudo, m, batch_size, seed=seed)
@@ -141,7 +149,7 @@ def pair_diagnostics(
     def add(key: str, value: torch.Tensor) -> None:
         sums.setdefault(key, []).append(value.flatten())
 
-    for rows in _batches(pseudo, batch_size, m, num_batches, seed):
+    for rows in training_batches(pseudo, batch_size, m, num_batches, seed):
         f, p, y = emb[rows], pseudo[rows], truth[rows]
         upper = torch.ones(len(rows), len(rows), dtype=torch.bool).triu(1)
         same_p = (p[:, None] == p[None, :]) & upper
