@@ -422,17 +422,16 @@ impl Student {
                         t2,
                         self.config.require_pseudo_agreement,
                     )?;
-                    self.bound(mined, &pseudo, batch)?
+                    let all = PairMasks::from_labels(&pseudo)?;
+                    let (pos, neg) = pair_counts(&all)?;
+                    scalars.push(("pairs/pseudo_positive".into(), pos));
+                    scalars.push(("pairs/pseudo_negative".into(), neg));
+                    self.bound(mined, all, batch)?
                 } else {
                     PairMasks::from_labels(&pseudo)?
                 }
             }
         };
-        if self.variant == Variant::BasisMining {
-            let (pos, neg) = pair_counts(&PairMasks::from_labels(&pseudo)?)?;
-            scalars.push(("pairs/pseudo_positive".into(), pos));
-            scalars.push(("pairs/pseudo_negative".into(), neg));
-        }
         let rank_unlabeled = self.ranking.on_masks(&fu, &unlabeled_masks)?;
         let (pos, neg) = pair_counts(&unlabeled_masks)?;
         scalars.push(("loss/rank_unlabeled".into(), rank_unlabeled.shallow_clone()));
@@ -443,17 +442,16 @@ impl Student {
         Ok((total, metrics))
     }
 
-    /// The pairs of `self.mining` given the basis-mined ones.
-    fn bound(&self, mined: PairMasks, pseudo: &Tensor, batch: &StudentBatch) -> Result<PairMasks> {
+    /// The pairs of `self.mining` given the basis-mined ones and `all` pseudo pairs.
+    fn bound(&self, mined: PairMasks, all: PairMasks, batch: &StudentBatch) -> Result<PairMasks> {
         let _guard = tch::no_grad_guard();
-        let all = PairMasks::from_labels(pseudo)?;
         match self.mining {
             Mining::Basis => Ok(mined),
             Mining::Oracle => {
                 let Some(truth) = &batch.true_labels else {
                     bail!(Value, "mining \"oracle\" needs the true_labels of the unlabeled batch");
                 };
-                let truth = truth.f_to_device(pseudo.device())?.f_to_kind(Kind::Int64)?;
+                let truth = truth.f_to_device(all.pos.device())?.f_to_kind(Kind::Int64)?;
                 let same = truth.f_unsqueeze(1)?.f_eq_tensor(&truth.f_unsqueeze(0)?)?;
                 Ok(PairMasks {
                     pos: all.pos.f_logical_and(&same)?,
