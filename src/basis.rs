@@ -566,23 +566,26 @@ mod tests {
         assert_eq!(b.state.updates_pos.int64_value(&[]), 1);
     }
 
-    /// The weight gradient of L_SD (variance terms only: sd_weight 0) on a second call.
-    fn sd_gradient(statistics: SdStatistics) -> Tensor {
-        tch::manual_seed(0);
+    /// The weight gradient of L_SD (variance terms only: sd_weight 0) on a second call, from
+    /// the given weight and embeddings (tests share torch's global generator across threads,
+    /// so both bases are built from the same draws).
+    fn sd_gradient(statistics: SdStatistics, weight: &Tensor, emb: &Tensor) -> Tensor {
         let config = BasisConfig { sd_weight: 0.0, sd_statistics: statistics, ..Default::default() };
-        let b = FeatureBasis::new(4, 6, None, config, Device::Cpu).unwrap();
-        let emb = Tensor::randn([6, 6], (Kind::Float, Device::Cpu));
+        let mut b = FeatureBasis::new(4, 6, None, config, Device::Cpu).unwrap();
+        b.state.weight = weight.copy().set_requires_grad(true);
         let pseudo = Tensor::from_slice(&[0i64, 0, 1, 1, 2, 2]);
-        b.loss(None, Some((&emb, &pseudo)), true).unwrap();
-        let loss = b.loss(None, Some((&emb, &pseudo)), true).unwrap();
+        b.loss(None, Some((emb, &pseudo)), true).unwrap();
+        let loss = b.loss(None, Some((emb, &pseudo)), true).unwrap();
         let grad = Tensor::run_backward(&[&loss.total], &[&b.state.weight], false, false);
         grad[0].shallow_clone()
     }
 
     #[test]
     fn blended_statistics_damp_the_gradient_by_one_minus_beta() {
-        let full = sd_gradient(SdStatistics::Batch);
-        let damped = sd_gradient(SdStatistics::Blended);
+        let weight = Tensor::randn([4, 6], (Kind::Float, Device::Cpu));
+        let emb = Tensor::randn([6, 6], (Kind::Float, Device::Cpu));
+        let full = sd_gradient(SdStatistics::Batch, &weight, &emb);
+        let damped = sd_gradient(SdStatistics::Blended, &weight, &emb);
         assert!(full.abs().max().double_value(&[]) > 1e-4);
         let ratio = (damped - &full * 0.01).abs().max().double_value(&[]);
         assert!(ratio < 1e-7, "blended gradient is not 1% of the batch one: {ratio}");
