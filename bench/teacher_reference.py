@@ -10,12 +10,12 @@ tests/test_retrieval.py) on the same test images.
 
 Switches move one difference at a time from the sketch toward slade's teacher:
 ``--init kaiming`` (the reference's convolutions get slade's kaiming_normal fan_out init),
-``--m M`` (images per class in the reference's batches). ``--slade key=value`` passes
-overrides to slade's teacher (e.g. ``model.conv_init=torch``) so both sides can be compared
-with one change.
+``--m M ...`` (images per class in the reference's batches), ``--slade-m M ...`` (the same
+for slade's teacher), ``--slade key=value ...`` (overrides of slade's teacher). Prints
+each run, then mean ± standard error per row and the paired difference of every two rows.
 
-    python bench/teacher_reference.py --preset omniglot-ssl --seeds 0 1 2 3 4
-    python bench/teacher_reference.py --split val --seeds 0 1 2 --m 4 16
+    python bench/teacher_reference.py --preset omniglot-ssl --seeds 0 1 2 3 4 --m 4 8 16
+    python bench/teacher_reference.py --split val --seeds 0 1 2 3 4 --slade-m 4 16 --m
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import math
 import statistics
 import time
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pytorch_metric_learning import losses, samplers
@@ -71,6 +72,7 @@ def tensors(part) -> tuple[torch.Tensor, torch.Tensor]:
 
 def reference_teacher(config, data, args, seed: int, m: int) -> dict[str, float]:
     torch.manual_seed(seed)
+    np.random.seed(seed)  # PML's MPerClassSampler draws from numpy's global generator
     images, labels = tensors(data.labeled)
     model = Sketch(config.model.dim, args.init)
     loss_fn = losses.ContrastiveLoss(pos_margin=0.0, neg_margin=1.0)
@@ -114,24 +116,32 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--split", choices=("test", "val"), default="test")
     parser.add_argument("--init", choices=("torch", "kaiming"), default="torch")
-    parser.add_argument("--m", type=int, nargs="+", default=None, help="reference m per class")
+    parser.add_argument("--m", type=int, nargs="*", default=None, help="the sketch's m per class")
     parser.add_argument("--slade", nargs="*", default=[], help="overrides of slade's teacher")
+    parser.add_argument("--slade-m", type=int, nargs="+", default=None, help="slade's m per class")
     parser.add_argument("--no-slade", action="store_true", help="only the reference")
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     base = ["progress=false"] + (VAL_OVERRIDES[args.preset] if args.split == "val" else [])
-    ms = args.m or [slade.config.preset(args.preset).teacher.m]
+    default_m = slade.config.preset(args.preset).teacher.m
+    sketch_ms = args.m if args.m is not None else ([] if args.slade_m else [default_m])
+    slade_ms = [] if args.no_slade else args.slade_m or [default_m]
     rows: dict[str, list[float]] = {}
     for seed in args.seeds:
-        config = slade.config.preset(args.preset, base + [f"seed={seed}"] + args.slade)
+        overrides = base + [f"seed={seed}"] + args.slade
+        config = slade.config.preset(args.preset, overrides)
         data = slade.load_data(config)
-        if not args.no_slade:
+        for m in slade_ms:
             start = time.perf_counter()
-            ours = slade_teacher(config, data, args.split)
-            rows.setdefault("slade", []).append(ours["map_at_r"])
-            print(f"seed {seed} slade      MAP@R {100 * ours['map_at_r']:5.1f} "
-                  f"P@1 {100 * ours['precision_at_1']:5.1f} ({time.perf_counter() - start:.0f} s)")
-        for m in ms:
+            ours = slade_teacher(
+                slade.config.preset(args.preset, overrides + [f"teacher.m={m}"]), data, args.split
+            )
+            name = f"slade m={m}"
+            rows.setdefault(name, []).append(ours["map_at_r"])
+            print(f"seed {seed} {name} MAP@R {100 * ours['map_at_r']:5.1f} "
+                  f"P@1 {100 * ours['precision_at_1']:5.1f} ({time.perf_counter() - start:.0f} s)",
+                  flush=True)
+        for m in sketch_ms:
             start = time.perf_counter()
             ref = reference_teacher(config, data, args, seed, m)
             name = f"sketch m={m} init={args.init}"
@@ -142,11 +152,11 @@ def main() -> None:
     print(f"\n{args.preset}, {args.split} split, seeds {args.seeds}: MAP@R mean ± SE")
     for name, values in rows.items():
         print(f"  {name:28s} {mean_se(values)}")
-    if "slade" in rows:
-        for name, values in rows.items():
-            if name != "slade":
-                diffs = [a - b for a, b in zip(values, rows["slade"])]
-                print(f"  {name} - slade (paired): {mean_se(diffs)}")
+    names = list(rows)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            diffs = [x - y for x, y in zip(rows[a], rows[b])]
+            print(f"  {a} - {b} (paired): {mean_se(diffs)}")
 
 
 if __name__ == "__main__":
