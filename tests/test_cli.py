@@ -123,12 +123,12 @@ def test_run_then_evaluate_the_student_checkpoint(capsys, tmp_path):
     assert {"teacher", "student", "config"} <= set(results)
     assert results["config"]["teacher"]["steps"] == 3 and results["config"]["out"] == str(out)
     rows = {line.split()[0]: line.split()[1:] for line in printed.splitlines()[1:3]}
-    assert float(rows["student"][0]) == pytest.approx(
+    assert float(rows["student_round1"][0]) == pytest.approx(
         100 * results["student"]["map_at_r"], abs=0.006
     )
     assert (out / "plots" / "training_curves.png").is_file()
 
-    checkpoint = out / "round1" / "student" / "final.safetensors"
+    checkpoint = out / "student_round1" / "final.safetensors"
     assert main(["evaluate", str(checkpoint), "--json"]) == 0  # data from the run's config.json
     assert json.loads(capsys.readouterr().out) == results["student"]
     assert (

@@ -1,7 +1,7 @@
 """The ``slade`` command: run the pipeline, evaluate a checkpoint, list presets.
 
     slade run --preset fashion-mnist-ssl --out runs/fashion-mnist-ssl teacher.steps=200
-    slade evaluate runs/fashion-mnist-ssl/round1/student/final.safetensors
+    slade evaluate runs/fashion-mnist-ssl/student_round1/final.safetensors
     slade presets
 
 Overrides are ``key=value`` with dotted keys of :class:`slade.config.Config`
@@ -73,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from . import api
+    from . import pipeline
     from .config import preset
 
     config = preset(args.preset)
@@ -88,7 +88,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.no_progress:
         config.progress = False
     out = Path(args.out) if args.out else Path("runs") / args.preset
-    result = api.run(config, out=out, overwrite=args.overwrite)
+    result = pipeline.run(config, out=out, overwrite=args.overwrite)
     print(result.table())
     print(f"results: {out / 'results.json'}; plots: {out / 'plots'}")
     return 0
@@ -104,7 +104,7 @@ def _run_config_of(checkpoint: Path) -> dict | None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from . import api
+    from . import pipeline
     from .config import Config, preset
     from .errors import ConfigError, MissingFileError
 
@@ -126,11 +126,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     config.progress = False
     config.validate()
     split = args.split or config.data.evaluate_on
-    metrics = api.evaluate(checkpoint, config=config, split=split)
+    metrics = pipeline.evaluate(checkpoint, config=config, split=split)
     if args.json:
         print(json.dumps(metrics, indent=1))
     else:
-        print(api.results_table([(checkpoint.name, metrics)], split=split))
+        print(pipeline.results_table([(checkpoint.name, metrics)], split=split))
         for key, value in metrics.items():
             print(f"  {key:<16} {value:.4f}")
     return 0
