@@ -34,6 +34,7 @@ from torchvision.transforms import v2 as T
 
 import slade
 from slade._images import as_image_dataset
+from slade.pipeline.evaluate import evaluation_sets
 
 VAL_OVERRIDES = {"omniglot-ssl": ["data.val_groups=1"], "fashion-mnist-ssl": ["data.val_classes=2"]}
 
@@ -92,7 +93,7 @@ def reference_teacher(config, data, args, seed: int, m: int) -> dict[str, float]
         loss.backward()
         optimizer.step()
     model.eval()
-    queries, _ = slade.api._evaluation_sets(data, args.split)
+    queries, _ = evaluation_sets(data, args.split)
     test_images, test_labels = tensors(queries)
     with torch.no_grad():
         embeddings = torch.cat([model(chunk) for chunk in test_images.split(1024)])

@@ -333,18 +333,19 @@ def write_omniglot_zip(path: Path, top: str, alphabets: dict[str, int], drawers:
     return glyphs
 
 
-def write_folders(root: Path, mode: str = "RGB") -> dict:
-    """ROOT/labeled/<class>/*, ROOT/unlabeled/**/*, ROOT/test/<class>/* for the folders protocol."""
+def write_folders(root: Path, mode: str = "RGB", size: tuple[int, int] = (20, 16)) -> dict:
+    """ROOT/labeled/<class>/*, ROOT/unlabeled/**/*, ROOT/test/<class>/* for the folders
+    protocol; images of ``size`` (width, height)."""
     n = 0
     layout = {"labeled": {"cat": 3, "dog": 2, "emu": 2}, "test": {"fox": 2, "gnu": 3}}
     for part, classes in layout.items():
         for name, count in classes.items():
             for k in range(count):
                 n += 1
-                write_image(root / part / name / f"{k}.png", n)
+                write_image(root / part / name / f"{k}.png", n, size)
     unlabeled = ["a.jpg", "deep/nested/b.png", "deep/c.jpeg", "d.bmp"]
     for relative in unlabeled:
         n += 1
-        write_image(root / "unlabeled" / relative, n)
+        write_image(root / "unlabeled" / relative, n, size)
     (root / "unlabeled" / "notes.txt").write_text("not an image")
     return {"root": root, "layout": layout, "unlabeled": unlabeled}

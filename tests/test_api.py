@@ -1,4 +1,4 @@
-"""The pipeline (slade.api): end-to-end runs in tiny settings, resume, each step alone, and the
+"""The pipeline (slade.pipeline): end-to-end runs in tiny settings, resume, each step alone, and the
 reproducible batch and augmentation streams it is built on."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from torchvision.transforms import functional as TF
 
 import slade
 from slade import _images
-from slade.api import PseudoLabels
+from slade import PseudoLabels
 
 
 needs_fashion = pytest.mark.usefixtures("fashion_mnist_root")
@@ -63,13 +63,13 @@ def test_fashion_mnist_run_writes_results_checkpoints_and_plots(tmp_path, fashio
         "results.json",
         "teacher/final.safetensors",
         "teacher/history.json",
-        "round1/pseudo_labels.npy",
-        "round1/pseudo_labels.json",
-        "round1/student/final.safetensors",
-        "round1/student/history.json",
+        "pseudo_labels_round1/pseudo_labels.npy",
+        "pseudo_labels_round1/pseudo_labels.json",
+        "student_round1/final.safetensors",
+        "student_round1/history.json",
         "plots/training_curves.png",
         "plots/retrieval_examples.png",
-        "plots/pseudo_label_purity.png",
+        "plots/pseudo_labels_round1_purity.png",
     ):
         assert (out / name).is_file(), name
     assert not (out / "teacher" / "checkpoint.safetensors").exists()
@@ -79,19 +79,19 @@ def test_fashion_mnist_run_writes_results_checkpoints_and_plots(tmp_path, fashio
     for metrics in (result.teacher, result.student):
         assert {"map_at_r", "r_precision", "precision_at_1", "recall_at_1", "nmi"} <= set(metrics)
         assert all(0.0 <= v <= 1.0 for v in metrics.values())
-    history = json.loads((out / "round1" / "student" / "history.json").read_text())
+    history = json.loads((out / "student_round1" / "history.json").read_text())
     assert [r["step"] for r in history] == list(range(1, 7))
     assert {"loss", "loss/rank_labeled", "pairs/positive", "pairs/negative"} <= set(history[-1])
 
     table = result.table()
     lines = table.splitlines()
     assert lines[0].split()[1:] == ["MAP@R", "RP", "P@1", "R@1", "NMI"]
-    assert lines[1].split()[0] == "teacher" and lines[2].split()[0] == "student"
+    assert lines[1].split()[0] == "teacher" and lines[2].split()[0] == "student_round1"
     assert float(lines[1].split()[1]) == pytest.approx(100 * result.teacher["map_at_r"], abs=0.006)
     assert "purity" in lines[3]
 
     # The saved checkpoints are the trained models: reloaded from disk they score the same.
-    student = slade.load_trainer(out / "round1" / "student" / "final.safetensors")
+    student = slade.load_trainer(out / "student_round1" / "final.safetensors")
     assert isinstance(student, slade.StudentTrainer) and student.step_count == 6
     assert slade.evaluate(student, fashion, config=config) == result.student
     assert (
@@ -130,6 +130,7 @@ def test_pseudo_label_quality_matches_scikit_learn(tmp_path):
 def test_omniglot_run_with_ssl_two_self_training_rounds_and_per_image_transforms(
     tmp_path, omniglot_root
 ):
+    called = []
     config = tiny(
         "omniglot-ssl",
         f"data.root={omniglot_root}",
@@ -143,7 +144,7 @@ def test_omniglot_run_with_ssl_two_self_training_rounds_and_per_image_transforms
         "student.steps=3",
         "pseudo_labels.k=20",
     )
-    result = slade.run(config, out=tmp_path)
+    result = slade.run(config, out=tmp_path, callback=lambda s, n, m: called.append(s))
     assert len(result.rounds) == 2 and len(result.pseudo_labels) == 2
     # Round 2's teacher is round 1's student.
     assert result.rounds[1]["teacher"] == result.rounds[0]["student"]
@@ -151,14 +152,27 @@ def test_omniglot_run_with_ssl_two_self_training_rounds_and_per_image_transforms
     assert result.trainers["ssl"].step_count == 2
     assert isinstance(slade.load_trainer(tmp_path / "ssl" / "final.safetensors"), slade.SwavTrainer)
     for name in (
-        "round2/pseudo_labels.npy",
-        "round2/student/final.safetensors",
-        "plots/pseudo_label_purity_round2.png",
+        "pseudo_labels_round2/pseudo_labels.npy",
+        "student_round2/final.safetensors",
+        "plots/pseudo_labels_round2_purity.png",
     ):
         assert (tmp_path / name).is_file(), name
     hidden = slade.load_data(config).hidden_labels  # characters of the (subsampled) pool
     assert result.pseudo_labels[0]["classes"] == len(set(hidden.tolist())) > 100
-    assert "student (round 2)" in result.table()
+
+    # One stage id names a stage in callbacks, results.json, the table and the folders.
+    trained = ["ssl", "teacher", "student_round1", "student_round2"]
+    stages = ["ssl", "teacher", "pseudo_labels_round1", "student_round1"]
+    stages += ["pseudo_labels_round2", "student_round2"]
+    assert list(dict.fromkeys(called)) == trained
+    assert list(result.trainers) == trained
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert list(saved["metrics"]) == list(result.metrics) == trained[1:]
+    assert [key for key in saved["seconds"] if "/" not in key] == stages + ["plots"]
+    folders = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
+    assert folders == sorted(stages + ["plots"])
+    rows = [line.split()[0] for line in result.table().splitlines()[1:]]
+    assert rows == trained[1:] + ["pseudo_labels_round1:", "pseudo_labels_round2:"]
 
 
 # --------------------------------------------------------------------------- resume
@@ -179,27 +193,29 @@ def test_interrupted_runs_resume_to_the_same_results(tmp_path, fashion):
     assert slade.load_trainer(out / "teacher" / "checkpoint.safetensors").step_count == 3
     with pytest.raises(RuntimeError, match="power cut"):
         slade.run(
-            config, data=fashion, out=out, callback=stop_at("student", 5, RuntimeError("power cut"))
+            config,
+            data=fashion,
+            out=out,
+            callback=stop_at("student_round1", 5, RuntimeError("power cut")),
         )
     assert (out / "teacher" / "final.safetensors").exists()
-    assert slade.load_trainer(out / "round1" / "student" / "checkpoint.safetensors").step_count == 4
+    assert slade.load_trainer(out / "student_round1" / "checkpoint.safetensors").step_count == 4
 
     stages = []
     resumed = slade.run(
         config, data=fashion, out=out, callback=lambda s, n, m: stages.append((s, n))
     )
-    assert stages == [("student", 5), ("student", 6)]  # the teacher was not trained again
+    # the teacher was not trained again
+    assert stages == [("student_round1", 5), ("student_round1", 6)]
     assert resumed.teacher == reference.teacher
     assert resumed.student == reference.student
     assert resumed.pseudo_labels == reference.pseudo_labels
-    for part in ("teacher", "round1/student"):
+    for part in ("teacher", "student_round1"):
         assert json.loads((out / part / "history.json").read_text()) == json.loads(
             (tmp_path / "reference" / part / "history.json").read_text()
         )
-    final = slade.load_trainer(out / "round1" / "student" / "final.safetensors")
-    expected = slade.load_trainer(
-        tmp_path / "reference" / "round1" / "student" / "final.safetensors"
-    )
+    final = slade.load_trainer(out / "student_round1" / "final.safetensors")
+    expected = slade.load_trainer(tmp_path / "reference" / "student_round1" / "final.safetensors")
     for (name, a), (_, b) in zip(final.state_dict().items(), expected.state_dict().items()):
         assert torch.equal(a, b), name
 
@@ -392,10 +408,10 @@ def test_multi_crop_batches_have_the_crop_sizes_and_stay_in_range():
 def test_a_tiny_run_on_cuda(tmp_path, fashion):
     config = tiny("fashion-mnist-ssl", "device=cuda", "eval.plots=false")
     result = slade.run(config, data=fashion, out=tmp_path)
-    assert result.trainers["student"].device.type == "cuda"
+    assert result.trainers["student_round1"].device.type == "cuda"
     assert all(0.0 <= v <= 1.0 for v in result.student.values())
     cpu = slade.evaluate(
-        tmp_path / "round1" / "student" / "final.safetensors",
+        tmp_path / "student_round1" / "final.safetensors",
         fashion,
         config=tiny("fashion-mnist-ssl"),
     )

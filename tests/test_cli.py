@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import slade
+from data_layouts import write_folders
 from slade.cli import main
 
 needs_fashion = pytest.mark.usefixtures("fashion_mnist_root")
@@ -25,12 +26,19 @@ TINY = [
 ]
 
 
-def test_presets_lists_every_preset_also_through_python_dash_m():
+def test_presets_lists_every_preset_and_layout_also_through_python_dash_m():
     done = subprocess.run(
         [sys.executable, "-m", "slade", "presets"], capture_output=True, text=True, check=True
     )
-    names = [line.split()[0] for line in done.stdout.splitlines()]
-    assert names == slade.config.preset_names()
+    presets, layouts = done.stdout.split("\n\n")
+    assert [line.split()[0] for line in presets.splitlines()] == slade.config.preset_names()
+    header, *lines = layouts.splitlines()
+    assert "--layout" in header
+    names = [line.split()[0] for line in lines if not line.startswith(" ")]
+    assert names == list(slade.data.PROTOCOLS)
+    folders = layouts[layouts.index("folders") :]
+    assert "ROOT/labeled/<class>/*, ROOT/unlabeled/**/*, ROOT/test/<class>/*" in folders
+    assert "--data: the folder holding labeled/, unlabeled/ and test/" in folders
 
 
 def test_the_console_script_points_at_main():
@@ -59,6 +67,16 @@ def test_the_console_script_points_at_main():
         ),
         (["run", "--preset", "fashion-mnist-ssl", "teacher.steps"], "key=value"),
         (["run", "--preset", "cub-nabirds"], "data.root is required"),
+        (
+            ["run", "--preset", "fashion-mnist-ssl", "--layout", "fodlers"],
+            "--layout: unknown layout 'fodlers'; expected one of fashion-mnist-ssl, omniglot-ssl, "
+            "folders",
+        ),
+        (
+            ["run", "--preset", "omniglot-ssl", "--layout", "folders"],
+            "data.root is required by this protocol: the folder holding labeled/, unlabeled/ and "
+            "test/ (e.g. --data PATH)",
+        ),
     ],
 )
 def test_configuration_errors_exit_2_with_a_message_naming_the_problem(
@@ -105,6 +123,30 @@ def test_missing_data_exits_1_naming_the_file(capsys, tmp_path):
     assert "none.safetensors" in capsys.readouterr().err
 
 
+def test_run_with_layout_folders_trains_on_your_own_images(capsys, tmp_path):
+    write_folders(tmp_path / "mine", size=(40, 30))
+    out = tmp_path / "run"
+    small = [
+        "teacher.batch_size=4",
+        "teacher.m=2",
+        "student.labeled_batch_size=4",
+        "student.labeled_m=2",
+        "student.unlabeled_batch_size=4",
+        "student.unlabeled_m=2",
+        "pseudo_labels.k=2",
+        "eval.recall_at=1,2",
+    ]
+    argv = ["run", "--preset", "fashion-mnist-ssl", "--layout", "folders"]
+    argv += ["--data", str(tmp_path / "mine"), "--out", str(out), "--no-progress"]
+    assert main(argv + TINY[:2] + small + TINY[-1:]) == 0
+    assert "student_round1" in capsys.readouterr().out
+    saved = slade.Config.from_dict(json.loads((out / "config.json").read_text()))
+    assert saved.data.protocol == "folders" and saved.data.root == str(tmp_path / "mine")
+    data = slade.load_data(saved)  # what the run trained on: grayscale, the preset's 28 px
+    assert tuple(data.labeled[0][0].shape) == (1, 28, 28) and len(data.unlabeled) == 4
+    assert slade.load_trainer(out / "student_round1" / "final.safetensors").step_count == 3
+
+
 def test_usage_errors_exit_2():
     with pytest.raises(SystemExit) as caught:
         main(["run"])
@@ -123,12 +165,12 @@ def test_run_then_evaluate_the_student_checkpoint(capsys, tmp_path):
     assert {"teacher", "student", "config"} <= set(results)
     assert results["config"]["teacher"]["steps"] == 3 and results["config"]["out"] == str(out)
     rows = {line.split()[0]: line.split()[1:] for line in printed.splitlines()[1:3]}
-    assert float(rows["student"][0]) == pytest.approx(
+    assert float(rows["student_round1"][0]) == pytest.approx(
         100 * results["student"]["map_at_r"], abs=0.006
     )
     assert (out / "plots" / "training_curves.png").is_file()
 
-    checkpoint = out / "round1" / "student" / "final.safetensors"
+    checkpoint = out / "student_round1" / "final.safetensors"
     assert main(["evaluate", str(checkpoint), "--json"]) == 0  # data from the run's config.json
     assert json.loads(capsys.readouterr().out) == results["student"]
     assert (

@@ -156,7 +156,7 @@ def test_semantic_dict_ignores_where_and_how_visibly_a_run_happens():
 
 
 def test_a_cosine_schedule_without_total_steps_spans_its_stage():
-    from slade.api import _optimizer
+    from slade.pipeline.teacher import _optimizer
 
     config = preset("cub-nabirds", ["teacher.steps=123"])
     assert config.teacher.optimizer.total_steps is None

@@ -30,12 +30,20 @@ from data_layouts import (
     write_nabirds,
 )
 
+import slade
+from slade import _images
+from slade.cli import main
 from slade.data import (
     PRESET,
     PROTOCOLS,
     UNLABELED,
     FashionMNIST,
+    ImageTensorDataset,
+    Protocol,
+    RandomShift,
+    Root,
     SemiSupervisedData,
+    UnlabeledDataset,
     cars_compcars,
     cub_nabirds,
     folders,
@@ -378,3 +386,81 @@ def test_inshop_fashion200k(tmp_path):
     assert counts["test"]["images"] == 3 and counts["gallery"]["images"] == 5
     assert counts["unlabeled"]["classes"] == 3
     assert data.gallery.transform is data.eval_transform
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def _toy_protocol(calls: list) -> Protocol:
+    """A protocol of 8 blank in-memory images of 2 classes, recording how it was called."""
+
+    def toy(root, *, image_size, train_transform, eval_transform, val_classes=0, seed=0):
+        calls.append({"root": root, "image_size": image_size, "train": train_transform})
+        images = torch.zeros(8, image_size, image_size, dtype=torch.uint8)
+        part = ImageTensorDataset(images, torch.arange(8) % 2, ["a", "b"])
+        return SemiSupervisedData(
+            "toy",
+            part.with_transform(train_transform),
+            UnlabeledDataset(part.with_transform(train_transform)),
+            part.with_transform(eval_transform),
+            train_transform=train_transform,
+            eval_transform=eval_transform,
+        )
+
+    roots = (Root("root", "--data", "the toy folder"),)
+    return Protocol("toy", toy, roots, "grayscale", "toy images", image_size=9, in_memory=True)
+
+
+def test_load_data_config_validation_and_the_cli_read_the_registry(
+    tmp_path, monkeypatch, capsys
+):
+    calls = []
+    monkeypatch.setitem(PROTOCOLS, "toy", _toy_protocol(calls))
+    overrides = ["data.protocol=toy", "data.image_size=None", "data.shift=3"]
+    config = slade.config.preset("fashion-mnist-ssl", overrides)  # validates against the registry
+    missing = r"data\.root is required .*the toy folder \(e\.g\. --data PATH\)"
+    with pytest.raises(ConfigError, match=missing):
+        slade.load_data(config)
+    config.data.root = str(tmp_path)
+    data = slade.load_data(config)
+    assert calls[-1]["root"] == str(tmp_path) and calls[-1]["image_size"] == 9  # the entry's
+    shift, to_tensor = calls[-1]["train"].transforms  # the grayscale defaults, data.shift
+    assert isinstance(shift, RandomShift) and shift.max_shift == 3
+    assert type(to_tensor).__name__ == "ToTensor"
+    assert tuple(data.labeled[0][0].shape) == (1, 9, 9)
+    slade.load_data(slade.config.preset("fashion-mnist-ssl", overrides + [f"data.root={tmp_path}"]))
+    assert calls[-1]["image_size"] == 9
+    with pytest.raises(ConfigError, match="data.val_groups .*no class groups; .* omniglot-ssl"):
+        slade.config.preset("fashion-mnist-ssl", overrides + ["data.val_groups=1"])
+    assert main(["presets"]) == 0
+    listed = capsys.readouterr().out
+    assert "\ntoy                 toy images\n" in listed and "--data: the toy folder" in listed
+
+
+def test_data_image_size_resizes_folders_images(tmp_path):
+    write_folders(tmp_path, size=(40, 30))
+    base = [f"data.root={tmp_path}", "data.protocol=folders"]
+
+    def shapes(preset: str, *overrides: str) -> set[tuple[int, ...]]:
+        data = slade.load_data(slade.config.preset(preset, base + list(overrides)))
+        parts = (data.labeled, data.unlabeled, data.test)
+        return {tuple(part[i][0].shape) for part in parts for i in range(2)}
+
+    # One channel models read grayscale folders, resized to data.image_size (the preset's 28).
+    assert shapes("fashion-mnist-ssl") == {(1, 28, 28)}
+    assert shapes("fashion-mnist-ssl", "data.image_size=12") == {(1, 12, 12)}
+    assert shapes("fashion-mnist-ssl", "data.image_size=None") == {(1, 30, 40)}  # as stored
+    # Three channel models read natural images: crops of data.image_size, default 224.
+    assert shapes("cub-nabirds") == {(3, 224, 224)}
+    assert shapes("cub-nabirds", "data.image_size=32") == {(3, 32, 32)}
+    grayscale = 'data.protocol_options={"style": "grayscale"}'
+    assert shapes("cub-nabirds", "data.image_size=32", grayscale) == {(1, 32, 32)}
+
+
+def test_data_image_size_resizes_fashion_mnist_in_memory(fashion):
+    config = slade.config.preset("fashion-mnist-ssl", ["data.image_size=14"])
+    data = slade.load_data(config)
+    assert tuple(data.labeled.images.shape[1:]) == tuple(data.test.images.shape[1:]) == (14, 14)
+    assert _images.tensor_shift(data.labeled) == 0  # still augmented batch-wise in memory
+    stored = slade.load_data(slade.config.preset("fashion-mnist-ssl"))  # the preset's 28: as stored
+    assert torch.equal(stored.labeled.images, fashion.labeled.images)

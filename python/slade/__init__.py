@@ -30,7 +30,7 @@ from .config import Config
 __version__ = _core.__version__
 
 
-# The pipeline (slade.api) and slade.data import torchvision: loaded on first use.
+# The pipeline (slade.pipeline) and slade.data import torchvision: loaded on first use.
 _PIPELINE = (
     "load_data",
     "train_ssl",
@@ -42,6 +42,7 @@ _PIPELINE = (
     "load_trainer",
     "run",
     "RunResult",
+    "results_table",
     "diagnose",
 )
 
@@ -49,10 +50,10 @@ _PIPELINE = (
 def __getattr__(name: str):
     import importlib
 
-    if name in ("data", "api", "plots", "cli"):
+    if name in ("data", "pipeline", "plots", "cli"):
         return importlib.import_module(f".{name}", __name__)
     if name in _PIPELINE:
-        return getattr(importlib.import_module(".api", __name__), name)
+        return getattr(importlib.import_module(".pipeline", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -77,6 +78,7 @@ __all__ = [
     "load_trainer",
     "run",
     "RunResult",
+    "results_table",
     "knn",
     "retrieval_metrics",
     "ModelConfig",

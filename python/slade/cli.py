@@ -1,7 +1,8 @@
-"""The ``slade`` command: run the pipeline, evaluate a checkpoint, list presets.
+"""The ``slade`` command: run the pipeline, evaluate a checkpoint, list presets and layouts.
 
     slade run --preset fashion-mnist-ssl --out runs/fashion-mnist-ssl teacher.steps=200
-    slade evaluate runs/fashion-mnist-ssl/round1/student/final.safetensors
+    slade run --preset omniglot-ssl --layout folders --data my_images --out runs/mine
+    slade evaluate runs/fashion-mnist-ssl/student_round1/final.safetensors
     slade presets
 
 Overrides are ``key=value`` with dotted keys of :class:`slade.config.Config`
@@ -37,12 +38,7 @@ def _parser() -> argparse.ArgumentParser:
         "configuration is resumed.",
     )
     run.add_argument("--preset", required=True, help="see `slade presets`")
-    run.add_argument("--data", metavar="PATH", help="data folder (sets data.root)")
-    run.add_argument(
-        "--pool",
-        metavar="PATH",
-        help="unlabeled pool folder of the paper pairings (data.pool_root)",
-    )
+    _data_arguments(run)
     run.add_argument("--out", metavar="DIR", help="output folder (default runs/PRESET)")
     run.add_argument("--device", help="cpu, cuda or cuda:N (default cpu)")
     run.add_argument("--seed", type=int, help="run seed")
@@ -58,9 +54,8 @@ def _parser() -> argparse.ArgumentParser:
         "or from the config.json of the run the checkpoint belongs to.",
     )
     evaluate.add_argument("checkpoint", help="a .safetensors checkpoint written by slade")
-    evaluate.add_argument("--data", metavar="PATH", help="data folder (sets data.root)")
-    evaluate.add_argument("--pool", metavar="PATH", help="data.pool_root")
     evaluate.add_argument("--preset", help="protocol and evaluation settings of this preset")
+    _data_arguments(evaluate)
     evaluate.add_argument(
         "--split", choices=("test", "val"), help="default: the config's data.evaluate_on"
     )
@@ -68,27 +63,57 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
     evaluate.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
 
-    commands.add_parser("presets", help="list the presets")
+    commands.add_parser("presets", help="list the presets and the data layouts")
     return parser
 
 
-def _run(args: argparse.Namespace) -> int:
-    from . import api
-    from .config import preset
+def _data_arguments(command: argparse.ArgumentParser) -> None:
+    """--layout, --data and --pool: which protocol reads which folders."""
+    command.add_argument(
+        "--layout",
+        metavar="NAME",
+        help="how the data folder is laid out, e.g. folders for your own images "
+        "(sets data.protocol; default: the preset's; see `slade presets`)",
+    )
+    command.add_argument("--data", metavar="PATH", help="data folder (sets data.root)")
+    command.add_argument(
+        "--pool",
+        metavar="PATH",
+        help="unlabeled pool folder of the paper pairings (data.pool_root)",
+    )
 
-    config = preset(args.preset)
+
+def _option_overrides(args: argparse.Namespace) -> dict[str, str]:
+    """The config fields --layout, --data, --pool and --device set."""
+    from .data import PROTOCOLS
+    from .errors import ConfigError
+
+    if args.layout is not None and args.layout not in PROTOCOLS:
+        raise ConfigError(
+            f"--layout: unknown layout {args.layout!r}; expected one of {', '.join(PROTOCOLS)}"
+        )
     options = {
+        "data.protocol": args.layout,
         "data.root": args.data,
         "data.pool_root": args.pool,
         "device": args.device,
-        "seed": args.seed,
     }
-    config.override({k: v for k, v in options.items() if v is not None})
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def _run(args: argparse.Namespace) -> int:
+    from . import pipeline
+    from .config import preset
+
+    config = preset(args.preset)
+    config.override(_option_overrides(args))
+    if args.seed is not None:
+        config.override({"seed": args.seed})
     config.override(args.overrides)
     if args.no_progress:
         config.progress = False
     out = Path(args.out) if args.out else Path("runs") / args.preset
-    result = api.run(config, out=out, overwrite=args.overwrite)
+    result = pipeline.run(config, out=out, overwrite=args.overwrite)
     print(result.table())
     print(f"results: {out / 'results.json'}; plots: {out / 'plots'}")
     return 0
@@ -104,7 +129,7 @@ def _run_config_of(checkpoint: Path) -> dict | None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from . import api
+    from . import pipeline
     from .config import Config, preset
     from .errors import ConfigError, MissingFileError
 
@@ -120,28 +145,35 @@ def _evaluate(args: argparse.Namespace) -> int:
                 f"no config.json found beside {checkpoint}: pass --preset to say which data to use"
             )
         config = Config.from_dict(saved)
-    options = {"data.root": args.data, "data.pool_root": args.pool, "device": args.device}
-    config.override({k: v for k, v in options.items() if v is not None})
+    config.override(_option_overrides(args))
     config.override(args.overrides)
     config.progress = False
     config.validate()
     split = args.split or config.data.evaluate_on
-    metrics = api.evaluate(checkpoint, config=config, split=split)
+    metrics = pipeline.evaluate(checkpoint, config=config, split=split)
     if args.json:
         print(json.dumps(metrics, indent=1))
     else:
-        print(api.results_table([(checkpoint.name, metrics)], split=split))
+        print(pipeline.results_table([(checkpoint.name, metrics)], split=split))
         for key, value in metrics.items():
             print(f"  {key:<16} {value:.4f}")
     return 0
 
 
 def _presets() -> int:
+    """The presets, one a line, then a blank line and the data layouts with their folders."""
     from .config import PRESETS
+    from .data import PROTOCOLS
 
-    width = max(len(name) for name in PRESETS)
+    width = max(len(name) for name in [*PRESETS, *PROTOCOLS])
     for name, (_, description) in PRESETS.items():
         print(f"{name:<{width}}  {description}")
+    print("\ndata layouts (--layout NAME, default the preset's; its folders as --data / --pool):")
+    for name, entry in PROTOCOLS.items():
+        print(f"{name:<{width}}  {entry.description}")
+        for root in entry.roots:
+            optional = "" if root.required else " (optional)"
+            print(f"{'':<{width}}    {root.flag}{optional}: {root.description}")
     return 0
 
 

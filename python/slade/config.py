@@ -43,14 +43,6 @@ __all__ = [
     "parse_overrides",
 ]
 
-PROTOCOL_NAMES = (
-    "fashion-mnist-ssl",
-    "omniglot-ssl",
-    "folders",
-    "cub-nabirds",
-    "cars-compcars",
-    "inshop-fashion200k",
-)
 LOSSES = ("contrastive", "multi_similarity")
 VARIANTS = ("basis_mining", "basis", "pseudo_only")
 REGULARIZERS = ("sd", "global_ce", "local_ce")
@@ -64,14 +56,21 @@ class DataConfig:
     """Which data and how training batches are augmented (DESIGN.md §3).
 
     Attributes:
-        protocol: a name of :data:`slade.data.PROTOCOLS`.
+        protocol: a name of the registry :data:`slade.data.PROTOCOLS` (``slade presets``
+            lists them with the folders each reads).
         root: the data set's folder; ``None`` uses the protocol's default (Fashion-MNIST:
-            the Debian package's folder; Omniglot: ``$SLADE_DATA/omniglot``). The paper
-            pairings need it (the CUB_200_2011 / Cars-196 / In-shop folder).
+            the Debian package's folder; Omniglot: ``$SLADE_DATA/omniglot``). ``folders``
+            and the paper pairings need it (the CUB_200_2011 / Cars-196 / In-shop folder).
         pool_root: the unlabeled pool of the paper pairings (NABirds, CompCars, Fashion200k).
         protocol_options: further keyword arguments of the protocol function, e.g.
-            ``{"exclude_cub_species": "test"}`` or ``{"style": "grayscale"}`` (folders).
-        image_size: Omniglot's image side in pixels (28; ``None`` keeps 105).
+            ``{"exclude_cub_species": "test"}`` or ``{"style": "grayscale"}`` (folders;
+            its default style follows ``model.in_channels``: 1 grayscale, 3 natural).
+        image_size: the side in pixels of the square images the network sees, for every
+            protocol. Grayscale images (Fashion-MNIST, Omniglot, grayscale folders) are
+            resized to it; natural images are cropped to it (RandomResizedCrop when
+            training; Resize to 8/7 of it, then CenterCrop, when embedding). ``None``: the
+            protocol's default: 28 for Fashion-MNIST (as stored) and Omniglot (stored at
+            105), the stored size for grayscale folders, 224 crops for natural images.
         val_classes: labeled classes held out as a validation split (a count, or a fraction
             of the labeled classes); 0 keeps them all for training.
         val_groups: whole class groups held out as the validation split instead (Omniglot:
@@ -94,7 +93,7 @@ class DataConfig:
     root: str | None = None
     pool_root: str | None = None
     protocol_options: dict = field(default_factory=dict)
-    image_size: int | None = 28
+    image_size: int | None = None
     val_classes: float = 0
     val_groups: int = 0
     val_in_pool: float = 0.0
@@ -346,39 +345,7 @@ class Config:
 
     def validate(self) -> Config:
         """Checks ranges and choices; raises ConfigError naming the first bad key."""
-        _check(
-            self.data.protocol in PROTOCOL_NAMES, "data.protocol", f"one of {list(PROTOCOL_NAMES)}"
-        )
-        _check(self.data.evaluate_on in ("test", "val"), "data.evaluate_on", "'test' or 'val'")
-        _check(self.data.augment in ("auto", "transform"), "data.augment", "'auto' or 'transform'")
-        _check(self.data.shift >= 0, "data.shift", ">= 0")
-        _check(self.data.val_classes >= 0, "data.val_classes", ">= 0")
-        _check(0.0 <= self.data.val_in_pool < 1.0, "data.val_in_pool", "in [0, 1)")
-        held_out = self.data.val_classes > 0 or self.data.val_groups > 0
-        _check(self.data.val_groups >= 0, "data.val_groups", ">= 0")
-        _check(
-            not (self.data.val_classes > 0 and self.data.val_groups > 0),
-            "data.val_groups",
-            "0 when data.val_classes > 0 (one validation split at a time)",
-        )
-        _check(
-            not self.data.val_in_pool or held_out,
-            "data.val_in_pool",
-            "0 unless data.val_classes or data.val_groups > 0",
-        )
-        _check(self.data.num_workers >= 0, "data.num_workers", ">= 0")
-        if self.data.evaluate_on == "val" and self.data.protocol in (
-            "fashion-mnist-ssl",
-            "omniglot-ssl",
-        ):
-            _check(
-                held_out,
-                "data.val_classes",
-                "> 0 (or data.val_groups > 0) when data.evaluate_on='val'",
-            )
-        for key in ("max_labeled", "max_unlabeled", "max_test"):
-            value = getattr(self.data, key)
-            _check(value is None or value >= 1, f"data.{key}", "None or >= 1")
+        self._validate_data()
         _check(
             self.model.backbone in ("convnet", "resnet18", "resnet50"),
             "model.backbone",
@@ -478,6 +445,48 @@ class Config:
             )
         return self
 
+    def _validate_data(self) -> None:
+        """The ``data`` section, against its protocol's registry entry."""
+        from .data.protocols import PROTOCOLS  # the registry; imports torchvision on first use
+
+        d = self.data
+        _check(d.protocol in PROTOCOLS, "data.protocol", f"one of {list(PROTOCOLS)}")
+        protocol = PROTOCOLS[d.protocol]
+        _check(d.image_size is None or d.image_size >= 1, "data.image_size", "None or >= 1")
+        _check(d.evaluate_on in ("test", "val"), "data.evaluate_on", "'test' or 'val'")
+        _check(d.augment in ("auto", "transform"), "data.augment", "'auto' or 'transform'")
+        _check(d.shift >= 0, "data.shift", ">= 0")
+        _check(d.val_classes >= 0, "data.val_classes", ">= 0")
+        _check(0.0 <= d.val_in_pool < 1.0, "data.val_in_pool", "in [0, 1)")
+        held_out = d.val_classes > 0 or d.val_groups > 0
+        _check(d.val_groups >= 0, "data.val_groups", ">= 0")
+        grouped = [name for name, entry in PROTOCOLS.items() if entry.group_key is not None]
+        _check(
+            not d.val_groups or protocol.group_key is not None,
+            "data.val_groups",
+            f"0 for {d.protocol}, which has no class groups; they exist in "
+            f"{', '.join(grouped)} (use data.val_classes)",
+        )
+        _check(
+            not (d.val_classes > 0 and d.val_groups > 0),
+            "data.val_groups",
+            "0 when data.val_classes > 0 (one validation split at a time)",
+        )
+        _check(
+            not d.val_in_pool or held_out,
+            "data.val_in_pool",
+            "0 unless data.val_classes or data.val_groups > 0",
+        )
+        _check(d.num_workers >= 0, "data.num_workers", ">= 0")
+        _check(
+            d.evaluate_on != "val" or held_out or protocol.own_val,
+            "data.val_classes",
+            "> 0 (or data.val_groups > 0) when data.evaluate_on='val'",
+        )
+        for key in ("max_labeled", "max_unlabeled", "max_test"):
+            value = getattr(d, key)
+            _check(value is None or value >= 1, f"data.{key}", "None or >= 1")
+
     def semantic_dict(self) -> dict:
         """:meth:`to_dict` without the fields that do not change results (``RUNTIME_FIELDS``)."""
         values = self.to_dict()
@@ -504,7 +513,7 @@ def fashion_mnist_ssl() -> Config:
     as in that sketch. The student starts from the teacher's weights, has 128 basis vectors
     and mines with T1 = mu+, T2 = "all", chosen on the validation split (bench/README.md)."""
     config = Config(preset="fashion-mnist-ssl")
-    config.data = DataConfig(protocol="fashion-mnist-ssl", shift=0)
+    config.data = DataConfig(protocol="fashion-mnist-ssl", shift=0, image_size=28)
     config.model = ModelConfig("convnet", 1, 128)
     config.teacher = TeacherConfig(steps=400, batch_size=64, m=16, optimizer=_adam(1e-3))
     config.pseudo_labels = PseudoLabelConfig(k=50)

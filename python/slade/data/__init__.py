@@ -32,6 +32,8 @@ from .datasets import (
 from .protocols import (
     PRESET,
     PROTOCOLS,
+    Protocol,
+    Root,
     SemiSupervisedData,
     cars_compcars,
     cub_nabirds,
@@ -40,6 +42,7 @@ from .protocols import (
     inshop_fashion200k,
     load_protocol,
     omniglot_ssl,
+    protocol,
     with_val_in_pool,
 )
 from .samplers import MPerClassSampler, RandomBatchSampler
@@ -67,7 +70,10 @@ __all__ = [
     "unlabeled_images",
     "PRESET",
     "PROTOCOLS",
+    "Protocol",
+    "Root",
     "SemiSupervisedData",
+    "protocol",
     "load_protocol",
     "fashion_mnist_ssl",
     "omniglot_ssl",

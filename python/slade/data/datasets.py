@@ -566,6 +566,8 @@ class FashionMNIST(ImageTensorDataset):
 
     Args:
         train: the 60,000 training images (default) or the 10,000 ``t10k`` test images.
+        image_size: side in pixels images are resized to (bilinear, as Omniglot's);
+            ``None`` or 28 keeps them as stored.
     """
 
     CLASSES = (
@@ -582,8 +584,16 @@ class FashionMNIST(ImageTensorDataset):
     )
 
     def __init__(
-        self, root: PathLike | None = None, train: bool = True, transform: Transform | None = None
+        self,
+        root: PathLike | None = None,
+        train: bool = True,
+        transform: Transform | None = None,
+        image_size: int | None = None,
     ) -> None:
+        if image_size is not None and image_size < 1:
+            raise ConfigError(
+                f"FashionMNIST: image_size must be a positive number of pixels, got {image_size}"
+            )
         base = Path(root).expanduser() if root is not None else FASHION_MNIST_DEFAULT_ROOT
         self.root = base
         self.split = "train" if train else "test"
@@ -604,8 +614,19 @@ class FashionMNIST(ImageTensorDataset):
                 )
             found.append(path)
         images, labels = _read_idx_pair(file_signature(found[0]), file_signature(found[1]))
+        if image_size is not None and image_size != images.shape[-1]:
+            images = _resized(images, image_size)
         # Copies of the cached decode, so changing one dataset's tensors leaves others intact.
         super().__init__(images.clone(), labels.clone(), self.CLASSES, transform)
+
+
+def _resized(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 ``(N, H, W)`` images resized to ``(N, size, size)`` (PIL bilinear)."""
+    resized = [
+        np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
+        for image in images.numpy()
+    ]
+    return torch.from_numpy(np.stack(resized))
 
 
 # --------------------------------------------------------------------------- Omniglot

@@ -6,6 +6,10 @@ reporting NMI / purity of pseudo labels. Test classes never appear among the lab
 a validation split (``val_classes``) is carved from the labeled classes, class-disjoint and
 seeded, so hyper-parameters are tuned on it and never on test.
 
+Each protocol has an entry in the registry :data:`PROTOCOLS` (:class:`Protocol`): its loader,
+the folders it reads, its image style, the default image size and its default transforms.
+:func:`slade.load_data`, config validation and the ``slade`` command read it.
+
 Protocols:
 
 * ``fashion-mnist-ssl``: labeled = training images of classes 0-4; unlabeled = training
@@ -42,6 +46,7 @@ from .base import (
 )
 from .datasets import (
     CUB200,
+    FASHION_MNIST_DEFAULT_ROOT,
     Cars196,
     CompCars,
     Fashion200k,
@@ -56,7 +61,10 @@ from .datasets import (
 __all__ = [
     "SemiSupervisedData",
     "PRESET",
+    "Protocol",
+    "Root",
     "PROTOCOLS",
+    "protocol",
     "load_protocol",
     "fashion_mnist_ssl",
     "omniglot_ssl",
@@ -216,6 +224,7 @@ def _assemble(
 def fashion_mnist_ssl(
     root: PathLike | None = None,
     *,
+    image_size: int | None = None,
     val_classes: int | float = 0,
     seed: int = 0,
     train_transform: TransformArg = PRESET,
@@ -225,11 +234,12 @@ def fashion_mnist_ssl(
 
     labeled = training images of classes 0-4 (T-shirt/top, Trouser, Pullover, Dress, Coat);
     unlabeled = training images of classes 5-9 (Sandal, Shirt, Sneaker, Bag, Ankle boot),
-    labels hidden; test = t10k images of classes 5-9. ``root`` as :class:`FashionMNIST`.
-    Test labels and hidden labels both number classes 5-9 as 0-4 (names in ``classes``).
+    labels hidden; test = t10k images of classes 5-9. ``root`` and ``image_size`` (None:
+    the stored 28x28) as :class:`FashionMNIST`. Test labels and hidden labels both number
+    classes 5-9 as 0-4 (names in ``classes``).
     """
-    train = FashionMNIST(root, train=True)
-    test = FashionMNIST(root, train=False)
+    train = FashionMNIST(root, train=True, image_size=image_size)
+    test = FashionMNIST(root, train=False, image_size=image_size)
     seen = train.labels < 5
     return _assemble(
         "fashion-mnist-ssl",
@@ -448,18 +458,166 @@ def inshop_fashion200k(
     )
 
 
-PROTOCOLS: dict[str, Callable[..., SemiSupervisedData]] = {
-    "fashion-mnist-ssl": fashion_mnist_ssl,
-    "omniglot-ssl": omniglot_ssl,
-    "folders": folders,
-    "cub-nabirds": cub_nabirds,
-    "cars-compcars": cars_compcars,
-    "inshop-fashion200k": inshop_fashion200k,
+@dataclass(frozen=True)
+class Root:
+    """A folder a protocol reads.
+
+    Attributes:
+        field: the :class:`slade.config.DataConfig` field naming it (``root``, ``pool_root``).
+        flag: the ``slade`` command's option for it (``--data``, ``--pool``).
+        description: what the folder holds.
+        required: False where the loader has a default folder.
+    """
+
+    field: str
+    flag: str
+    description: str
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A registry entry: how :func:`slade.load_data` reads one data set.
+
+    Attributes:
+        name: the ``data.protocol`` value.
+        loader: the protocol function; takes the roots in order, then keyword options.
+        roots: the folders it reads.
+        style: ``"grayscale"`` or ``"natural"`` (transform presets and colour mode); None
+            where the loader's ``style`` option chooses (``folders``).
+        description: one line for ``slade presets``.
+        image_size: what ``data.image_size = None`` stands for here; None: grayscale images
+            keep their stored size, natural images are cropped to 224 px.
+        in_memory: the loader decodes the images into memory at its ``image_size`` argument
+            (which keeps the fast batch-wise augmentation); other loaders' images are resized
+            by the transforms.
+        group_key: the ``extras`` column of class groups that ``val_groups`` holds out whole;
+            None: the protocol has no class groups.
+        own_val: the data can bring validation images of its own (``ROOT/val``).
+    """
+
+    name: str
+    loader: Callable[..., SemiSupervisedData]
+    roots: tuple[Root, ...]
+    style: str | None
+    description: str
+    image_size: int | None = None
+    in_memory: bool = False
+    group_key: str | None = None
+    own_val: bool = False
+
+    def defaults(self, style: str, image_size: int | None, shift: int) -> dict[str, Any]:
+        """Loader keywords for a config's ``data.image_size`` and grayscale ``data.shift``:
+        the default transforms and, for in-memory images, the decoding size."""
+        size = self.image_size if image_size is None else image_size
+        transform_size = None if self.in_memory else size
+        options = {
+            "train_transform": presets.train_transform(style, transform_size, shift),
+            "eval_transform": presets.eval_transform(style, transform_size),
+        }
+        if self.in_memory:
+            options["image_size"] = size
+        return options
+
+
+def _pairing(
+    name: str,
+    loader: Callable[..., SemiSupervisedData],
+    labeled: str,
+    pool: str,
+    description: str,
+) -> Protocol:
+    """A paper pairing: a metric-learning data set plus an unlabeled pool, natural images."""
+    roots = (
+        Root("root", "--data", f"the {labeled} folder"),
+        Root("pool_root", "--pool", f"the {pool} folder"),
+    )
+    return Protocol(name, loader, roots, "natural", description)
+
+
+_FOLDERS_LAYOUT = (
+    "ROOT/labeled/<class>/*, ROOT/unlabeled/**/*, ROOT/test/<class>/* (optional ROOT/val/<class>/*)"
+)
+
+#: The protocols by name.
+PROTOCOLS: dict[str, Protocol] = {
+    entry.name: entry
+    for entry in (
+        Protocol(
+            "fashion-mnist-ssl",
+            fashion_mnist_ssl,
+            (
+                Root(
+                    "root",
+                    "--data",
+                    "the folder holding the four Fashion-MNIST IDX files "
+                    f"(default: {FASHION_MNIST_DEFAULT_ROOT})",
+                    required=False,
+                ),
+            ),
+            "grayscale",
+            "Fashion-MNIST: classes 0-4 labeled, 5-9 unlabeled, t10k images of 5-9 test",
+            image_size=28,
+            in_memory=True,
+        ),
+        Protocol(
+            "omniglot-ssl",
+            omniglot_ssl,
+            (
+                Root(
+                    "root",
+                    "--data",
+                    "the folder holding images_background_small1.zip and "
+                    "images_background_small2.zip (default: $SLADE_DATA/omniglot)",
+                    required=False,
+                ),
+            ),
+            "grayscale",
+            "Omniglot background-small: 3 alphabets labeled, 5 unlabeled, Greek+Latin test",
+            image_size=28,
+            in_memory=True,
+            group_key="alphabet",
+        ),
+        Protocol(
+            "folders",
+            folders,
+            (Root("root", "--data", "the folder holding labeled/, unlabeled/ and test/"),),
+            None,
+            f"your own images: {_FOLDERS_LAYOUT}",
+            own_val=True,
+        ),
+        _pairing(
+            "cub-nabirds",
+            cub_nabirds,
+            "CUB_200_2011",
+            "NABirds",
+            "CUB-200-2011 classes 1-100 labeled, NABirds unlabeled, CUB classes 101-200 test",
+        ),
+        _pairing(
+            "cars-compcars",
+            cars_compcars,
+            "Cars-196",
+            "CompCars",
+            "Cars-196 classes 1-98 labeled, CompCars unlabeled, Cars-196 classes 99-196 test",
+        ),
+        _pairing(
+            "inshop-fashion200k",
+            inshop_fashion200k,
+            "In-shop",
+            "Fashion200k",
+            "In-shop train items labeled, Fashion200k unlabeled, In-shop query vs gallery test",
+        ),
+    )
 }
+
+
+def protocol(name: str) -> Protocol:
+    """The registry entry ``name``, or a ConfigError listing the known ones."""
+    if name not in PROTOCOLS:
+        raise ConfigError(f"unknown protocol {name!r}; expected one of {sorted(PROTOCOLS)}")
+    return PROTOCOLS[name]
 
 
 def load_protocol(name: str, *args: Any, **kwargs: Any) -> SemiSupervisedData:
     """The protocol ``name`` (a key of ``PROTOCOLS``), called with the given arguments."""
-    if name not in PROTOCOLS:
-        raise ConfigError(f"unknown protocol {name!r}; expected one of {sorted(PROTOCOLS)}")
-    return PROTOCOLS[name](*args, **kwargs)
+    return protocol(name).loader(*args, **kwargs)

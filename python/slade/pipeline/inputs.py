@@ -1,0 +1,53 @@
+"""The arguments stages take, checked: configs (a Config, a preset name or a dict) and
+models (a trainer, a model or a checkpoint path)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from .. import _core, train
+from ..config import Config, preset
+from ..errors import ConfigError, DtypeError, MissingFileError
+from ..nn import CoreModule
+
+
+def as_config(config: Config | str | Mapping | None) -> Config:
+    """A validated Config from a Config, a preset name, a dict or None (the defaults)."""
+    if config is None:
+        return Config().validate()
+    if isinstance(config, str):
+        return preset(config)
+    if isinstance(config, Config):
+        return config.validate()
+    if isinstance(config, Mapping):
+        return Config.from_dict(config).validate()
+    raise DtypeError(
+        f"config must be a slade Config, a preset name or a dict, got {type(config).__name__}"
+    )
+
+
+def load_trainer(path: str | os.PathLike, *, device: Any = "cpu") -> Any:
+    """The trainer a checkpoint (``.safetensors`` written by ``save``) was saved from."""
+    path = Path(path)
+    if not path.exists():
+        raise MissingFileError(f"no such checkpoint: {path}")
+    kind = _core.read_checkpoint_info(os.fspath(path))[0]
+    classes = {"swav": "SwavTrainer", "teacher": "TeacherTrainer", "student": "StudentTrainer"}
+    cls = getattr(train, classes.get(kind, ""), None)
+    if cls is None:
+        raise ConfigError(f"{path} is a {kind!r} checkpoint, which slade cannot load here")
+    return cls.from_checkpoint(path, device=device)
+
+
+def as_model(source: Any, device: Any = "cpu") -> Any:
+    """A slade trainer or model as it is; a checkpoint path loaded onto ``device``."""
+    if isinstance(source, CoreModule):
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        return load_trainer(source, device=device)
+    raise DtypeError(
+        "expected a slade trainer or model (e.g. from train_teacher) or a checkpoint path, "
+        f"got {type(source).__name__}"
+    )

@@ -1,0 +1,55 @@
+"""A run's output folder: refused when it holds a run of another configuration, cleared
+when overwriting, and the configuration recorded in ``config.json``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ..config import Config
+from ..errors import ConfigError
+from .stages import is_stage_id, write_json
+
+#: What a run writes besides its stage folders.
+RUN_FILES = ("config.json", "results.json", "plots")
+
+
+def check_run_folder(out: Path, config: Config, overwrite: bool) -> None:
+    """Refuses an output folder holding a run of another configuration."""
+    saved = out / "config.json"
+    if saved.exists() and not overwrite:
+        previous = Config.from_dict(json.loads(saved.read_text()))
+        differences = _differences(previous.semantic_dict(), config.semantic_dict())
+        if differences:
+            shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in differences[:5])
+            raise ConfigError(
+                f"{out} holds a run with another configuration ({shown}); "
+                "choose another output folder or overwrite it (overwrite=True, --overwrite)"
+            )
+
+
+def prepare_run_folder(out: Path, config: Config, overwrite: bool) -> None:
+    """Clears an earlier run when overwriting, then records the configuration."""
+    if overwrite and out.exists():
+        for entry in out.iterdir():
+            if entry.name in RUN_FILES or (entry.is_dir() and is_stage_id(entry.name)):
+                _remove(entry)
+    write_json(out / "config.json", config.to_dict())
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        found = []
+        for key in sorted(set(a) | set(b)):
+            found += _differences(a.get(key), b.get(key), f"{prefix}{key}.")
+        return found
+    return [] if a == b else [(prefix.rstrip("."), a, b)]

@@ -1,0 +1,218 @@
+"""What every stage shares: its id, its files, its training loop, resume and progress bars.
+
+A stage's id names it everywhere: in callbacks, ``RunResult.trainers`` and ``.metrics``,
+``results.json``, the result table and the stage's folder under a run's ``out``:
+``ssl``, ``teacher``, then per self-training round r ``pseudo_labels_round<r>`` and
+``student_round<r>``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+from ..config import Config
+from ..nn import CoreModule, load_torchvision_weights
+
+#: ``callback(stage_id, step, metrics)`` after every training step; raising stops the run
+#: (KeyboardInterrupt first saves a checkpoint).
+Callback = Callable[[str, int, Mapping[str, float]], None]
+
+SSL, TEACHER, PSEUDO_LABELS, STUDENT = "ssl", "teacher", "pseudo_labels", "student"
+ROUND_KINDS = (PSEUDO_LABELS, STUDENT)
+
+_STAGE_ID = re.compile(rf"^({SSL}|{TEACHER}|({'|'.join(ROUND_KINDS)})_round[1-9][0-9]*)$")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a run: its kind and, for pseudo labels and students, its round."""
+
+    kind: str
+    round: int | None = None
+
+    @property
+    def id(self) -> str:
+        return self.kind if self.round is None else f"{self.kind}_round{self.round}"
+
+    def folder(self, out: Path | None) -> Path | None:
+        """The stage's folder under a run's output folder (None when nothing is saved)."""
+        return out / self.id if out is not None else None
+
+
+def student_id(round: int) -> str:
+    return Stage(STUDENT, round).id
+
+
+def is_stage_id(name: str) -> bool:
+    return _STAGE_ID.match(name) is not None
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Writes JSON atomically (temporary file + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(value, indent=1))
+    os.replace(temporary, path)
+
+
+class StageFiles:
+    """A stage's folder: ``checkpoint.safetensors`` (latest, while running),
+    ``final.safetensors`` (when finished) and ``history.json`` (per-step metrics)."""
+
+    def __init__(self, folder: str | os.PathLike | None) -> None:
+        self.folder = Path(folder) if folder is not None else None
+
+    def path(self, name: str) -> Path | None:
+        return self.folder / name if self.folder is not None else None
+
+    @property
+    def final(self) -> Path | None:
+        return self.path("final.safetensors")
+
+    @property
+    def checkpoint(self) -> Path | None:
+        return self.path("checkpoint.safetensors")
+
+    def finished(self) -> bool:
+        return self.final is not None and self.final.exists()
+
+    def resumable(self) -> bool:
+        return self.checkpoint is not None and self.checkpoint.exists()
+
+    def history(self, upto: int) -> list[dict]:
+        path = self.path("history.json")
+        if path is None or not path.exists():
+            return []
+        return [r for r in json.loads(path.read_text()) if r["step"] <= upto]
+
+    def save(self, trainer: Any, history: list[dict], *, final: bool) -> None:
+        if self.folder is None:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        # History first: it then always reaches at least the checkpoint's step.
+        write_json(self.path("history.json"), history)
+        trainer.save(self.final if final else self.checkpoint)
+        if final and self.checkpoint.exists():
+            self.checkpoint.unlink()
+            sidecar = self.checkpoint.with_suffix(".json")
+            if sidecar.exists():
+                sidecar.unlink()
+
+
+class Progress:
+    """tqdm bars when enabled."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    def bar(self, total: int, initial: int, description: str) -> Any:
+        if not self.enabled:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(
+            total=total, initial=initial, desc=description, dynamic_ncols=True, mininterval=0.5
+        )
+
+    def iterate(self, iterator: Iterator, total: int, description: str) -> Iterator:
+        if not self.enabled:
+            return iterator
+        from tqdm import tqdm
+
+        return tqdm(
+            iterator,
+            total=total,
+            desc=description,
+            dynamic_ncols=True,
+            leave=False,
+            mininterval=0.5,
+        )
+
+
+def _postfix(metrics: Mapping[str, float]) -> dict[str, str]:
+    shown = {"loss": metrics.get("loss")}
+    if "pairs/positive" in metrics:
+        shown["pos"] = metrics["pairs/positive"]
+        shown["neg"] = metrics.get("pairs/negative")
+    return {k: f"{v:.4g}" for k, v in shown.items() if v is not None}
+
+
+def train_loop(
+    stage: str,
+    trainer: Any,
+    files: StageFiles,
+    steps: int,
+    batches: Callable[[int], Iterator[Any]],
+    step: Callable[[Any], Mapping[str, float]],
+    config: Config,
+    callback: Callback | None,
+) -> Any:
+    """Steps ``trainer.step_count + 1 .. steps`` of the stage with id ``stage``, with
+    checkpoints every ``config.checkpoint_every`` steps; returns the trainer with its
+    ``history`` (per-step metrics, also of the steps before a resume)."""
+    start = trainer.step_count
+    trainer.history = history = files.history(start)
+    if start >= steps and files.finished():
+        return trainer
+    checkpoint_every = config.checkpoint_every
+    bar = Progress(config.progress).bar(steps, min(start, steps), stage)
+    try:
+        if start < steps:
+            source = batches(start)
+            for number in range(start + 1, steps + 1):
+                metrics = dict(step(next(source)))
+                history.append({**{k: float(v) for k, v in metrics.items()}, "step": number})
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(_postfix(metrics), refresh=False)
+                if number % checkpoint_every == 0 and number < steps:
+                    files.save(trainer, history, final=False)
+                if callback is not None:
+                    callback(stage, number, metrics)
+    except KeyboardInterrupt:
+        files.save(trainer, history, final=False)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    files.save(trainer, history, final=True)
+    return trainer
+
+
+def stage_files(trainer: Any, out: Any, init: Any, *, whole_model: bool = False) -> StageFiles:
+    """The stage's files, with the trainer restored from them or else initialised."""
+    files = StageFiles(out)
+    if not resume(trainer, files):
+        initialise(trainer, init, whole_model=whole_model)
+    return files
+
+
+def resume(trainer: Any, files: StageFiles) -> bool:
+    """Loads the stage's final or latest checkpoint; True when the trainer was restored."""
+    if files.finished():
+        trainer.load(files.final)
+        return True
+    if files.resumable():
+        trainer.load(files.checkpoint)
+        return True
+    return False
+
+
+def initialise(trainer: Any, source: Any, *, whole_model: bool = False) -> None:
+    """Loads initial weights: ``None`` keeps the seeded random initialisation; a file or a
+    state_dict is read as torchvision-style backbone weights; a slade model or trainer gives
+    its backbone (and, with ``whole_model``, its embedding head too)."""
+    if source is None:
+        return
+    if isinstance(source, CoreModule):
+        if whole_model:
+            trainer.load_model(source)
+            return
+        model_state = getattr(source, "model_state_dict", source.state_dict)
+        source = model_state()
+    load_torchvision_weights(trainer, source, ignore_prefixes=("fc.", "prototypes"))

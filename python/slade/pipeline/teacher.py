@@ -1,0 +1,93 @@
+"""Stage ``teacher``: a ranking loss on m-per-class batches of labeled images (Sec 3.1).
+
+Also the settings every trainer of the pipeline shares: its optimizer and ranking loss
+from a config section.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Iterator
+
+from .. import train
+from .._images import STAGE_CODES, StepBatches, derive_seed, training_images
+from ..config import Config
+from .data_loading import data_or_load
+from .inputs import as_config
+from .stages import TEACHER, Callback, stage_files, train_loop
+
+
+def _optimizer(section: Any) -> train.OptimizerConfig:
+    """The section's optimizer; a cosine schedule without ``total_steps`` spans the stage."""
+    optimizer = dataclasses.replace(section.optimizer)
+    if optimizer.schedule == "cosine" and optimizer.total_steps is None:
+        optimizer.total_steps = max(1, section.steps)
+    return optimizer
+
+
+def _ranking(section: Any) -> dict[str, Any]:
+    return {
+        "loss": section.loss,
+        "miner": section.miner,
+        "pos_margin": section.pos_margin,
+        "neg_margin": section.neg_margin,
+        "alpha": section.alpha,
+        "beta": section.beta,
+        "base": section.base,
+        "epsilon": section.epsilon,
+    }
+
+
+def _teacher_trainer(config: Config) -> Any:
+    t = config.teacher
+    return train.TeacherTrainer(
+        config.model,
+        _optimizer(t),
+        device=config.device,
+        precision=config.precision,
+        seed=config.seed,
+        **_ranking(t),
+    )
+
+
+def train_teacher(
+    data: Any = None,
+    config: Config | str | None = None,
+    *,
+    init: Any = None,
+    out: str | os.PathLike | None = None,
+    callback: Callback | None = None,
+) -> Any:
+    """The teacher: ranking loss on m-per-class batches of labeled images (Sec 3.1).
+
+    Args:
+        data: a :class:`slade.data.SemiSupervisedData`; ``None`` loads ``config.data``.
+        config: a :class:`~slade.config.Config` or preset name (``teacher``, ``model``).
+        init: initial backbone: the SwAV trainer of :func:`train_ssl`, a weights file or a
+            state_dict; default ``config.ssl.weights``, else the seeded random initialisation.
+        out: this stage's folder; resumes or skips as for :func:`train_ssl`.
+        callback: ``callback("teacher", step, metrics)`` after each step.
+
+    Returns:
+        The :class:`slade.TeacherTrainer` (``.history`` holds the per-step metrics).
+    """
+    config = as_config(config)
+    data = data_or_load(data, config)
+    t = config.teacher
+    trainer = _teacher_trainer(config)
+    files = stage_files(trainer, out, init if init is not None else config.ssl.weights)
+    from ..data import MPerClassSampler
+
+    labels = data.labeled.labels
+    source = training_images(data.labeled, config.data.augment, config.data.num_workers)
+    seed = derive_seed(config.seed, STAGE_CODES["teacher"])
+    sampler = MPerClassSampler(labels, t.m, t.batch_size, seed=seed % 2**32)
+
+    def batches(start: int) -> Iterator[Any]:
+        return StepBatches(source, sampler, labels, seed, start, trainer.device)
+
+    def step(batch: Any) -> Any:
+        return trainer.step(batch[0], batch[1])
+
+    return train_loop(TEACHER, trainer, files, t.steps, batches, step, config, callback)
