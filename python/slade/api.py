@@ -43,7 +43,7 @@ from ._images import (
     embed_dataset,
     training_images,
 )
-from .config import Config, preset
+from .config import Config, preset, stage_optimizer
 from .errors import ConfigError, DtypeError, InvalidArgumentError, MissingFileError
 from .nn import CoreModule, EmbeddingModel, load_torchvision_weights
 
@@ -182,23 +182,7 @@ def _data(data: Any, config: Config) -> Any:
 
 def _optimizer(section: Any) -> train.OptimizerConfig:
     """The section's optimizer; a cosine schedule without ``total_steps`` spans the stage."""
-    optimizer = dataclasses.replace(section.optimizer)
-    if optimizer.schedule == "cosine" and optimizer.total_steps is None:
-        optimizer.total_steps = max(1, section.steps)
-    return optimizer
-
-
-def _ranking(section: Any) -> dict[str, Any]:
-    return {
-        "loss": section.loss,
-        "miner": section.miner,
-        "pos_margin": section.pos_margin,
-        "neg_margin": section.neg_margin,
-        "alpha": section.alpha,
-        "beta": section.beta,
-        "base": section.base,
-        "epsilon": section.epsilon,
-    }
+    return stage_optimizer(section)
 
 
 # --------------------------------------------------------------------------- models
@@ -489,10 +473,10 @@ def _teacher_trainer(config: Config) -> Any:
     return train.TeacherTrainer(
         config.model,
         _optimizer(t),
+        ranking=t,
         device=config.device,
         precision=config.precision,
         seed=config.seed,
-        **_ranking(t),
     )
 
 
@@ -685,25 +669,12 @@ def _student_trainer(config: Config, num_basis: int, k: int) -> Any:
     return train.StudentTrainer(
         config.model,
         _optimizer(s),
-        device=config.device,
+        objective=s,
         num_basis=s.num_basis if s.num_basis is not None else num_basis,
-        variant=s.variant,
-        lambda1=s.lambda1,
-        lambda2=s.lambda2,
-        basis_warmup=s.basis_warmup,
-        regularizer=s.regularizer,
         num_pseudo_classes=pseudo_classes if s.regularizer != "sd" else None,
-        momentum=s.momentum,
-        sd_margin=s.sd_margin,
-        sd_weight=s.sd_weight,
-        t1=s.t1,
-        t2=s.t2,
-        require_pseudo_agreement=s.require_pseudo_agreement,
-        sd_statistics=s.sd_statistics,
-        mining=s.mining,
+        device=config.device,
         precision=config.precision,
         seed=config.seed,
-        **_ranking(s),
     )
 
 
