@@ -164,3 +164,12 @@ def test_feature_basis_crosses_by_name():
     with pytest.raises(slade.ConfigError, match="unknown field `beta`"):
         _core.basis_similarity(basis._state(), {**basis._config(), "beta": 0.9}, emb)
 
+
+def test_binding_names_are_private_and_name_one_thing():
+    for public in ("SwavTrainer", "TeacherTrainer", "StudentTrainer", "EmbeddingModel",
+                   "pseudo_label"):
+        assert not hasattr(_core, public), public
+    assert not hasattr(slade.cluster, "pseudo_label")
+    x = torch.nn.functional.normalize(torch.randn(40, 4, generator=torch.Generator().manual_seed(0)))
+    labels = slade.cluster.cluster_labels(x, 3, seed=1)
+    assert torch.equal(labels, slade.kmeans(x, 3, seed=1).labels)

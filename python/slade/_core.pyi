@@ -11,7 +11,7 @@ __all__ = [
     "basis_similarity",
     "basis_loss",
     "kmeans",
-    "pseudo_label",
+    "cluster_labels",
     "nmi",
     "basis_pairs",
     "threshold_value",
@@ -175,7 +175,7 @@ def kmeans(
     init: str | torch.Tensor = ...,
     tol: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, float, int]: ...
-def pseudo_label(
+def cluster_labels(
     embeddings: torch.Tensor,
     k: int,
     *,

@@ -6,7 +6,7 @@ Each step can be used alone and resumes from its own files when given an ``out``
 - :func:`train_teacher`: ranking loss on the labeled images (Sec 3.1).
 - :func:`pseudo_label`: k-means of the teacher's embeddings of the unlabeled images
   (Sec 3.2). Called with a tensor of embeddings instead of a model it is
-  :func:`slade.cluster.pseudo_label`.
+  :func:`slade.cluster.cluster_labels`.
 - :func:`train_student`: labels + pseudo labels + feature basis (Sec 3.3).
 - :func:`evaluate`: MAP@R, R-Precision, P@1, Recall@K and NMI on the test (or validation)
   split (Musgrave et al. 2020).
@@ -601,7 +601,7 @@ def pseudo_label(
     """Pseudo labels by k-means (Sec 3.2), from embeddings or from a model and data.
 
     - ``pseudo_label(embeddings, k, iters=20, seed=0, init="k-means++", tol=0.0)`` with a
-      tensor or array: :func:`slade.cluster.pseudo_label`, returns the ``(N,)`` labels.
+      tensor or array: :func:`slade.cluster.cluster_labels`, returns the ``(N,)`` labels.
     - ``pseudo_label(teacher, data, k=None, config=..., out=...)`` with a trainer, model or
       checkpoint path: embeds ``data.unlabeled`` (a SemiSupervisedData, or any dataset of
       images) with the model, clusters the L2-normalised embeddings into ``k`` clusters
@@ -615,7 +615,7 @@ def pseudo_label(
             k = data
         if k is None:
             raise InvalidArgumentError("pseudo_label(embeddings, k): k is required")
-        return cluster.pseudo_label(source, k, **kmeans_options)
+        return cluster.cluster_labels(source, k, **kmeans_options)
     config = _config(config)
     p = config.pseudo_labels
     k = p.k if k is None else k
