@@ -281,13 +281,10 @@ mod tests {
     use serde_json::json;
     use tch::Device;
 
+    type PairList = Vec<(i64, i64)>;
+
     /// The pairs of a plain loop over s with the given thresholds.
-    fn loop_pairs(
-        s: &Tensor,
-        labels: &[i64],
-        t1: f64,
-        t2: f64,
-    ) -> (Vec<(i64, i64)>, Vec<(i64, i64)>) {
+    fn loop_pairs(s: &Tensor, labels: &[i64], t1: f64, t2: f64) -> (PairList, PairList) {
         let n = labels.len() as i64;
         let (mut pos, mut neg) = (Vec::new(), Vec::new());
         for i in 0..n {
@@ -305,7 +302,7 @@ mod tests {
         (pos, neg)
     }
 
-    fn listed(a: &Tensor, b: &Tensor) -> Vec<(i64, i64)> {
+    fn listed(a: &Tensor, b: &Tensor) -> PairList {
         let a = Vec::<i64>::try_from(a).unwrap();
         let b = Vec::<i64>::try_from(b).unwrap();
         a.into_iter().zip(b).collect()
