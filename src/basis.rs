@@ -27,72 +27,37 @@
 
 use crate::bail;
 use crate::error::{Result, SladeError};
+use crate::settings::{invalid, Settings};
 use crate::validate;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::str::FromStr;
 use tch::{Device, Kind, Reduction, Tensor};
 
-/// Which term regularises the basis on the unlabeled samples.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Regularizer {
-    /// Similarity distribution loss L_SD (the paper's).
-    Sd,
-    /// Cross-entropy against all pseudo classes through a second head.
-    GlobalCe,
-    /// Cross-entropy against the pseudo classes present in the batch.
-    LocalCe,
-}
-
-impl FromStr for Regularizer {
-    type Err = SladeError;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "sd" => Ok(Regularizer::Sd),
-            "global_ce" => Ok(Regularizer::GlobalCe),
-            "local_ce" => Ok(Regularizer::LocalCe),
-            other => bail!(
-                Config,
-                "unknown basis regularizer {other:?}; expected \"sd\", \"global_ce\" or \"local_ce\""
-            ),
-        }
+crate::named_choice! {
+    /// Which term regularises the basis on the unlabeled samples.
+    pub enum Regularizer ("regularizer") {
+        /// Similarity distribution loss L_SD (the paper's).
+        Sd = "sd",
+        /// Cross-entropy against all pseudo classes through a second head.
+        GlobalCe = "global_ce",
+        /// Cross-entropy against the pseudo classes present in the batch.
+        LocalCe = "local_ce",
     }
 }
 
-/// Which statistics L_SD is computed on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SdStatistics {
-    /// The batch's, with full gradient (DESIGN.md §2.4; the default).
-    Batch,
-    /// (1 - beta) batch + beta running, the running part detached (the comparison switch).
-    Blended,
-}
-
-impl FromStr for SdStatistics {
-    type Err = SladeError;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "batch" => Ok(SdStatistics::Batch),
-            "blended" => Ok(SdStatistics::Blended),
-            other => bail!(
-                Config,
-                "unknown sd_statistics {other:?}; expected \"batch\" or \"blended\""
-            ),
-        }
-    }
-}
-
-impl Regularizer {
-    pub fn name(self) -> &'static str {
-        match self {
-            Regularizer::Sd => "sd",
-            Regularizer::GlobalCe => "global_ce",
-            Regularizer::LocalCe => "local_ce",
-        }
+crate::named_choice! {
+    /// Which statistics L_SD is computed on.
+    pub enum SdStatistics ("sd_statistics") {
+        /// The batch's, with full gradient (DESIGN.md §2.4; the default).
+        Batch = "batch",
+        /// (1 - beta) batch + beta running, the running part detached (the comparison switch).
+        Blended = "blended",
     }
 }
 
 /// Hyper-parameters of a feature basis.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct BasisConfig {
     /// Momentum beta of the running statistics, in [0, 1).
     pub momentum: f64,
@@ -106,6 +71,7 @@ pub struct BasisConfig {
 }
 
 impl Default for BasisConfig {
+    /// beta 0.99, m_sd 0.5, w 1 and L_SD on the batch statistics (DESIGN.md §2.4).
     fn default() -> Self {
         BasisConfig {
             momentum: 0.99,
@@ -117,16 +83,18 @@ impl Default for BasisConfig {
     }
 }
 
-impl BasisConfig {
-    pub fn validate(&self) -> Result<()> {
+impl Settings for BasisConfig {
+    const WHAT: &'static str = "basis";
+
+    fn validate(&self) -> Result<()> {
         if !(0.0..1.0).contains(&self.momentum) {
-            bail!(Value, "momentum must be in [0, 1), got {}", self.momentum);
+            return Err(invalid("momentum", "in [0, 1)", self.momentum));
         }
         if !self.sd_margin.is_finite() {
-            bail!(Value, "sd_margin must be finite, got {}", self.sd_margin);
+            return Err(invalid("sd_margin", "finite", self.sd_margin));
         }
         if !(self.sd_weight.is_finite() && self.sd_weight >= 0.0) {
-            bail!(Value, "sd_weight must be a finite number >= 0, got {}", self.sd_weight);
+            return Err(invalid("sd_weight", "a finite number >= 0", self.sd_weight));
         }
         Ok(())
     }
@@ -391,7 +359,10 @@ impl FeatureBasis {
         let (blended_pos, blended_neg) = (blended_pos.transpose()?, blended_neg.transpose()?);
         let (pos, neg) = match self.config.sd_statistics {
             SdStatistics::Batch => (pos, neg),
-            SdStatistics::Blended => (blended_pos.as_ref().map(SideStatistics::shallow), blended_neg.as_ref().map(SideStatistics::shallow)),
+            SdStatistics::Blended => (
+                blended_pos.as_ref().map(SideStatistics::shallow),
+                blended_neg.as_ref().map(SideStatistics::shallow),
+            ),
         };
         let zero = r.f_sum(r.kind())?.f_mul_scalar(0.0)?.f_abs()?;
         let loss = match self.config.regularizer {
@@ -570,7 +541,8 @@ mod tests {
     /// the given weight and embeddings (tests share torch's global generator across threads,
     /// so both bases are built from the same draws).
     fn sd_gradient(statistics: SdStatistics, weight: &Tensor, emb: &Tensor) -> Tensor {
-        let config = BasisConfig { sd_weight: 0.0, sd_statistics: statistics, ..Default::default() };
+        let config =
+            BasisConfig { sd_weight: 0.0, sd_statistics: statistics, ..Default::default() };
         let mut b = FeatureBasis::new(4, 6, None, config, Device::Cpu).unwrap();
         b.state.weight = weight.copy().set_requires_grad(true);
         let pseudo = Tensor::from_slice(&[0i64, 0, 1, 1, 2, 2]);

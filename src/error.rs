@@ -20,7 +20,8 @@ pub enum SladeError {
     /// An argument is out of its valid range (k, thresholds, empty input, ...).
     #[error("{0}")]
     Value(String),
-    /// A configuration key or option name is unknown.
+    /// A setting is invalid: an unknown key or option name, or a value out of its range
+    /// (see `crate::settings`).
     #[error("{0}")]
     Config(String),
     /// A file is missing.

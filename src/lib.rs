@@ -10,6 +10,7 @@ pub mod losses;
 pub mod mining;
 pub mod nn;
 pub mod retrieval;
+pub mod settings;
 pub mod train;
 pub mod validate;
 

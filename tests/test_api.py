@@ -317,8 +317,8 @@ def test_pseudo_label_with_embeddings_is_the_kmeans_function():
     x = torch.nn.functional.normalize(
         torch.randn(60, 8, generator=torch.Generator().manual_seed(1)), dim=1
     )
-    assert torch.equal(slade.pseudo_label(x, 4, seed=2), slade.cluster.pseudo_label(x, 4, seed=2))
-    assert torch.equal(slade.pseudo_label(x, k=4), slade.cluster.pseudo_label(x, 4))
+    assert torch.equal(slade.pseudo_label(x, 4, seed=2), slade.cluster.cluster_labels(x, 4, seed=2))
+    assert torch.equal(slade.pseudo_label(x, k=4), slade.cluster.cluster_labels(x, 4))
     with pytest.raises(slade.InvalidArgumentError, match="k is required"):
         slade.pseudo_label(x)
     with pytest.raises(TypeError, match="checkpoint path"):

@@ -290,6 +290,57 @@ def test_basis_pairs_match_brute_force(agree, thresholds):
         assert pos and neg, "running means split a batch into both kinds"
 
 
+def reference_threshold(rule, side, weight_mu_pos, weight_mu_neg):
+    """T1 (side 0) or T2 (side 1) of a rule, from DESIGN.md §2.4 (written here)."""
+    if not isinstance(rule, str):
+        return float(rule)
+    rule = ("mu+", "mu-")[side] if rule == "auto" else rule
+    return {
+        "mu+": weight_mu_pos,
+        "mu-": weight_mu_neg,
+        "mid": (weight_mu_pos + weight_mu_neg) / 2,
+        "all": (-2.0, 2.0)[side],
+    }[rule]
+
+
+RULES = [("mu-", "mu+"), ("mu+", "mu-"), ("mid", "mid"), ("all", "all"), ("mu+", "all"),
+         ("all", "mid"), ("auto", 0.1), (0.4, "mu-"), (1, -1)]
+
+
+@pytest.mark.parametrize("agree", [True, False])
+@pytest.mark.parametrize("t1,t2", RULES)
+def test_basis_pairs_take_every_threshold_rule_of_the_student(t1, t2, agree):
+    """The rules the student takes (formerly the miner took only "auto" and numbers), against
+    plain PyTorch: s from W_a, thresholds from the running means, masks by comparison."""
+    basis, _ = make(num_basis=5, dim=8)
+    emb_l, labels_l, emb_u, pseudo_u = batch(3, n_u=16)
+    basis.loss(emb_l, labels_l, emb_u, pseudo_u)
+    mu_pos, mu_neg = basis.mu_pos.item(), basis.mu_neg.item()
+    v1, v2 = (reference_threshold(t, side, mu_pos, mu_neg) for side, t in enumerate((t1, t2)))
+    r = F.normalize(emb_u @ basis.weight.detach().T, dim=1)
+    s = r @ r.T
+    off_diagonal = ~torch.eye(16, dtype=torch.bool)
+    same = pseudo_u[:, None] == pseudo_u[None, :]
+    pos, neg = (s >= v1) & off_diagonal, (s <= v2) & off_diagonal
+    if agree:
+        pos, neg = pos & same, neg & ~same
+    a1, p, a2, n = slade.miners.basis_pairs(basis, emb_u, pseudo_u, t1=t1, t2=t2,
+                                            require_pseudo_agreement=agree)
+    assert (a1.tolist(), p.tolist()) == tuple(t.tolist() for t in torch.where(pos))
+    assert (a2.tolist(), n.tolist()) == tuple(t.tolist() for t in torch.where(neg))
+
+
+def test_rules_reading_unset_statistics_name_the_threshold():
+    fresh, _ = make()
+    _, _, emb_u, pseudo_u = batch(5)
+    with pytest.raises(slade.InvalidArgumentError, match='t1="mu-" reads'):
+        slade.miners.basis_pairs(fresh, emb_u, pseudo_u, t1="mu-", t2="all")
+    with pytest.raises(slade.InvalidArgumentError, match='t2="mid" reads'):
+        slade.miners.basis_pairs(fresh, emb_u, pseudo_u, t1=0.0, t2="mid")
+    a1, _, a2, _ = slade.miners.basis_pairs(fresh, emb_u, pseudo_u, t1="all", t2="all")
+    assert len(a1) + len(a2) == 12 * 11
+
+
 def test_basis_pairs_work_as_pml_pairs():
     from pytorch_metric_learning.losses import ContrastiveLoss
 

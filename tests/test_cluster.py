@@ -1,5 +1,6 @@
-"""slade.kmeans, slade.pseudo_label and slade.nmi against scikit-learn and against a plain
-numpy Lloyd written here; NMI in slade.retrieval_metrics against PML's AccuracyCalculator."""
+"""slade.kmeans, slade.cluster.cluster_labels and slade.nmi against scikit-learn and against a
+plain numpy Lloyd written here; NMI in slade.retrieval_metrics against PML's
+AccuracyCalculator."""
 
 from __future__ import annotations
 
@@ -220,8 +221,8 @@ def test_bad_inputs_raise_clear_errors():
         (lambda: slade.kmeans(x, 3, tol=-1.0), slade.InvalidArgumentError, "tol"),
         (lambda: slade.kmeans(x, 3, iters=-1), slade.InvalidArgumentError, "iters"),
         (lambda: slade.kmeans(x.tolist(), 3), slade.DtypeError, "torch.Tensor or numpy"),
-        (lambda: slade.pseudo_label(nan, 3), slade.NonFiniteError, "embeddings"),
-        (lambda: slade.pseudo_label(x, 30), slade.InvalidArgumentError, "embeddings"),
+        (lambda: slade.cluster.cluster_labels(nan, 3), slade.NonFiniteError, "embeddings"),
+        (lambda: slade.cluster.cluster_labels(x, 30), slade.InvalidArgumentError, "embeddings"),
         (lambda: slade.nmi(torch.zeros(3, dtype=torch.long), torch.zeros(4, dtype=torch.long)),
          slade.ShapeError, "labels_b"),
         (lambda: slade.nmi(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)),
@@ -239,12 +240,12 @@ def test_bad_inputs_raise_clear_errors():
 
 def test_pseudo_labels_are_kmeans_of_normalised_embeddings():
     x, _ = blobs(1000, 12, 8, seed=4, spread=2.0)
-    labels = slade.pseudo_label(x, 8, seed=3)
+    labels = slade.cluster.cluster_labels(x, 8, seed=3)
     assert labels.dtype == torch.int64 and labels.shape == (1000,)
     unit = torch.nn.functional.normalize(torch.from_numpy(x), dim=1)
     assert torch.equal(labels, slade.kmeans(unit, 8, seed=3).labels)
-    assert torch.equal(labels, slade.pseudo_label(torch.from_numpy(x) * 7.0, 8, seed=3))
-    assert torch.equal(labels, slade.pseudo_label(x.astype(np.float64), 8, seed=3))
+    assert torch.equal(labels, slade.cluster.cluster_labels(torch.from_numpy(x) * 7.0, 8, seed=3))
+    assert torch.equal(labels, slade.cluster.cluster_labels(x.astype(np.float64), 8, seed=3))
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -344,7 +345,7 @@ def test_cuda_own_init_is_deterministic_and_good():
 @pytest.mark.cuda
 def test_cuda_pseudo_labels_and_nmi_stay_on_device():
     x, labels = blobs(800, 16, 6, seed=13, spread=0.5)
-    pseudo = slade.pseudo_label(torch.from_numpy(x).cuda(), 6)
+    pseudo = slade.cluster.cluster_labels(torch.from_numpy(x).cuda(), 6)
     assert pseudo.is_cuda and pseudo.dtype == torch.int64
     assert slade.nmi(pseudo, torch.from_numpy(labels).cuda()) == pytest.approx(1.0)
     with pytest.raises(slade.DeviceError):

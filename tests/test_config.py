@@ -156,15 +156,15 @@ def test_semantic_dict_ignores_where_and_how_visibly_a_run_happens():
 
 
 def test_a_cosine_schedule_without_total_steps_spans_its_stage():
-    from slade.pipeline.teacher import _optimizer
+    from slade.config import stage_optimizer
 
     config = preset("cub-nabirds", ["teacher.steps=123"])
     assert config.teacher.optimizer.total_steps is None
-    assert _optimizer(config.teacher).total_steps == 123
-    assert _optimizer(config.ssl).total_steps == config.ssl.steps
+    assert stage_optimizer(config.teacher).total_steps == 123
+    assert stage_optimizer(config.ssl).total_steps == config.ssl.steps
     assert config.teacher.optimizer.total_steps is None  # the config itself is left alone
     fixed = preset(
         "fashion-mnist-ssl",
         ["teacher.optimizer.schedule=cosine", "teacher.optimizer.total_steps=50"],
     )
-    assert _optimizer(fixed.teacher).total_steps == 50
+    assert stage_optimizer(fixed.teacher).total_steps == 50

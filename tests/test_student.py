@@ -94,6 +94,8 @@ CASES = [
     dict(variant="basis", sd_statistics="blended", sd_margin=0.8),
     dict(variant="basis_mining", num_basis=9, t1="mid", t2="all"),
     dict(variant="basis_mining", mining="oracle", t1="mu+", t2="mu-"),
+    dict(variant="basis_mining", t1="mu-", t2="mu+"),
+    dict(variant="basis_mining", t1="auto", t2=0.25, require_pseudo_agreement=False),
 ]
 
 
@@ -119,6 +121,47 @@ def test_preset_student_settings_equal_plain_pytorch(name):
     settings = {key: getattr(s, key) for key in keys}
     settings.update(num_basis=s.num_basis or NUM_BASIS, loss=s.loss, miner=s.miner)
     _compare_steps(student(optim=SGD, **settings), settings, torch_sgd, TOL)
+
+
+THRESHOLDS = ["auto", "mu+", "mu-", "mid", "all", 0.3, -1]
+
+
+@pytest.mark.parametrize("rule", THRESHOLDS)
+def test_student_and_miner_take_the_same_thresholds(rule):
+    """One rule type: what the student accepts, the standalone miner accepts and mines
+    alike (the same pairs from the same basis and batch); bad values fail both, naming t1."""
+    trainer = student(variant="basis_mining", t1=rule, t2=rule)
+    batch = make_batch()
+    trainer.step(*batch)
+    assert trainer.student_config.t1 == rule
+    basis = slade.diagnostics.basis_of(trainer)
+    _, _, xu, pseudo = batch
+    emb_u = trainer.embed(xu)
+    a1, p, a2, n = slade.miners.basis_pairs(basis, emb_u, pseudo, t1=rule, t2=rule)
+    stats = trainer.basis_statistics
+    rules = trainer.threshold_rules()
+    t1, t2 = (slade.diagnostics.threshold_value(rules[i], stats, i) for i in (0, 1))
+    s = basis.similarity(emb_u)
+    same = pseudo[:, None] == pseudo[None, :]
+    off_diagonal = ~torch.eye(len(pseudo), dtype=torch.bool)
+    pos = (s >= t1) & off_diagonal & same
+    neg = (s <= t2) & off_diagonal & ~same
+    assert (a1.tolist(), p.tolist()) == tuple(t.tolist() for t in torch.where(pos))
+    assert (a2.tolist(), n.tolist()) == tuple(t.tolist() for t in torch.where(neg))
+
+
+@pytest.mark.parametrize("bad", ["median", float("nan"), [0.5], None])
+def test_bad_thresholds_fail_the_student_and_the_miner_alike(bad):
+    basis = slade.FeatureBasis(NUM_BASIS, MODEL.dim)
+    emb, pseudo = torch.randn(8, MODEL.dim), torch.arange(8) % 2
+    basis.loss(None, None, emb, pseudo)
+    with pytest.raises(slade.ConfigError, match="t1") as from_student:
+        student(t1=bad)
+    with pytest.raises((slade.ConfigError, TypeError), match="t1") as from_miner:
+        slade.miners.basis_pairs(basis, emb, pseudo, t1=bad)
+    assert isinstance(from_student.value, slade.InvalidArgumentError)
+    if isinstance(bad, str):
+        assert str(from_miner.value) == str(from_student.value)
 
 
 def test_random_mining_keeps_as_many_pseudo_pairs_as_basis_mining():
@@ -239,7 +282,7 @@ def test_metrics_name_every_part():
     assert metrics["threshold/t1"] == 0.25
     stats = fixed.basis_statistics
     assert metrics["threshold/t2"] == pytest.approx((stats["mu_pos"] + stats["mu_neg"]) / 2)
-    assert fixed.threshold_rules() == ("0.25", "mid")
+    assert fixed.threshold_rules() == (0.25, "mid")
     every = student(t1="all", t2="all")
     metrics = every.step(*make_batch())
     pseudo = make_batch()[3]

@@ -257,7 +257,7 @@ def test_bad_inputs_raise_clear_errors_and_change_nothing():
         slade.TeacherTrainer(MODEL, slade.OptimizerConfig(name="lamb"))
     with pytest.raises(slade.ConfigError, match="backbone"):
         slade.TeacherTrainer(slade.ModelConfig("vgg", 1, 16))
-    with pytest.raises(slade.ConfigError, match="unknown optimizer config"):
+    with pytest.raises(slade.ConfigError, match="optimizer.learning_rate: unknown field"):
         slade.TeacherTrainer(MODEL, {"name": "adam", "learning_rate": 1.0})
     with pytest.raises(slade.InvalidArgumentError, match="alpha"):
         slade.TeacherTrainer(MODEL, loss="multi_similarity", alpha=0.0)

@@ -5,7 +5,7 @@
 
 import torch  # noqa: F401  (must be imported before the extension)
 
-from . import _core, diagnostics, losses, miners
+from . import _core, diagnostics, losses, miners, settings
 from .errors import (
     ConfigError,
     DeviceError,
@@ -19,11 +19,19 @@ from .errors import (
     ShapeError,
     TorchError,
 )
-from .nn import EmbeddingModel, ModelConfig, load_torchvision_weights
+from .settings import (
+    BasisConfig,
+    ModelConfig,
+    OptimizerConfig,
+    RankingConfig,
+    StudentObjectiveConfig,
+    SwavConfig,
+)
+from .nn import EmbeddingModel, load_torchvision_weights
 from .basis import FeatureBasis
 from .cluster import KMeansResult, kmeans, nmi
 from .retrieval import knn, retrieval_metrics
-from .train import OptimizerConfig, StudentTrainer, SwavConfig, SwavTrainer, TeacherTrainer
+from .train import StudentTrainer, SwavTrainer, TeacherTrainer
 from . import config
 from .config import Config
 
@@ -86,6 +94,10 @@ __all__ = [
     "load_torchvision_weights",
     "OptimizerConfig",
     "SwavConfig",
+    "RankingConfig",
+    "BasisConfig",
+    "StudentObjectiveConfig",
+    "settings",
     "SwavTrainer",
     "TeacherTrainer",
     "StudentTrainer",

@@ -1,8 +1,35 @@
 """Type stubs of the Rust extension ``slade._core``."""
 
-from typing import Any
+from typing import Any, final
 
 import torch
+
+__all__ = [
+    "__version__",
+    "basis_init",
+    "basis_representation",
+    "basis_similarity",
+    "basis_loss",
+    "kmeans",
+    "cluster_labels",
+    "nmi",
+    "basis_pairs",
+    "threshold_value",
+    "multi_similarity_miner",
+    "knn",
+    "retrieval_metrics",
+    "_EmbeddingModel",
+    "_SwavTrainer",
+    "_TeacherTrainer",
+    "_StudentTrainer",
+    "read_checkpoint_info",
+    "contrastive_loss",
+    "multi_similarity_loss",
+    "multi_similarity_loss_with_miner",
+    "triplet_margin_loss",
+    "default_settings",
+    "check_settings",
+]
 
 __version__: str
 
@@ -26,10 +53,16 @@ def retrieval_metrics(
     nmi: bool = False,
 ) -> dict[str, float]: ...
 
-class EmbeddingModel:
-    def __init__(self, config_json: str, device: str = "cpu", seed: int = 0) -> None: ...
+def default_settings(group: str) -> dict[str, Any]: ...
+def check_settings(group: str, settings: dict[str, Any], at: str = "") -> dict[str, Any]: ...
+
+@final
+class _EmbeddingModel:
+    def __new__(
+        cls, config: dict[str, Any], device: str = "cpu", seed: int = 0
+    ) -> _EmbeddingModel: ...
     @property
-    def config_json(self) -> str: ...
+    def config(self) -> dict[str, Any]: ...
     @property
     def device(self) -> str: ...
     @property
@@ -63,9 +96,9 @@ class _Trainer:
     @property
     def step_count(self) -> int: ...
     @property
-    def config_json(self) -> str: ...
+    def config(self) -> dict[str, Any]: ...
     @property
-    def objective_json(self) -> str: ...
+    def objective_config(self) -> dict[str, Any]: ...
     @property
     def device(self) -> str: ...
     @property
@@ -93,18 +126,27 @@ class _Trainer:
     def save(self, path: str) -> None: ...
     def load(self, path: str) -> None: ...
 
-class SwavTrainer(_Trainer):
-    def __init__(self, config_json: str, swav_json: str, device: str = "cpu") -> None: ...
+@final
+class _SwavTrainer(_Trainer):
+    def __new__(
+        cls, trainer: dict[str, Any], swav: dict[str, Any], device: str = "cpu"
+    ) -> _SwavTrainer: ...
     def step(self, crops: list[torch.Tensor]) -> dict[str, float]: ...
     def compute_gradients(self, crops: list[torch.Tensor]) -> dict[str, float]: ...
 
-class TeacherTrainer(_Trainer):
-    def __init__(self, config_json: str, ranking_json: str, device: str = "cpu") -> None: ...
+@final
+class _TeacherTrainer(_Trainer):
+    def __new__(
+        cls, trainer: dict[str, Any], ranking: dict[str, Any], device: str = "cpu"
+    ) -> _TeacherTrainer: ...
     def step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]: ...
     def compute_gradients(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]: ...
 
-class StudentTrainer(_Trainer):
-    def __init__(self, config_json: str, student_json: str, device: str = "cpu") -> None: ...
+@final
+class _StudentTrainer(_Trainer):
+    def __new__(
+        cls, trainer: dict[str, Any], student: dict[str, Any], device: str = "cpu"
+    ) -> _StudentTrainer: ...
     def step(
         self,
         labeled_images: torch.Tensor,
@@ -121,40 +163,33 @@ class StudentTrainer(_Trainer):
         pseudo_labels: torch.Tensor,
         true_labels: torch.Tensor | None = None,
     ) -> dict[str, float]: ...
-    def threshold_rules(self) -> tuple[str, str]: ...
+    def threshold_rules(self) -> tuple[float | str, float | str]: ...
 
-def read_checkpoint_info(path: str) -> tuple[str, str, str, int]: ...
+def read_checkpoint_info(path: str) -> tuple[str, dict[str, Any], dict[str, Any], int]: ...
 def kmeans(
     x: torch.Tensor,
     k: int,
     *,
     iters: int = 20,
     seed: int = 0,
-    init: str | torch.Tensor = "k-means++",
+    init: str | torch.Tensor = ...,
     tol: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, float, int]: ...
-def pseudo_label(
+def cluster_labels(
     embeddings: torch.Tensor,
     k: int,
     *,
     iters: int = 20,
     seed: int = 0,
-    init: str | torch.Tensor = "k-means++",
+    init: str | torch.Tensor = ...,
     tol: float = 0.0,
 ) -> torch.Tensor: ...
 def nmi(labels_a: torch.Tensor, labels_b: torch.Tensor) -> float: ...
 
-_BasisState = tuple[
-    torch.Tensor,
-    torch.Tensor | None,
-    torch.Tensor,
-    torch.Tensor,
-    torch.Tensor,
-    torch.Tensor,
-    torch.Tensor,
-    torch.Tensor,
-]
-_BasisConfig = tuple[float, float, float, str, str]
+# The basis state by name (weight, pseudo_head, mu_pos, var_pos, mu_neg, var_neg,
+# updates_pos, updates_neg) and its settings by name (slade.settings.BasisConfig's fields).
+_BasisState = dict[str, torch.Tensor | None]
+_BasisConfig = dict[str, Any]
 
 def basis_init(
     num_basis: int, dim: int, num_pseudo_classes: int | None, config: _BasisConfig
@@ -183,6 +218,9 @@ def basis_pairs(
     t2: float | str,
     require_pseudo_agreement: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]: ...
+def threshold_value(
+    rule: float | str, side: str, mu_pos: float | None = None, mu_neg: float | None = None
+) -> float | None: ...
 def contrastive_loss(
     embeddings: torch.Tensor,
     labels: torch.Tensor | None = None,
@@ -213,7 +251,7 @@ def triplet_margin_loss(
     embeddings: torch.Tensor,
     labels: torch.Tensor | None = None,
     *,
-    margin: float = 0.05,
+    margin: float = ...,
     pairs: list[torch.Tensor] | None = None,
 ) -> torch.Tensor: ...
 def multi_similarity_miner(

@@ -15,6 +15,7 @@ import torch
 
 from . import _core
 from ._convert import as_tensor, optional_tensor
+from .settings import BasisConfig
 
 _STATS = ("mu_pos", "var_pos", "mu_neg", "var_neg", "updates_pos", "updates_neg")
 
@@ -57,11 +58,9 @@ class FeatureBasis(torch.nn.Module):
     Args:
         num_basis: B, the number of basis vectors (the paper: the number of labeled classes).
         dim: embedding dimension.
-        momentum: beta of the running statistics, in [0, 1).
-        sd_margin: m_sd, the margin wanted between mu+ and mu-.
-        sd_weight: w, the weight of the margin term.
-        regularizer: ``"sd"``, ``"global_ce"`` or ``"local_ce"``.
-        sd_statistics: ``"batch"`` (default) or ``"blended"``: what L_SD is computed on.
+        momentum, sd_margin, sd_weight, regularizer, sd_statistics: the fields of
+            :class:`slade.settings.BasisConfig` (beta, m_sd, w, the regulariser and what
+            L_SD is computed on), with its defaults.
         num_pseudo_classes: k of the pseudo labels; needed by the ``"*_ce"`` regularisers
             (the size of ``pseudo_head``).
         device, dtype: where and in which float type to keep the parameters.
@@ -75,21 +74,21 @@ class FeatureBasis(torch.nn.Module):
         num_basis: int,
         dim: int,
         *,
-        momentum: float = 0.99,
-        sd_margin: float = 0.5,
-        sd_weight: float = 1.0,
-        regularizer: str = "sd",
-        sd_statistics: str = "batch",
+        momentum: float = BasisConfig.momentum,
+        sd_margin: float = BasisConfig.sd_margin,
+        sd_weight: float = BasisConfig.sd_weight,
+        regularizer: str = BasisConfig.regularizer,
+        sd_statistics: str = BasisConfig.sd_statistics,
         num_pseudo_classes: int | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.momentum = float(momentum)
-        self.sd_margin = float(sd_margin)
-        self.sd_weight = float(sd_weight)
-        self.regularizer = str(regularizer)
-        self.sd_statistics = str(sd_statistics)
+        self.momentum = momentum
+        self.sd_margin = sd_margin
+        self.sd_weight = sd_weight
+        self.regularizer = regularizer
+        self.sd_statistics = sd_statistics
         state = _core.basis_init(num_basis, dim, num_pseudo_classes, self._config())
         self.weight = torch.nn.Parameter(state["weight"].detach())
         head = state["pseudo_head"]
@@ -119,11 +118,24 @@ class FeatureBasis(torch.nn.Module):
     def num_pseudo_classes(self) -> int | None:
         return None if self.pseudo_head is None else self.pseudo_head.shape[0]
 
-    def _config(self) -> tuple[float, float, float, str, str]:
-        return (self.momentum, self.sd_margin, self.sd_weight, self.regularizer, self.sd_statistics)
+    def _config(self) -> dict[str, Any]:
+        """The settings by name (:class:`slade.settings.BasisConfig`'s fields)."""
+        return {
+            "momentum": self.momentum,
+            "sd_margin": self.sd_margin,
+            "sd_weight": self.sd_weight,
+            "regularizer": self.regularizer,
+            "sd_statistics": self.sd_statistics,
+        }
 
-    def _state(self) -> tuple:
-        return (self.weight, self.pseudo_head) + tuple(getattr(self, n) for n in _STATS)
+    def _state(self) -> dict[str, torch.Tensor | None]:
+        """The state tensors by name, the very tensors."""
+        state: dict[str, torch.Tensor | None] = {
+            "weight": self.weight,
+            "pseudo_head": self.pseudo_head,
+        }
+        state.update({name: getattr(self, name) for name in _STATS})
+        return state
 
     def representation(self, emb: Any) -> torch.Tensor:
         """r = W_a f for each row f of ``emb`` (``N x num_basis``), differentiable."""

@@ -1,7 +1,8 @@
-"""k-means, pseudo labels and NMI (SLADE Sec 3.2; DESIGN.md §2.3).
+"""k-means, cluster labels and NMI (SLADE Sec 3.2; DESIGN.md §2.3).
 
 The student is trained on pseudo labels: the k-means cluster ids of the teacher's
-L2-normalised embeddings of the unlabeled images.
+L2-normalised embeddings of the unlabeled images (:func:`cluster_labels`; the pipeline step
+that embeds the pool and clusters it is :func:`slade.pseudo_label`).
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def kmeans(
     return result
 
 
-def pseudo_label(
+def cluster_labels(
     embeddings: Any,
     k: int,
     *,
@@ -92,8 +93,8 @@ def pseudo_label(
     init: Any = "k-means++",
     tol: float = 0.0,
 ) -> torch.Tensor:
-    """Pseudo labels of unlabeled samples (SLADE Sec 3.2): the :func:`kmeans` cluster ids of
-    the L2-normalised ``embeddings`` (``f / max(|f|, 1e-12)``).
+    """The :func:`kmeans` cluster ids of the L2-normalised ``embeddings``
+    (``f / max(|f|, 1e-12)``): the pseudo labels of unlabeled samples (SLADE Sec 3.2).
 
     The paper's best setting uses about twice the number of labeled classes for ``k``
     (k = 400 for NABirds).
@@ -101,7 +102,7 @@ def pseudo_label(
     Returns:
         ``(N,)`` int64 labels in ``[0, k)`` on the embeddings' device.
     """
-    return _core.pseudo_label(
+    return _core.cluster_labels(
         as_tensor(embeddings, "embeddings"),
         k,
         iters=iters,

@@ -10,7 +10,12 @@ changes fields by dotted name::
     config = slade.config.preset("fashion-mnist-ssl", ["teacher.steps=200", "seed=1"])
     config.student.lambda2 = 0.5
 
-Unknown keys and values of the wrong type raise :class:`~slade.errors.ConfigError`
+The sections of the trainers' settings extend the dataclasses the trainers take
+(:mod:`slade.settings`): ``model`` is a :class:`ModelConfig`, ``ssl`` a
+:class:`~slade.settings.SwavConfig`, ``teacher`` a :class:`~slade.settings.RankingConfig`,
+``student`` a :class:`~slade.settings.StudentObjectiveConfig`, each ``optimizer`` an
+:class:`OptimizerConfig`, so every such setting has one default and one check (in the Rust
+core). Unknown keys and values of the wrong type raise :class:`~slade.errors.ConfigError`
 naming the key.
 """
 
@@ -23,9 +28,15 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
+from . import _core
 from .errors import ConfigError
-from .nn import ModelConfig
-from .train import OptimizerConfig
+from .settings import (
+    ModelConfig,
+    OptimizerConfig,
+    RankingConfig,
+    StudentObjectiveConfig,
+    SwavConfig,
+)
 
 __all__ = [
     "Config",
@@ -43,12 +54,6 @@ __all__ = [
     "parse_overrides",
 ]
 
-LOSSES = ("contrastive", "multi_similarity")
-VARIANTS = ("basis_mining", "basis", "pseudo_only")
-REGULARIZERS = ("sd", "global_ce", "local_ce")
-THRESHOLD_RULES = ("auto", "mu+", "mu-", "mid", "all")
-SD_STATISTICS = ("batch", "blended")
-MINING = ("basis", "oracle", "random")
 
 
 @dataclass
@@ -107,8 +112,9 @@ class DataConfig:
 
 
 @dataclass
-class SSLConfig:
-    """Self-supervised initialisation of the backbone (SLADE Sec 3.1; DESIGN.md §2.1).
+class SSLConfig(SwavConfig):
+    """Self-supervised initialisation of the backbone (SLADE Sec 3.1; DESIGN.md §2.1): the
+    SwAV settings of :class:`~slade.settings.SwavConfig` and
 
     Attributes:
         enabled: fine-tune with SwAV on labeled + unlabeled images before the teacher.
@@ -117,8 +123,6 @@ class SSLConfig:
         steps, batch_size: SwAV updates and images per update.
         n_local: local crops per image besides the two global ones.
         optimizer: the SwAV optimizer.
-        num_prototypes, temperature, epsilon, sinkhorn_iterations, freeze_prototypes_steps:
-            as :class:`slade.SwavConfig`.
     """
 
     enabled: bool = False
@@ -127,36 +131,12 @@ class SSLConfig:
     batch_size: int = 64
     n_local: int = 2
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    num_prototypes: int = 100
-    temperature: float = 0.1
-    epsilon: float = 0.05
-    sinkhorn_iterations: int = 3
-    freeze_prototypes_steps: int = 0
 
 
 @dataclass
-class _RankingLoss:
-    """Ranking-loss fields shared by teacher and student (DESIGN.md §2.2).
-
-    Attributes:
-        loss: ``"contrastive"`` (pos_margin, neg_margin) or ``"multi_similarity"``
-            (alpha, beta, base).
-        miner: use the multi-similarity miner (epsilon) before the loss.
-    """
-
-    loss: str = "contrastive"
-    miner: bool = False
-    pos_margin: float = 0.0
-    neg_margin: float = 1.0
-    alpha: float = 2.0
-    beta: float = 50.0
-    base: float = 0.5
-    epsilon: float = 0.1
-
-
-@dataclass
-class TeacherConfig(_RankingLoss):
-    """The teacher: ranking loss on labeled images (SLADE Sec 3.1).
+class TeacherConfig(RankingConfig):
+    """The teacher (SLADE Sec 3.1): the ranking loss of :class:`~slade.settings.RankingConfig`
+    on labeled images, and
 
     Attributes:
         steps: optimizer updates.
@@ -188,8 +168,11 @@ class PseudoLabelConfig:
 
 
 @dataclass
-class StudentConfig(_RankingLoss):
-    """The student: labels, pseudo labels and the feature basis (SLADE Sec 3.3).
+class StudentConfig(StudentObjectiveConfig):
+    """The student (SLADE Sec 3.3): the objective of
+    :class:`~slade.settings.StudentObjectiveConfig` (ranking loss, basis, variant, lambdas,
+    warm-up, thresholds, mining), where ``num_basis=None`` means the number of labeled
+    classes and ``num_pseudo_classes=None`` means ``pseudo_labels.k``, and
 
     Attributes:
         steps: optimizer updates.
@@ -198,25 +181,6 @@ class StudentConfig(_RankingLoss):
         optimizer: optimizer, learning rates and schedule (``basis_lr`` for W_a).
         init: ``"ssl"``: the teacher's initialisation (SSL / pretrained weights, or the same
             random initialisation; the paper's choice), ``"teacher"``: the teacher's weights.
-        variant: ``"basis_mining"`` (full method), ``"basis"`` (no mining) or
-            ``"pseudo_only"`` (pseudo labels only: no basis, no mining).
-        lambda1, lambda2: weights of the unlabeled ranking loss and of L_Basis.
-        basis_warmup: steps training W_a alone (backbone frozen) first.
-        regularizer: ``"sd"``, ``"global_ce"`` or ``"local_ce"`` (ablation).
-        num_basis: basis vectors B (at least the number of labeled classes, whose CE
-            logits are the first ones); ``None``: the number of labeled classes.
-        num_pseudo_classes: classes of the global-CE head; ``None``: ``pseudo_labels.k``.
-        momentum, sd_margin, sd_weight: the running statistics and margin of L_SD.
-        t1, t2: mining thresholds: numbers, or rules on the running statistics ``"mu+"``,
-            ``"mu-"``, ``"mid"``, ``"all"`` (no test on that side) or ``"auto"``
-            (T1 = mu+, T2 = mu-, DESIGN.md's default).
-        require_pseudo_agreement: mined positives must share their pseudo label, negatives
-            must not.
-        sd_statistics: ``"batch"``: L_SD on the batch statistics with full gradient
-            (DESIGN.md §2.4); ``"blended"``: the damped comparison form.
-        mining: ``"basis"`` (the method); research bounds needing the pool's hidden labels
-            or not: ``"oracle"`` (keep the pseudo pairs the hidden labels confirm),
-            ``"random"`` (as many pseudo pairs as basis mining keeps, drawn at random).
     """
 
     steps: int = 400
@@ -226,21 +190,6 @@ class StudentConfig(_RankingLoss):
     unlabeled_m: int = 8
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     init: str = "ssl"
-    variant: str = "basis_mining"
-    lambda1: float = 1.0
-    lambda2: float = 1.0
-    basis_warmup: int = 0
-    regularizer: str = "sd"
-    num_basis: int | None = None
-    num_pseudo_classes: int | None = None
-    momentum: float = 0.99
-    sd_margin: float = 0.5
-    sd_weight: float = 1.0
-    t1: float | str = "auto"
-    t2: float | str = "auto"
-    require_pseudo_agreement: bool = True
-    sd_statistics: str = "batch"
-    mining: str = "basis"
 
 
 @dataclass
@@ -289,7 +238,7 @@ class Config:
     checkpoint_every: int = 100
     progress: bool = True
     data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=lambda: ModelConfig("convnet", 1, 128))
+    model: ModelConfig = field(default_factory=ModelConfig)
     ssl: SSLConfig = field(default_factory=SSLConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     pseudo_labels: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
@@ -346,17 +295,9 @@ class Config:
     def validate(self) -> Config:
         """Checks ranges and choices; raises ConfigError naming the first bad key."""
         self._validate_data()
-        _check(
-            self.model.backbone in ("convnet", "resnet18", "resnet50"),
-            "model.backbone",
-            "'convnet', 'resnet18' or 'resnet50'",
-        )
-        _check(self.model.in_channels in (1, 3), "model.in_channels", "1 or 3")
-        _check(self.model.dim >= 1, "model.dim", ">= 1")
-        _check(self.seed >= 0, "seed", ">= 0")
+        self._check_trainer_settings()
         _check(self.rounds >= 1, "rounds", ">= 1")
         _check(self.checkpoint_every >= 1, "checkpoint_every", ">= 1")
-        _check(self.precision in ("fp32", "fp16"), "precision", "'fp32' or 'fp16'")
         _check(
             self.device == "cpu" or self.device.startswith("cuda"), "device", "'cpu' or 'cuda[:N]'"
         )
@@ -364,9 +305,7 @@ class Config:
         _check(ssl.steps >= 0, "ssl.steps", ">= 0")
         _check(ssl.batch_size >= 2, "ssl.batch_size", ">= 2")
         _check(ssl.n_local >= 0, "ssl.n_local", ">= 0")
-        _check(ssl.num_prototypes >= 1, "ssl.num_prototypes", ">= 1")
         for name, section in (("teacher", self.teacher), ("student", self.student)):
-            _check(section.loss in LOSSES, f"{name}.loss", f"one of {list(LOSSES)}")
             _check(section.steps >= 0, f"{name}.steps", ">= 0")
         t = self.teacher
         _check(t.m >= 1, "teacher.m", ">= 1")
@@ -389,34 +328,6 @@ class Config:
             f"a multiple of student.unlabeled_m ({s.unlabeled_m})",
         )
         _check(s.init in ("ssl", "teacher"), "student.init", "'ssl' or 'teacher'")
-        _check(s.variant in VARIANTS, "student.variant", f"one of {list(VARIANTS)}")
-        _check(s.regularizer in REGULARIZERS, "student.regularizer", f"one of {list(REGULARIZERS)}")
-        _check(s.basis_warmup >= 0, "student.basis_warmup", ">= 0")
-        _check(
-            s.sd_statistics in SD_STATISTICS,
-            "student.sd_statistics",
-            f"one of {list(SD_STATISTICS)}",
-        )
-        _check(s.mining in MINING, "student.mining", f"one of {list(MINING)}")
-        _check(
-            s.mining == "basis" or s.variant == "basis_mining",
-            "student.mining",
-            "'basis' unless student.variant is 'basis_mining' (the bounds replace its mining)",
-        )
-        _check(0.0 <= s.momentum < 1.0, "student.momentum", "in [0, 1)")
-        _check(s.num_basis is None or s.num_basis >= 1, "student.num_basis", "None or >= 1")
-        _check(
-            s.num_pseudo_classes is None or s.num_pseudo_classes >= 1,
-            "student.num_pseudo_classes",
-            "None or >= 1",
-        )
-        for key in ("t1", "t2"):
-            value = getattr(s, key)
-            _check(
-                value in THRESHOLD_RULES or isinstance(value, float),
-                f"student.{key}",
-                f"a number or one of {list(THRESHOLD_RULES)}",
-            )
         p = self.pseudo_labels
         _check(p.k >= 1, "pseudo_labels.k", ">= 1")
         _check(p.iters >= 1, "pseudo_labels.iters", ">= 1")
@@ -430,19 +341,6 @@ class Config:
             "positive integers",
         )
         _check(e.examples >= 0 and e.top_k >= 1, "eval.examples", ">= 0 (and eval.top_k >= 1)")
-        for section in ("ssl", "teacher", "student"):
-            opt = getattr(self, section).optimizer
-            _check(
-                opt.name in ("sgd", "adam", "adamw"),
-                f"{section}.optimizer.name",
-                "'sgd', 'adam' or 'adamw'",
-            )
-            _check(opt.lr > 0, f"{section}.optimizer.lr", "> 0")
-            _check(
-                opt.schedule in ("constant", "cosine", "step"),
-                f"{section}.optimizer.schedule",
-                "'constant', 'cosine' or 'step'",
-            )
         return self
 
     def _validate_data(self) -> None:
@@ -487,6 +385,15 @@ class Config:
             value = getattr(d, key)
             _check(value is None or value >= 1, f"data.{key}", "None or >= 1")
 
+    def _check_trainer_settings(self) -> None:
+        """The settings the trainers take, checked by the core (errors name the key)."""
+        _core.check_settings("trainer", {"precision": self.precision, "seed": self.seed})
+        self.model.check("model.")
+        for name in ("ssl", "teacher", "student"):
+            section = getattr(self, name)
+            section.check(f"{name}.")
+            stage_optimizer(section).check(f"{name}.optimizer.")
+
     def semantic_dict(self) -> dict:
         """:meth:`to_dict` without the fields that do not change results (``RUNTIME_FIELDS``)."""
         values = self.to_dict()
@@ -497,6 +404,15 @@ class Config:
                 node = node[part]
             node.pop(last, None)
         return values
+
+
+def stage_optimizer(section: Any) -> OptimizerConfig:
+    """A stage's optimizer (``section.optimizer``) as its trainer gets it: a cosine schedule
+    without ``total_steps`` spans the stage's ``steps``. The section is left alone."""
+    optimizer = dataclasses.replace(section.optimizer)
+    if optimizer.schedule == "cosine" and optimizer.total_steps is None:
+        optimizer.total_steps = max(1, section.steps)
+    return optimizer
 
 
 # --------------------------------------------------------------------------- presets

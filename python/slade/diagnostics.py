@@ -29,7 +29,7 @@ from typing import Any, Mapping
 
 import torch
 
-from . import losses
+from . import _core, losses
 from .basis import FeatureBasis
 from .errors import InvalidArgumentError
 
@@ -65,25 +65,11 @@ def auc(scores: torch.Tensor, positive: torch.Tensor) -> float:
 
 
 def threshold_value(rule: float | str, statistics: Mapping[str, float], which: int) -> float | None:
-    """T1 (``which=0``) or T2 (``which=1``) of a rule on the running statistics, as the
-    student resolves it (``"auto"`` as given by the trainer's ``threshold_rules()``)."""
-    if isinstance(rule, (int, float)):
-        return float(rule)
-    mu_pos, mu_neg = statistics.get("mu_pos"), statistics.get("mu_neg")
-    values = {
-        "mu+": mu_pos,
-        "mu-": mu_neg,
-        "mid": None if mu_pos is None or mu_neg is None else (mu_pos + mu_neg) / 2,
-        "all": (-2.0, 2.0)[which],
-    }
-    if rule not in values:
-        try:
-            return float(rule)
-        except ValueError:
-            raise InvalidArgumentError(
-                f"threshold rule {rule!r} is not a number or one of {list(values)}"
-            ) from None
-    return values[rule]
+    """T1 (``which=0``) or T2 (``which=1``) of a rule on the running statistics
+    (``mu_pos``, ``mu_neg``), resolved by the core exactly as the student and
+    :func:`slade.miners.basis_pairs` resolve it; None where its statistic is unknown."""
+    side = ("t1", "t2")[which]
+    return _core.threshold_value(rule, side, statistics.get("mu_pos"), statistics.get("mu_neg"))
 
 
 def basis_of(trainer: Any) -> FeatureBasis | None:

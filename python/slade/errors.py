@@ -30,8 +30,9 @@ class InvalidArgumentError(SladeError, ValueError):
     """An argument is outside its valid range (k, thresholds, empty input, ...)."""
 
 
-class ConfigError(SladeError, ValueError):
-    """An unknown configuration key, preset or option name."""
+class ConfigError(InvalidArgumentError):
+    """A setting is invalid: an unknown configuration key, preset or option name, or a
+    value outside the setting's range. Every bad setting is also an invalid argument."""
 
 
 class MissingFileError(SladeError, FileNotFoundError):

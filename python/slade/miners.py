@@ -56,10 +56,13 @@ def basis_pairs(
         emb_u: ``(N, dim)`` unlabeled embeddings.
         pseudo_u: ``(N,)`` pseudo labels (may be ``None`` when
             ``require_pseudo_agreement`` is False).
-        t1, t2: thresholds; ``"auto"`` uses the basis's running mean similarity of positive
-            (``mu_pos``, for t1) or negative (``mu_neg``, for t2) pairs as it is at this
-            call, which needs at least one training-mode :meth:`FeatureBasis.loss` call
-            before.
+        t1, t2: thresholds, the rules of the student
+            (:class:`slade.settings.StudentObjectiveConfig`): numbers, or rules on the
+            basis's running statistics as they are at this call: ``"mu+"`` (``mu_pos``),
+            ``"mu-"`` (``mu_neg``), ``"mid"`` ((mu+ + mu-) / 2), ``"all"`` (no test on that
+            side: t1 = -2, t2 = 2) or ``"auto"`` (t1 = mu+, t2 = mu-). A rule reading a
+            statistic needs at least one training-mode :meth:`FeatureBasis.loss` call
+            before (the student mines no pair of that side instead).
 
     Returns:
         ``(a1, p, a2, n)`` int64 tensors.

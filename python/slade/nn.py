@@ -13,51 +13,16 @@ The head's parameters are ``embedding.weight`` and ``embedding.bias``.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
 from . import _core
 from ._convert import as_tensor
-from .errors import ConfigError, DtypeError
-
-
-@dataclass
-class ModelConfig:
-    """Which network and how wide its embedding.
-
-    Attributes:
-        backbone: ``"convnet"``, ``"resnet18"`` or ``"resnet50"``.
-        in_channels: 1 (grayscale) or 3 (RGB).
-        dim: width of the L2-normalised embedding.
-    """
-
-    backbone: str = "resnet50"
-    in_channels: int = 3
-    dim: int = 512
-
-
-def config_from(value: Any, cls: type, name: str) -> Any:
-    """``value`` as an instance of the dataclass ``cls`` (``None``: the defaults; a mapping:
-    its fields, unknown keys being a ConfigError)."""
-    if value is None:
-        return cls()
-    if isinstance(value, cls):
-        return value
-    if isinstance(value, Mapping):
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(value) - known)
-        if unknown:
-            raise ConfigError(
-                f"unknown {name} key(s) {unknown}; known keys are {sorted(known)}"
-            )
-        return cls(**value)
-    raise ConfigError(f"{name} must be a {cls.__name__} or a dict, got {type(value).__name__}")
+from .errors import DtypeError
+from .settings import ModelConfig
 
 
 def device_name(device: Any) -> str:
@@ -149,16 +114,16 @@ class EmbeddingModel(CoreModule):
     changes from Python are seen by Rust and the other way round.
 
     Args:
-        config: a :class:`ModelConfig` (or a dict of its fields); default ResNet-50/512.
+        config: a :class:`ModelConfig` (or a dict of its fields); default ``ModelConfig()``.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a torch.device.
         seed: seeds the initial weights (torchvision's initialisation for ResNets).
     """
 
     def __init__(self, config: ModelConfig | Mapping | None = None, *, device: Any = "cpu", seed: int = 0):
-        self.config = config_from(config, ModelConfig, "model config")
-        self._core = _core.EmbeddingModel(
-            json.dumps(dataclasses.asdict(self.config)), device_name(device), seed
+        self._core = _core._EmbeddingModel(
+            ModelConfig.mapping(config, {}, "model config"), device_name(device), seed
         )
+        self.config = ModelConfig.from_core(self._core.config)
 
     @property
     def training(self) -> bool:

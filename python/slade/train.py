@@ -1,5 +1,5 @@
-"""Training steps run in Rust: optimizer configuration and the SwAV, teacher and student
-trainers.
+"""Training steps run in Rust: the SwAV, teacher and student trainers. Their settings are
+the dataclasses of :mod:`slade.settings` (re-exported here), checked by the core.
 
 One call runs a whole step on the batch's device (forward through backbone and head, every
 loss term, backward, clipping, optimizer update, schedule) with the GIL released; Python
@@ -10,12 +10,8 @@ updated.
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import numbers
 import os
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -23,101 +19,14 @@ import torch
 from . import _core
 from ._convert import as_tensor, optional_tensor
 from .errors import ConfigError, DtypeError
-from .nn import (
-    CoreModule,
+from .nn import CoreModule, device_name, load_torchvision_weights, named_tensor_list
+from .settings import (
     ModelConfig,
-    config_from,
-    device_name,
-    load_torchvision_weights,
-    named_tensor_list,
+    OptimizerConfig,
+    RankingConfig,
+    StudentObjectiveConfig,
+    SwavConfig,
 )
-
-GROUPS = ("backbone", "head", "basis")
-
-
-@dataclass
-class OptimizerConfig:
-    """Optimizer, parameter-group learning rates, schedule and clipping.
-
-    The optimizers equal torch.optim's ``SGD`` (dampening 0), ``Adam`` and ``AdamW``
-    (no amsgrad) step for step. Parameter groups: ``backbone``, ``head`` (embedding head,
-    SwAV prototypes) and ``basis`` (the student's feature basis); each uses ``lr`` unless
-    its own rate is set.
-
-    Schedule, as a factor of each group's rate after t updates: a linear warm-up from
-    ``warmup_start_factor`` to 1 over ``warmup_steps`` (torch's ``LinearLR``), then
-    ``"constant"``, ``"cosine"`` (to ``min_lr_factor`` at ``total_steps``, as
-    ``CosineAnnealingLR``) or ``"step"`` (times ``gamma`` every ``step_size`` steps, as
-    ``StepLR``). ``clip_grad_norm`` clips the total gradient 2-norm as
-    ``torch.nn.utils.clip_grad_norm_``.
-
-    Attributes:
-        name: ``"sgd"``, ``"adam"`` or ``"adamw"``.
-        weight_decay: ``None`` means torch's default (0; 0.01 for AdamW).
-        group_weight_decay: per-group weight decay, e.g. ``{"head": 0.0}``.
-        momentum, nesterov: SGD only (our default momentum is 0.9; torch's is 0).
-        betas, eps: Adam/AdamW only.
-    """
-
-    name: str = "adam"
-    lr: float = 1e-3
-    backbone_lr: float | None = None
-    head_lr: float | None = None
-    basis_lr: float | None = None
-    weight_decay: float | None = None
-    group_weight_decay: dict = field(default_factory=dict)
-    momentum: float = 0.9
-    nesterov: bool = False
-    betas: tuple = (0.9, 0.999)
-    eps: float = 1e-8
-    schedule: str = "constant"
-    warmup_steps: int = 0
-    warmup_start_factor: float = 0.01
-    total_steps: int | None = None
-    min_lr_factor: float = 0.0
-    step_size: int = 1000
-    gamma: float = 0.1
-    clip_grad_norm: float | None = None
-
-    def to_core(self) -> dict:
-        fields = dataclasses.asdict(self)
-        group_lr = {}
-        for group in GROUPS:
-            rate = fields.pop(f"{group}_lr")
-            if rate is not None:
-                group_lr[group] = rate
-        fields["group_lr"] = group_lr
-        fields["betas"] = list(fields["betas"])
-        return fields
-
-    @classmethod
-    def from_core(cls, fields: Mapping) -> OptimizerConfig:
-        fields = dict(fields)
-        for group, rate in fields.pop("group_lr", {}).items():
-            fields[f"{group}_lr"] = rate
-        fields["betas"] = tuple(fields["betas"])
-        return cls(**fields)
-
-
-@dataclass
-class SwavConfig:
-    """SwAV settings (DESIGN.md §2.1; Caron et al. 2020).
-
-    Attributes:
-        num_prototypes: K, the rows of the prototype matrix C (normalised every step).
-        temperature: T of the swapped-prediction softmax.
-        epsilon: entropic regularisation of Sinkhorn-Knopp.
-        sinkhorn_iterations: Sinkhorn-Knopp iterations.
-        freeze_prototypes_steps: the prototypes stay fixed for this many first steps (their
-            gradient is dropped, as the SwAV reference code does for its first epoch); 0 by
-            default.
-    """
-
-    num_prototypes: int = 3000
-    temperature: float = 0.1
-    epsilon: float = 0.05
-    sinkhorn_iterations: int = 3
-    freeze_prototypes_steps: int = 0
 
 
 def _crops(crops: Any) -> list[torch.Tensor]:
@@ -129,21 +38,46 @@ def _crops(crops: Any) -> list[torch.Tensor]:
     return [as_tensor(c, f"crops[{i}]") for i, c in enumerate(crops)]
 
 
-def _trainer_config(
-    model_config: ModelConfig, optim_config: OptimizerConfig, precision: str, seed: int
-) -> str:
-    return json.dumps(
-        {
-            "model": dataclasses.asdict(model_config),
-            "optimizer": optim_config.to_core(),
-            "precision": precision,
-            "seed": seed,
-        }
+def _trainer_settings(model_config: Any, optim_config: Any, precision: str, seed: int) -> dict:
+    """The core's trainer mapping: model, optimizer, precision and seed."""
+    return {
+        "model": ModelConfig.mapping(model_config, {}, "model config"),
+        "optimizer": OptimizerConfig.mapping(optim_config, {}, "optimizer config"),
+        "precision": precision,
+        "seed": seed,
+    }
+
+
+def _checkpoint(path: str | os.PathLike, kind: str) -> tuple[dict, dict]:
+    """The keyword arguments of the trainer a checkpoint of ``kind`` was saved from (model,
+    optimizer, precision, seed), and its objective's settings."""
+    found, config, objective, _ = _core.read_checkpoint_info(os.fspath(path))
+    if found != kind:
+        raise ConfigError(f"{os.fspath(path)} is a {found} checkpoint, not a {kind} one")
+    common = dict(
+        model_config=ModelConfig.from_core(config["model"]),
+        optim_config=OptimizerConfig.from_core(config["optimizer"]),
+        precision=config["precision"],
+        seed=config["seed"],
     )
+    return common, objective
 
 
 class _Trainer(CoreModule):
-    """What every trainer offers around its core object."""
+    """What every trainer offers around its core object.
+
+    ``model_config`` and ``optim_config`` hold the settings in use, as the core checked and
+    completed them."""
+
+    model_config: ModelConfig
+    optim_config: OptimizerConfig
+
+    def _read_settings(self) -> dict:
+        """Reads the model and optimizer settings back from the core; returns the objective's."""
+        config = self._core.config
+        self.model_config = ModelConfig.from_core(config["model"])
+        self.optim_config = OptimizerConfig.from_core(config["optimizer"])
+        return self._core.objective_config
 
     @property
     def step_count(self) -> int:
@@ -232,11 +166,13 @@ class SwavTrainer(_Trainer):
     prototypes are in the "head" parameter group.
 
     Args:
-        model_config: a :class:`slade.ModelConfig` (default ResNet-50/512).
-        optim_config: a :class:`OptimizerConfig` (default Adam 1e-3).
+        model_config: a :class:`slade.ModelConfig` or a dict of its fields (default
+            ``ModelConfig()``).
+        optim_config: a :class:`slade.OptimizerConfig` or a dict (default
+            ``OptimizerConfig()``).
         device: where the model lives; batches must be on it.
-        num_prototypes, temperature, epsilon, sinkhorn_iterations, freeze_prototypes_steps:
-            see :class:`SwavConfig`.
+        swav: a :class:`slade.SwavConfig` or a dict of its fields; ``**swav_fields``
+            (``num_prototypes=``, ``temperature=``, ...) override single fields.
         precision: ``"fp32"``, or ``"fp16"`` for CUDA autocast with dynamic loss scaling
             (ignored on CPU).
         seed: seeds the initial weights and prototypes.
@@ -248,44 +184,23 @@ class SwavTrainer(_Trainer):
         optim_config: OptimizerConfig | Mapping | None = None,
         *,
         device: Any = "cpu",
-        num_prototypes: int = 3000,
-        temperature: float = 0.1,
-        epsilon: float = 0.05,
-        sinkhorn_iterations: int = 3,
-        freeze_prototypes_steps: int = 0,
+        swav: SwavConfig | Mapping | None = None,
         precision: str = "fp32",
         seed: int = 0,
+        **swav_fields: Any,
     ):
-        self.model_config = config_from(model_config, ModelConfig, "model config")
-        self.optim_config = config_from(optim_config, OptimizerConfig, "optimizer config")
-        self.swav_config = SwavConfig(
-            num_prototypes=num_prototypes,
-            temperature=temperature,
-            epsilon=epsilon,
-            sinkhorn_iterations=sinkhorn_iterations,
-            freeze_prototypes_steps=freeze_prototypes_steps,
-        )
-        self._core = _core.SwavTrainer(
-            _trainer_config(self.model_config, self.optim_config, precision, seed),
-            json.dumps(dataclasses.asdict(self.swav_config)),
+        self._core = _core._SwavTrainer(
+            _trainer_settings(model_config, optim_config, precision, seed),
+            SwavConfig.mapping(swav, swav_fields, "swav"),
             device_name(device),
         )
+        self.swav_config = SwavConfig.from_core(self._read_settings())
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, *, device: Any = "cpu") -> SwavTrainer:
         """A trainer built from a checkpoint's configuration, with its state loaded."""
-        kind, config_json, swav_json, _ = _core.read_checkpoint_info(os.fspath(path))
-        if kind != "swav":
-            raise ConfigError(f"{os.fspath(path)} is a {kind} checkpoint, not a SwAV one")
-        config = json.loads(config_json)
-        trainer = cls(
-            ModelConfig(**config["model"]),
-            OptimizerConfig.from_core(config["optimizer"]),
-            device=device,
-            precision=config["precision"],
-            seed=config["seed"],
-            **json.loads(swav_json),
-        )
+        common, swav = _checkpoint(path, "swav")
+        trainer = cls(device=device, swav=swav, **common)
         trainer.load(path)
         return trainer
 
@@ -305,49 +220,6 @@ class SwavTrainer(_Trainer):
         return dict(self._core.named_parameters())["prototypes"]
 
 
-LOSSES = ("contrastive", "multi_similarity")
-
-
-def _ranking(
-    loss: str,
-    miner: bool,
-    pos_margin: float,
-    neg_margin: float,
-    alpha: float,
-    beta: float,
-    base: float,
-    epsilon: float,
-) -> dict:
-    if not isinstance(loss, str):
-        raise ConfigError(f"loss must be one of {LOSSES}, got {loss!r}")
-    return {
-        "loss": loss,
-        "miner": bool(miner),
-        "pos_margin": float(pos_margin),
-        "neg_margin": float(neg_margin),
-        "alpha": float(alpha),
-        "beta": float(beta),
-        "base": float(base),
-        "epsilon": float(epsilon),
-    }
-
-
-def _checkpoint(path: str | os.PathLike, kind: str) -> tuple[dict, dict]:
-    found, config_json, objective_json, _ = _core.read_checkpoint_info(os.fspath(path))
-    if found != kind:
-        raise ConfigError(f"{os.fspath(path)} is a {found} checkpoint, not a {kind} one")
-    return json.loads(config_json), json.loads(objective_json)
-
-
-def _common_kwargs(config: dict) -> dict:
-    return dict(
-        model_config=ModelConfig(**config["model"]),
-        optim_config=OptimizerConfig.from_core(config["optimizer"]),
-        precision=config["precision"],
-        seed=config["seed"],
-    )
-
-
 class TeacherTrainer(_Trainer):
     """The SLADE teacher (Sec 3.1; DESIGN.md §2.2): the embedding model fine-tuned with a
     ranking loss on labeled batches.
@@ -365,10 +237,10 @@ class TeacherTrainer(_Trainer):
     equal pytorch-metric-learning 2.9.0's.
 
     Args:
-        model_config: a :class:`slade.ModelConfig` (default ResNet-50/512).
-        optim_config: a :class:`OptimizerConfig` (default Adam 1e-3).
+        model_config, optim_config: as :class:`SwavTrainer`.
         device: where the model lives; images must be on it (labels may be anywhere).
-        loss, miner, pos_margin, neg_margin, alpha, beta, base, epsilon: the ranking loss.
+        ranking: a :class:`slade.RankingConfig` or a dict of its fields; ``**ranking_fields``
+            (``loss=``, ``miner=``, ``pos_margin=``, ...) override single fields.
         precision: ``"fp32"``, or ``"fp16"`` for CUDA autocast of the network with dynamic
             loss scaling (the loss runs in float32; ignored on CPU).
         seed: seeds the initial weights. A :class:`StudentTrainer` with the same model
@@ -383,31 +255,23 @@ class TeacherTrainer(_Trainer):
         optim_config: OptimizerConfig | Mapping | None = None,
         *,
         device: Any = "cpu",
-        loss: str = "contrastive",
-        miner: bool = False,
-        pos_margin: float = 0.0,
-        neg_margin: float = 1.0,
-        alpha: float = 2.0,
-        beta: float = 50.0,
-        base: float = 0.5,
-        epsilon: float = 0.1,
+        ranking: RankingConfig | Mapping | None = None,
         precision: str = "fp32",
         seed: int = 0,
+        **ranking_fields: Any,
     ):
-        self.model_config = config_from(model_config, ModelConfig, "model config")
-        self.optim_config = config_from(optim_config, OptimizerConfig, "optimizer config")
-        self.ranking_config = _ranking(loss, miner, pos_margin, neg_margin, alpha, beta, base, epsilon)
-        self._core = _core.TeacherTrainer(
-            _trainer_config(self.model_config, self.optim_config, precision, seed),
-            json.dumps(self.ranking_config),
+        self._core = _core._TeacherTrainer(
+            _trainer_settings(model_config, optim_config, precision, seed),
+            RankingConfig.mapping(ranking, ranking_fields, "ranking"),
             device_name(device),
         )
+        self.ranking_config = RankingConfig.from_core(self._read_settings())
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, *, device: Any = "cpu") -> TeacherTrainer:
         """A trainer built from a checkpoint's configuration, with its state loaded."""
-        config, ranking = _checkpoint(path, "teacher")
-        trainer = cls(device=device, **_common_kwargs(config), **ranking)
+        common, ranking = _checkpoint(path, "teacher")
+        trainer = cls(device=device, ranking=ranking, **common)
         trainer.load(path)
         return trainer
 
@@ -422,16 +286,6 @@ class TeacherTrainer(_Trainer):
     def compute_gradients(self, images: Any, labels: Any) -> dict[str, float]:
         """The first half of a step: forward, loss and backward (gradients in ``.grad``)."""
         return self._core.compute_gradients(as_tensor(images, "images"), as_tensor(labels, "labels"))
-
-
-def _threshold(value: Any, name: str) -> float | str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        return float(value)
-    raise ConfigError(
-        f"{name} must be a number or one of \"auto\", \"mu+\", \"mu-\", \"mid\", got {value!r}"
-    )
 
 
 class StudentTrainer(_Trainer):
@@ -491,11 +345,15 @@ class StudentTrainer(_Trainer):
         model_config, optim_config, device, precision, seed: as :class:`TeacherTrainer`
             (``OptimizerConfig.basis_lr`` sets the basis' learning rate).
         num_basis: B, the number of basis vectors, at least the number of labeled classes
-            (L_CE uses the first ones as class logits; the rest span unseen directions).
-        loss, miner, pos_margin, neg_margin, alpha, beta, base, epsilon: the ranking loss.
-        variant, lambda1, lambda2, basis_warmup, regularizer, num_pseudo_classes, momentum,
-        sd_margin, sd_weight, t1, t2, require_pseudo_agreement, sd_statistics, mining: see
-            above.
+            (L_CE uses the first ones as class logits; the rest span unseen directions);
+            ``None`` for ``"pseudo_only"``.
+        objective: a :class:`slade.settings.StudentObjectiveConfig` or a dict of its
+            fields; ``**fields`` override single fields: the ranking loss (``loss``,
+            ``miner``, ``pos_margin``, ``neg_margin``, ``alpha``, ``beta``, ``base``,
+            ``epsilon``), the basis (``momentum``, ``sd_margin``, ``sd_weight``,
+            ``regularizer``, ``sd_statistics``, ``num_pseudo_classes``) and ``variant``,
+            ``lambda1``, ``lambda2``, ``basis_warmup``, ``t1``, ``t2``,
+            ``require_pseudo_agreement``, ``mining`` (see above).
     """
 
     def __init__(
@@ -503,81 +361,29 @@ class StudentTrainer(_Trainer):
         model_config: ModelConfig | Mapping | None = None,
         optim_config: OptimizerConfig | Mapping | None = None,
         *,
+        num_basis: int | None,
         device: Any = "cpu",
-        num_basis: int,
-        loss: str = "contrastive",
-        variant: str = "basis_mining",
-        lambda1: float = 1.0,
-        lambda2: float = 1.0,
-        basis_warmup: int = 0,
-        regularizer: str = "sd",
-        num_pseudo_classes: int | None = None,
-        momentum: float = 0.99,
-        sd_margin: float = 0.5,
-        sd_weight: float = 1.0,
-        t1: float | str = "auto",
-        t2: float | str = "auto",
-        require_pseudo_agreement: bool = True,
-        sd_statistics: str = "batch",
-        mining: str = "basis",
-        miner: bool = False,
-        pos_margin: float = 0.0,
-        neg_margin: float = 1.0,
-        alpha: float = 2.0,
-        beta: float = 50.0,
-        base: float = 0.5,
-        epsilon: float = 0.1,
+        objective: StudentObjectiveConfig | Mapping | None = None,
         precision: str = "fp32",
         seed: int = 0,
+        **fields: Any,
     ):
-        self.model_config = config_from(model_config, ModelConfig, "model config")
-        self.optim_config = config_from(optim_config, OptimizerConfig, "optimizer config")
-        for name, value in (
-            ("num_basis", num_basis),
-            ("basis_warmup", basis_warmup),
-            ("num_pseudo_classes", 0 if num_pseudo_classes is None else num_pseudo_classes),
-        ):
-            if not isinstance(value, numbers.Integral) or isinstance(value, bool):
-                raise ConfigError(f"{name} must be an integer, got {value!r}")
-        for name, value in (
-            ("variant", variant),
-            ("regularizer", regularizer),
-            ("sd_statistics", sd_statistics),
-            ("mining", mining),
-        ):
-            if not isinstance(value, str):
-                raise ConfigError(f"{name} must be a str, got {value!r}")
-        self.student_config = {
-            "ranking": _ranking(loss, miner, pos_margin, neg_margin, alpha, beta, base, epsilon),
-            "num_basis": int(num_basis),
-            "variant": variant,
-            "lambda1": float(lambda1),
-            "lambda2": float(lambda2),
-            "basis_warmup": int(basis_warmup),
-            "regularizer": regularizer,
-            "num_pseudo_classes": None if num_pseudo_classes is None else int(num_pseudo_classes),
-            "momentum": float(momentum),
-            "sd_margin": float(sd_margin),
-            "sd_weight": float(sd_weight),
-            "t1": _threshold(t1, "t1"),
-            "t2": _threshold(t2, "t2"),
-            "require_pseudo_agreement": bool(require_pseudo_agreement),
-            "sd_statistics": sd_statistics,
-            "mining": mining,
-        }
-        self._core = _core.StudentTrainer(
-            _trainer_config(self.model_config, self.optim_config, precision, seed),
-            json.dumps(self.student_config),
+        settings = StudentObjectiveConfig.mapping(
+            objective, {**fields, "num_basis": num_basis}, "objective"
+        )
+        self._core = _core._StudentTrainer(
+            _trainer_settings(model_config, optim_config, precision, seed),
+            settings,
             device_name(device),
         )
+        self.student_config = StudentObjectiveConfig.from_core(self._read_settings())
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, *, device: Any = "cpu") -> StudentTrainer:
         """A trainer built from a checkpoint's configuration, with its state loaded."""
-        config, student = _checkpoint(path, "student")
-        kwargs = dict(student)
-        kwargs.update(kwargs.pop("ranking"))
-        trainer = cls(device=device, **_common_kwargs(config), **kwargs)
+        common, objective = _checkpoint(path, "student")
+        num_basis = objective["num_basis"]
+        trainer = cls(device=device, num_basis=num_basis, objective=objective, **common)
         trainer.load(path)
         return trainer
 
@@ -628,8 +434,9 @@ class StudentTrainer(_Trainer):
             optional_tensor(true_labels, "true_labels"),
         )
 
-    def threshold_rules(self) -> tuple[str, str]:
-        """The (T1, T2) rules in use, ``"auto"`` resolved (e.g. ``("mu+", "mu-")``)."""
+    def threshold_rules(self) -> tuple[float | str, float | str]:
+        """The (T1, T2) rules in use, ``"auto"`` resolved (e.g. ``("mu+", "mu-")``, or a
+        number)."""
         return self._core.threshold_rules()
 
     @property
@@ -647,6 +454,8 @@ class StudentTrainer(_Trainer):
 
 __all__ = [
     "OptimizerConfig",
+    "RankingConfig",
+    "StudentObjectiveConfig",
     "StudentTrainer",
     "SwavConfig",
     "SwavTrainer",

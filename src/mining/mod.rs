@@ -8,7 +8,7 @@ pub mod basis_pairs;
 pub mod multi_similarity;
 
 pub use crate::losses::{PairMasks, Pairs};
-pub use basis_pairs::{basis_pair_masks, basis_pairs, Threshold};
+pub use basis_pairs::{basis_pair_masks, basis_pairs, Side, ThresholdRule};
 pub use multi_similarity::{multi_similarity_masks, multi_similarity_miner};
 
 /// Positive and negative pairs: `(a1, p, a2, n)`.

@@ -10,6 +10,7 @@ pub mod store;
 
 use crate::bail;
 use crate::error::Result;
+use crate::settings::{invalid, Settings};
 use crate::validate;
 use layers::{l2_normalize, Builder, Linear};
 use rand_chacha::ChaCha8Rng;
@@ -30,8 +31,7 @@ pub const HEAD_PREFIX: &str = "embedding";
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelConfig {
-    /// "convnet", "resnet18" or "resnet50".
-    pub backbone: String,
+    pub backbone: BackboneKind,
     /// 1 (grayscale) or 3 (RGB).
     pub in_channels: i64,
     /// Width of the L2-normalised embedding.
@@ -39,31 +39,19 @@ pub struct ModelConfig {
 }
 
 impl Default for ModelConfig {
+    /// The small presets' network (DESIGN.md §3, the embedded default job): ConvNet, grayscale,
+    /// 128-d. The paper's ResNet-50 / RGB / 512-d is set by the paper presets.
     fn default() -> Self {
-        ModelConfig { backbone: "resnet50".into(), in_channels: 3, dim: 512 }
+        ModelConfig { backbone: BackboneKind::ConvNet, in_channels: 1, dim: 128 }
     }
 }
 
-/// The backbone architectures.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BackboneKind {
-    ConvNet,
-    ResNet18,
-    ResNet50,
-}
-
-impl std::str::FromStr for BackboneKind {
-    type Err = crate::SladeError;
-    fn from_str(name: &str) -> Result<Self> {
-        match name.to_ascii_lowercase().as_str() {
-            "convnet" => Ok(BackboneKind::ConvNet),
-            "resnet18" => Ok(BackboneKind::ResNet18),
-            "resnet50" => Ok(BackboneKind::ResNet50),
-            _ => bail!(
-                Config,
-                "unknown backbone {name:?}; choose one of \"convnet\", \"resnet18\", \"resnet50\""
-            ),
-        }
+crate::named_choice! {
+    /// The backbone architectures.
+    pub enum BackboneKind ("backbone") {
+        ConvNet = "convnet",
+        ResNet18 = "resnet18",
+        ResNet50 = "resnet50",
     }
 }
 
@@ -85,17 +73,17 @@ impl BackboneKind {
     }
 }
 
-impl ModelConfig {
-    /// Checks the fields; returns the parsed backbone.
-    pub fn validate(&self) -> Result<BackboneKind> {
-        let kind: BackboneKind = self.backbone.parse()?;
+impl Settings for ModelConfig {
+    const WHAT: &'static str = "model";
+
+    fn validate(&self) -> Result<()> {
         if self.in_channels != 1 && self.in_channels != 3 {
-            bail!(Config, "in_channels must be 1 (grayscale) or 3 (RGB), got {}", self.in_channels);
+            return Err(invalid("in_channels", "1 (grayscale) or 3 (RGB)", self.in_channels));
         }
         if self.dim < 1 {
-            bail!(Config, "dim must be a positive integer, got {}", self.dim);
+            return Err(invalid("dim", "a positive integer", self.dim));
         }
-        Ok(kind)
+        Ok(())
     }
 }
 
@@ -125,7 +113,8 @@ impl Model {
     /// A freshly initialised model (torchvision's initialisation for ResNets, torch's
     /// defaults for the head), its random values drawn from `rng`.
     pub fn new(config: &ModelConfig, device: Device, rng: &mut ChaCha8Rng) -> Result<Self> {
-        let kind = config.validate()?;
+        config.validate()?;
+        let kind = config.backbone;
         let mut store = ParamStore::new(device);
         let mut b = Builder { store: &mut store, rng, group: BACKBONE_GROUP.to_string() };
         let backbone = match kind {
@@ -313,7 +302,7 @@ mod tests {
     use rand::SeedableRng;
 
     fn model(backbone: &str, in_channels: i64) -> Model {
-        let config = ModelConfig { backbone: backbone.into(), in_channels, dim: 16 };
+        let config = ModelConfig { backbone: backbone.parse().unwrap(), in_channels, dim: 16 };
         Model::new(&config, Device::Cpu, &mut ChaCha8Rng::seed_from_u64(0)).unwrap()
     }
 
@@ -370,9 +359,12 @@ mod tests {
 
     #[test]
     fn bad_config_and_images_are_clear_errors() {
-        let bad = ModelConfig { backbone: "vgg".into(), ..Default::default() };
-        let err = Model::new(&bad, Device::Cpu, &mut ChaCha8Rng::seed_from_u64(0)).unwrap_err();
+        let err = "vgg".parse::<BackboneKind>().unwrap_err();
         assert!(matches!(err, crate::SladeError::Config(_)), "{err}");
+        assert!(err.to_string().contains("\"resnet50\""), "{err}");
+        let bad = ModelConfig { in_channels: 2, ..Default::default() };
+        let err = Model::new(&bad, Device::Cpu, &mut ChaCha8Rng::seed_from_u64(0)).unwrap_err();
+        assert!(err.to_string().starts_with("in_channels must be"), "{err}");
         let m = model("convnet", 1);
         let rgb = Tensor::zeros([2, 3, 28, 28], (Kind::Float, Device::Cpu));
         assert!(m.forward(&rgb).unwrap_err().to_string().contains("channel"));

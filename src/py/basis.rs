@@ -3,58 +3,49 @@
 //! statistics are made in place and gradients reach the module's parameters.
 
 use super::error::guard;
+use super::settings::parse_settings;
 use crate::bail;
 use crate::basis::{BasisConfig, BasisState, FeatureBasis, STATE_NAMES};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use pyo3_tch::PyTensor;
 
-/// The state tensors, in `crate::basis::STATE_NAMES` order.
+/// The state tensors by name: a dict with the keys `crate::basis::STATE_NAMES`.
 #[derive(FromPyObject)]
-pub(crate) struct StateArg(
-    PyTensor,
-    Option<PyTensor>,
-    PyTensor,
-    PyTensor,
-    PyTensor,
-    PyTensor,
-    PyTensor,
-    PyTensor,
-);
+#[pyo3(from_item_all)]
+pub(crate) struct StateArg {
+    weight: PyTensor,
+    pseudo_head: Option<PyTensor>,
+    mu_pos: PyTensor,
+    var_pos: PyTensor,
+    mu_neg: PyTensor,
+    var_neg: PyTensor,
+    updates_pos: PyTensor,
+    updates_neg: PyTensor,
+}
 
-/// (momentum, sd_margin, sd_weight, regularizer, sd_statistics).
-#[derive(FromPyObject)]
-pub(crate) struct ConfigArg(f64, f64, f64, String, String);
+/// The basis settings: a dict of `BasisConfig`'s fields, checked by the core.
+pub(crate) struct ConfigArg(BasisConfig);
 
-impl ConfigArg {
-    fn config(&self) -> crate::Result<BasisConfig> {
-        let config = BasisConfig {
-            momentum: self.0,
-            sd_margin: self.1,
-            sd_weight: self.2,
-            regularizer: self.3.parse()?,
-            sd_statistics: self.4.parse()?,
-        };
-        config.validate()?;
-        Ok(config)
+impl<'py> FromPyObject<'py> for ConfigArg {
+    fn extract_bound(settings: &Bound<'py, PyAny>) -> PyResult<Self> {
+        Ok(ConfigArg(parse_settings(settings, "")?))
     }
 }
 
 /// A core basis over the Python module's tensors.
 pub(crate) fn basis_of(state: StateArg, config: ConfigArg) -> crate::Result<FeatureBasis> {
-    let StateArg(weight, pseudo_head, mu_pos, var_pos, mu_neg, var_neg, updates_pos, updates_neg) =
-        state;
     FeatureBasis::from_parts(
-        config.config()?,
+        config.0,
         BasisState {
-            weight: weight.0,
-            pseudo_head: pseudo_head.map(|h| h.0),
-            mu_pos: mu_pos.0,
-            var_pos: var_pos.0,
-            mu_neg: mu_neg.0,
-            var_neg: var_neg.0,
-            updates_pos: updates_pos.0,
-            updates_neg: updates_neg.0,
+            weight: state.weight.0,
+            pseudo_head: state.pseudo_head.map(|h| h.0),
+            mu_pos: state.mu_pos.0,
+            var_pos: state.var_pos.0,
+            mu_neg: state.mu_neg.0,
+            var_neg: state.var_neg.0,
+            updates_pos: state.updates_pos.0,
+            updates_neg: state.updates_neg.0,
         },
     )
 }
@@ -68,7 +59,7 @@ fn basis_init<'py>(
     num_pseudo_classes: Option<i64>,
     config: ConfigArg,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let config = config.config()?;
+    let config = config.0;
     let num_basis = super::count(num_basis, "num_basis")?;
     let dim = super::count(dim, "dim")?;
     let classes = num_pseudo_classes.map(|k| super::count(k, "num_pseudo_classes")).transpose()?;

@@ -42,9 +42,10 @@ fn kmeans(
     Ok((PyTensor(result.centroids), PyTensor(result.labels), result.inertia, result.iterations))
 }
 
+/// The k-means cluster ids of the L2-normalised embeddings (`crate::cluster::pseudo_label`).
 #[pyfunction]
 #[pyo3(signature = (embeddings, k, *, iters=20, seed=0, init=InitArg::Name("k-means++".into()), tol=0.0))]
-fn pseudo_label(
+fn cluster_labels(
     py: Python<'_>,
     embeddings: PyTensor,
     k: i64,
@@ -66,7 +67,7 @@ fn nmi(py: Python<'_>, labels_a: PyTensor, labels_b: PyTensor) -> PyResult<f64> 
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(kmeans, m)?)?;
-    m.add_function(wrap_pyfunction!(pseudo_label, m)?)?;
+    m.add_function(wrap_pyfunction!(cluster_labels, m)?)?;
     m.add_function(wrap_pyfunction!(nmi, m)?)?;
     Ok(())
 }

@@ -2,8 +2,7 @@
 
 use super::basis::{basis_of, ConfigArg, StateArg};
 use super::error::guard;
-use crate::bail;
-use crate::mining::{self, Threshold};
+use crate::mining::{self, Side, ThresholdRule};
 use pyo3::prelude::*;
 use pyo3_tch::PyTensor;
 
@@ -25,21 +24,18 @@ fn multi_similarity_miner(
     Ok((PyTensor(a1), PyTensor(p), PyTensor(a2), PyTensor(n)))
 }
 
-/// `t1=` / `t2=`: "auto" or a number.
+/// `t1=` / `t2=`: a number or a rule name, read by the core's one parser.
 #[derive(FromPyObject)]
-enum ThresholdArg {
-    Name(String),
+pub(crate) enum ThresholdArg {
     Value(f64),
+    Name(String),
 }
 
 impl ThresholdArg {
-    fn threshold(self, name: &str) -> crate::Result<Threshold> {
+    fn rule(self, name: &str) -> crate::Result<ThresholdRule> {
         match self {
-            ThresholdArg::Value(v) => Ok(Threshold::Fixed(v)),
-            ThresholdArg::Name(s) if s == "auto" => Ok(Threshold::Auto),
-            ThresholdArg::Name(s) => {
-                bail!(Config, "{name} must be \"auto\" or a number, got {s:?}")
-            }
+            ThresholdArg::Value(v) => ThresholdRule::value_as(v, name),
+            ThresholdArg::Name(text) => ThresholdRule::parse_as(&text, name),
         }
     }
 }
@@ -57,7 +53,7 @@ fn basis_pairs(
     t2: ThresholdArg,
     require_pseudo_agreement: bool,
 ) -> PyResult<PairTuple> {
-    let (t1, t2) = (t1.threshold("t1")?, t2.threshold("t2")?);
+    let (t1, t2) = (t1.rule("t1")?, t2.rule("t2")?);
     let (a1, p, a2, n) = py.allow_threads(move || {
         guard(move || {
             let basis = basis_of(state, config)?;
@@ -74,8 +70,30 @@ fn basis_pairs(
     Ok((PyTensor(a1), PyTensor(p), PyTensor(a2), PyTensor(n)))
 }
 
+/// The value of threshold `rule` on `side` ("t1" or "t2") given the running means, as the
+/// miner and the student resolve it (None where its statistic is undefined).
+#[pyfunction]
+#[pyo3(signature = (rule, side, mu_pos=None, mu_neg=None))]
+fn threshold_value(
+    rule: ThresholdArg,
+    side: &str,
+    mu_pos: Option<f64>,
+    mu_neg: Option<f64>,
+) -> PyResult<Option<f64>> {
+    let side = match side {
+        "t1" => Side::T1,
+        "t2" => Side::T2,
+        other => {
+            let message = format!("side must be \"t1\" or \"t2\", got {other:?}");
+            return Err(crate::SladeError::Value(message).into());
+        }
+    };
+    Ok(rule.rule(side.name())?.resolve(side, mu_pos, mu_neg))
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(basis_pairs, m)?)?;
+    m.add_function(wrap_pyfunction!(threshold_value, m)?)?;
     m.add_function(wrap_pyfunction!(multi_similarity_miner, m)?)?;
     Ok(())
 }

@@ -8,6 +8,7 @@ mod losses;
 mod mining;
 mod nn;
 mod retrieval;
+mod settings;
 mod train;
 
 use crate::bail;
@@ -31,5 +32,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     nn::register(m)?;
     train::register(m)?;
     losses::register(m)?;
+    settings::register(m)?;
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 use super::count;
 use super::error::guard;
+use super::settings::{parse_settings, to_py};
 use crate::error::SladeError;
 use crate::nn::store::LoadReport;
 use crate::nn::{Model, ModelConfig};
@@ -53,13 +54,6 @@ pub(crate) fn report_dict<'py>(
     dict.set_item("unexpected", report.unexpected)?;
     dict.set_item("ignored", report.ignored)?;
     Ok(dict)
-}
-
-pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
-    text: &str,
-    what: &str,
-) -> crate::Result<T> {
-    serde_json::from_str(text).map_err(|e| SladeError::Config(format!("invalid {what}: {e}")))
 }
 
 /// Something that holds an embedding model: the model itself or a trainer.
@@ -127,7 +121,7 @@ pub(crate) fn load_model_state<'py, T: HoldsModel>(
 }
 
 /// Backbone + embedding head (see `crate::nn::Model`).
-#[pyclass(module = "slade._core", name = "EmbeddingModel")]
+#[pyclass(module = "slade._core", name = "_EmbeddingModel")]
 pub struct PyEmbeddingModel {
     inner: Mutex<Model>,
 }
@@ -135,9 +129,9 @@ pub struct PyEmbeddingModel {
 #[pymethods]
 impl PyEmbeddingModel {
     #[new]
-    #[pyo3(signature = (config_json, device="cpu", seed=0))]
-    fn new(py: Python<'_>, config_json: &str, device: &str, seed: u64) -> PyResult<Self> {
-        let config: ModelConfig = parse_json(config_json, "model config")?;
+    #[pyo3(signature = (config, device="cpu", seed=0))]
+    fn new(py: Python<'_>, config: &Bound<'_, PyAny>, device: &str, seed: u64) -> PyResult<Self> {
+        let config: ModelConfig = parse_settings(config, "")?;
         let device = validate::parse_device(device)?;
         let model = py.allow_threads(move || {
             guard(move || Model::new(&config, device, &mut ChaCha8Rng::seed_from_u64(seed)))
@@ -145,11 +139,13 @@ impl PyEmbeddingModel {
         Ok(PyEmbeddingModel { inner: Mutex::new(model) })
     }
 
+    /// The model's settings, every one filled in.
     #[getter]
-    fn config_json(&self, py: Python<'_>) -> PyResult<String> {
-        with_locked(py, &self.inner, |m| {
-            serde_json::to_string(m.config()).map_err(|e| SladeError::Internal(e.to_string()))
-        })
+    fn config(&self, py: Python<'_>) -> PyResult<PyObject> {
+        let value = with_locked(py, &self.inner, |m| {
+            serde_json::to_value(m.config()).map_err(|e| SladeError::Internal(e.to_string()))
+        })?;
+        to_py(py, &value)
     }
 
     #[getter]

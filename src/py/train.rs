@@ -4,15 +4,18 @@
 use super::count;
 use super::error::guard;
 use super::nn::{
-    load_backbone, load_model_state, parse_json, py_tensors, report_dict, rs_tensors, with_locked,
+    load_backbone, load_model_state, py_tensors, report_dict, rs_tensors, with_locked,
     BackboneWeights,
 };
+use super::settings::{parse_settings, to_py};
 use crate::error::SladeError;
+use crate::mining::ThresholdRule;
 use crate::nn::layers::Builder;
 use crate::nn::Model;
+use crate::settings::Settings;
 use crate::train::checkpoint;
 use crate::train::ranking::RankingConfig;
-use crate::train::student::{Student, StudentBatch, StudentConfig, ThresholdRule};
+use crate::train::student::{Student, StudentBatch, StudentObjectiveConfig};
 use crate::train::swav::{Swav, SwavConfig};
 use crate::train::teacher::{LabeledBatch, Teacher};
 use crate::train::{Metrics, Objective, Trainer, TrainerConfig};
@@ -24,26 +27,25 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use tch::Tensor;
 
-fn to_json<T: serde::Serialize>(value: &T) -> crate::Result<String> {
-    serde_json::to_string(value).map_err(|e| SladeError::Internal(e.to_string()))
+fn to_json<T: serde::Serialize>(value: &T) -> crate::Result<serde_json::Value> {
+    serde_json::to_value(value).map_err(|e| SladeError::Internal(e.to_string()))
 }
 
 fn tensors_of(tensors: Vec<PyTensor>) -> Vec<Tensor> {
     tensors.into_iter().map(|t| t.0).collect()
 }
 
-/// A trainer from the JSON of its `TrainerConfig` and of its objective's settings (`what`
-/// names the latter in errors), built with the GIL released.
-fn build<O: Objective, C: serde::de::DeserializeOwned + Send>(
+/// A trainer from the mapping of its `TrainerConfig` and that of its objective's settings,
+/// both checked by the core, built with the GIL released.
+fn build<O: Objective, C: Settings + Send>(
     py: Python<'_>,
-    config_json: &str,
-    objective_json: &str,
-    what: &str,
+    trainer: &Bound<'_, PyAny>,
+    objective_settings: &Bound<'_, PyAny>,
     device: &str,
     objective: impl FnOnce(C, &mut Builder, &Model) -> crate::Result<O> + Send,
 ) -> PyResult<Mutex<Trainer<O>>> {
-    let config: TrainerConfig = parse_json(config_json, "trainer config")?;
-    let settings: C = parse_json(objective_json, what)?;
+    let config: TrainerConfig = parse_settings(trainer, "")?;
+    let settings: C = parse_settings(objective_settings, "")?;
     let device = validate::parse_device(device)?;
     let trainer = py.allow_threads(move || {
         guard(move || Trainer::new(config, device, |b, m| objective(settings, b, m)))
@@ -80,16 +82,20 @@ macro_rules! trainer_class {
                 with_locked(py, &self.inner, |t| Ok(t.step_count()))
             }
 
+            /// The trainer's settings (model, optimizer, precision, seed), every one filled in.
             #[getter]
-            fn config_json(&self, py: Python<'_>) -> PyResult<String> {
-                with_locked(py, &self.inner, |t| to_json(t.config()))
+            fn config(&self, py: Python<'_>) -> PyResult<PyObject> {
+                let value = with_locked(py, &self.inner, |t| to_json(t.config()))?;
+                to_py(py, &value)
             }
 
+            /// The objective's settings, every one filled in.
             #[getter]
-            fn objective_json(&self, py: Python<'_>) -> PyResult<String> {
-                with_locked(py, &self.inner, |t| {
-                    Ok(crate::train::Objective::config(t.objective()).to_string())
-                })
+            fn objective_config(&self, py: Python<'_>) -> PyResult<PyObject> {
+                let value = with_locked(py, &self.inner, |t| {
+                    Ok(crate::train::Objective::config(t.objective()))
+                })?;
+                to_py(py, &value)
             }
 
             #[getter]
@@ -179,14 +185,16 @@ macro_rules! trainer_class {
     };
 }
 
-trainer_class!(PySwavTrainer, "SwavTrainer", Swav, {
+trainer_class!(PySwavTrainer, "_SwavTrainer", Swav, {
     #[new]
-    #[pyo3(signature = (config_json, swav_json, device="cpu"))]
-    fn new(py: Python<'_>, config_json: &str, swav_json: &str, device: &str) -> PyResult<Self> {
-        let inner =
-            build(py, config_json, swav_json, "SwAV config", device, |c: SwavConfig, b, m| {
-                Swav::new(c, b, m)
-            })?;
+    #[pyo3(signature = (trainer, swav, device="cpu"))]
+    fn new(
+        py: Python<'_>,
+        trainer: &Bound<'_, PyAny>,
+        swav: &Bound<'_, PyAny>,
+        device: &str,
+    ) -> PyResult<Self> {
+        let inner = build(py, trainer, swav, device, |c: SwavConfig, b, m| Swav::new(c, b, m))?;
         Ok(Self { inner })
     }
 
@@ -201,18 +209,16 @@ trainer_class!(PySwavTrainer, "SwavTrainer", Swav, {
     }
 });
 
-trainer_class!(PyTeacherTrainer, "TeacherTrainer", Teacher, {
+trainer_class!(PyTeacherTrainer, "_TeacherTrainer", Teacher, {
     #[new]
-    #[pyo3(signature = (config_json, ranking_json, device="cpu"))]
-    fn new(py: Python<'_>, config_json: &str, ranking_json: &str, device: &str) -> PyResult<Self> {
-        let inner = build(
-            py,
-            config_json,
-            ranking_json,
-            "teacher config",
-            device,
-            |c: RankingConfig, _, _| Teacher::new(c),
-        )?;
+    #[pyo3(signature = (trainer, ranking, device="cpu"))]
+    fn new(
+        py: Python<'_>,
+        trainer: &Bound<'_, PyAny>,
+        ranking: &Bound<'_, PyAny>,
+        device: &str,
+    ) -> PyResult<Self> {
+        let inner = build(py, trainer, ranking, device, |c: RankingConfig, _, _| Teacher::new(c))?;
         Ok(Self { inner })
     }
 
@@ -232,18 +238,18 @@ trainer_class!(PyTeacherTrainer, "TeacherTrainer", Teacher, {
     }
 });
 
-trainer_class!(PyStudentTrainer, "StudentTrainer", Student, {
+trainer_class!(PyStudentTrainer, "_StudentTrainer", Student, {
     #[new]
-    #[pyo3(signature = (config_json, student_json, device="cpu"))]
-    fn new(py: Python<'_>, config_json: &str, student_json: &str, device: &str) -> PyResult<Self> {
-        let inner = build(
-            py,
-            config_json,
-            student_json,
-            "student config",
-            device,
-            |c: StudentConfig, b, m| Student::new(c, b, m),
-        )?;
+    #[pyo3(signature = (trainer, student, device="cpu"))]
+    fn new(
+        py: Python<'_>,
+        trainer: &Bound<'_, PyAny>,
+        student: &Bound<'_, PyAny>,
+        device: &str,
+    ) -> PyResult<Self> {
+        let inner = build(py, trainer, student, device, |c: StudentObjectiveConfig, b, m| {
+            Student::new(c, b, m)
+        })?;
         Ok(Self { inner })
     }
 
@@ -277,12 +283,10 @@ trainer_class!(PyStudentTrainer, "StudentTrainer", Student, {
         with_locked(py, &self.inner, move |t| t.compute_gradients(&batch))
     }
 
-    /// (T1 rule, T2 rule) in use, "auto" resolved: a number or "mu+", "mu-", "mid".
-    fn threshold_rules(&self, py: Python<'_>) -> PyResult<(String, String)> {
-        with_locked(py, &self.inner, |t| {
-            let (t1, t2) = t.objective().threshold_rules();
-            Ok((rule_name(t1), rule_name(t2)))
-        })
+    /// (T1 rule, T2 rule) in use, "auto" resolved: a number or "mu+", "mu-", "mid", "all".
+    fn threshold_rules(&self, py: Python<'_>) -> PyResult<(PyObject, PyObject)> {
+        let (t1, t2) = with_locked(py, &self.inner, |t| Ok(t.objective().threshold_rules()))?;
+        Ok((rule_object(py, t1)?, rule_object(py, t2)?))
     }
 });
 
@@ -299,21 +303,20 @@ fn student_batch(
     }
 }
 
-fn rule_name(rule: ThresholdRule) -> String {
-    match rule {
-        ThresholdRule::Fixed(v) => v.to_string(),
-        ThresholdRule::MuPos => "mu+".into(),
-        ThresholdRule::MuNeg => "mu-".into(),
-        ThresholdRule::Mid => "mid".into(),
-    }
+/// A rule as Python sees it: a float or its name.
+fn rule_object(py: Python<'_>, rule: ThresholdRule) -> PyResult<PyObject> {
+    to_py(py, &to_json(&rule)?)
 }
 
-/// (trainer kind, trainer config JSON, objective config JSON, step) of a checkpoint.
+/// (trainer kind, trainer settings, objective settings, step) of a checkpoint.
 #[pyfunction]
-fn read_checkpoint_info(py: Python<'_>, path: PathBuf) -> PyResult<(String, String, String, i64)> {
+fn read_checkpoint_info(
+    py: Python<'_>,
+    path: PathBuf,
+) -> PyResult<(String, PyObject, PyObject, i64)> {
     let info = py.allow_threads(move || guard(move || checkpoint::read_info(&path)))?;
-    let config = to_json(&info.config)?;
-    Ok((info.kind, config, info.objective.to_string(), info.step))
+    let config = to_py(py, &to_json(&info.config)?)?;
+    Ok((info.kind, config, to_py(py, &info.objective)?, info.step))
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

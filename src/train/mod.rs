@@ -16,10 +16,11 @@ pub mod swav;
 pub mod teacher;
 
 use crate::bail;
-use crate::error::{Result, SladeError};
+use crate::error::Result;
 use crate::nn::layers::Builder;
 use crate::nn::store::{detached_copy, LoadOptions, LoadReport, ParamStore};
 use crate::nn::{Model, ModelConfig, BACKBONE_GROUP, HEAD_GROUP};
+use crate::settings::{within, Settings};
 use optim::{Optimizer, OptimizerConfig};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -41,8 +42,7 @@ pub type Metrics = BTreeMap<String, f64>;
 pub struct TrainerConfig {
     pub model: ModelConfig,
     pub optimizer: OptimizerConfig,
-    /// "fp32", or "fp16" for CUDA autocast with dynamic loss scaling (no effect on CPU).
-    pub precision: String,
+    pub precision: Precision,
     /// Seeds the initial weights and the trainer's random generator.
     pub seed: u64,
 }
@@ -52,27 +52,27 @@ impl Default for TrainerConfig {
         TrainerConfig {
             model: ModelConfig::default(),
             optimizer: OptimizerConfig::default(),
-            precision: "fp32".into(),
+            precision: Precision::Fp32,
             seed: 0,
         }
     }
 }
 
-/// Arithmetic of the forward pass.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Precision {
-    Fp32,
-    Fp16,
+impl Settings for TrainerConfig {
+    const WHAT: &'static str = "trainer";
+
+    fn validate(&self) -> Result<()> {
+        within("model.", self.model.validate())?;
+        within("optimizer.", self.optimizer.validate())
+    }
 }
 
-impl std::str::FromStr for Precision {
-    type Err = SladeError;
-    fn from_str(name: &str) -> Result<Self> {
-        match name.to_ascii_lowercase().as_str() {
-            "fp32" | "float32" => Ok(Precision::Fp32),
-            "fp16" | "float16" | "mixed" => Ok(Precision::Fp16),
-            _ => bail!(Config, "unknown precision {name:?}; choose \"fp32\" or \"fp16\""),
-        }
+crate::named_choice! {
+    /// Arithmetic of the forward pass.
+    pub enum Precision ("precision") {
+        Fp32 = "fp32" | "float32",
+        /// CUDA autocast with dynamic loss scaling (no effect on CPU).
+        Fp16 = "fp16" | "float16" | "mixed",
     }
 }
 
@@ -197,9 +197,9 @@ impl<O: Objective> Trainer<O> {
         device: Device,
         build: impl FnOnce(&mut Builder, &Model) -> Result<O>,
     ) -> Result<Self> {
-        let precision: Precision = config.precision.parse()?;
+        config.validate()?;
+        let precision = config.precision;
         let schedule = Schedule::from_config(&config.optimizer)?;
-        config.optimizer.rule()?;
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
         let model = Model::new(&config.model, device, &mut rng)?;
         let mut params = ParamStore::new(device);
@@ -491,9 +491,13 @@ mod tests {
 
     fn trainer(optimizer: &str) -> Trainer<Regression> {
         let config = TrainerConfig {
-            model: ModelConfig { backbone: "convnet".into(), in_channels: 1, dim: 8 },
-            optimizer: OptimizerConfig { name: optimizer.into(), lr: 0.05, ..Default::default() },
-            precision: "fp32".into(),
+            model: ModelConfig { dim: 8, ..Default::default() },
+            optimizer: OptimizerConfig {
+                name: optimizer.parse().unwrap(),
+                lr: 0.05,
+                ..Default::default()
+            },
+            precision: Precision::Fp32,
             seed: 3,
         };
         Trainer::new(config, Device::Cpu, |_, _| Ok(Regression)).unwrap()
@@ -532,9 +536,9 @@ mod tests {
         let mut t = trainer("adam");
         assert!(t.apply_gradients().is_err());
         let bad = (Tensor::zeros([6, 3, 16, 16], (Kind::Float, Device::Cpu)), batch().1);
-        assert!(matches!(t.step(&bad), Err(SladeError::Shape(_))));
+        assert!(matches!(t.step(&bad), Err(crate::SladeError::Shape(_))));
         let nan = (batch().0 * f64::NAN, batch().1);
-        assert!(matches!(t.step(&nan), Err(SladeError::NonFinite(_))));
+        assert!(matches!(t.step(&nan), Err(crate::SladeError::NonFinite(_))));
         assert_eq!(t.step_count(), 0);
     }
 

@@ -11,9 +11,11 @@
 //! Gradient clipping equals torch.nn.utils.clip_grad_norm_: the total 2-norm over all
 //! gradients, and every gradient times min(1, max_norm / (norm + 1e-6)).
 
+use super::schedule::Schedule;
 use crate::bail;
 use crate::error::Result;
 use crate::nn::store::detached_copy;
+use crate::settings::{invalid, Settings};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 use tch::{Kind, Tensor};
@@ -22,8 +24,7 @@ use tch::{Kind, Tensor};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OptimizerConfig {
-    /// "sgd", "adam" or "adamw".
-    pub name: String,
+    pub name: OptimizerName,
     /// Learning rate of every group without an entry in `group_lr`.
     pub lr: f64,
     /// Learning rate per group ("backbone", "head", "basis").
@@ -39,8 +40,8 @@ pub struct OptimizerConfig {
     pub betas: (f64, f64),
     /// Adam's epsilon.
     pub eps: f64,
-    /// "constant", "cosine" or "step" (after the warm-up).
-    pub schedule: String,
+    /// The decay after the warm-up.
+    pub schedule: ScheduleName,
     /// Linear warm-up length in steps (0: none).
     pub warmup_steps: i64,
     /// Learning-rate factor at step 0 of the warm-up (as LinearLR's start_factor).
@@ -59,7 +60,7 @@ pub struct OptimizerConfig {
 impl Default for OptimizerConfig {
     fn default() -> Self {
         OptimizerConfig {
-            name: "adam".into(),
+            name: OptimizerName::Adam,
             lr: 1e-3,
             group_lr: BTreeMap::new(),
             weight_decay: None,
@@ -68,7 +69,7 @@ impl Default for OptimizerConfig {
             nesterov: false,
             betas: (0.9, 0.999),
             eps: 1e-8,
-            schedule: "constant".into(),
+            schedule: ScheduleName::Constant,
             warmup_steps: 0,
             warmup_start_factor: 0.01,
             total_steps: None,
@@ -77,6 +78,34 @@ impl Default for OptimizerConfig {
             gamma: 0.1,
             clip_grad_norm: None,
         }
+    }
+}
+
+crate::named_choice! {
+    /// The update rule: torch.optim's SGD, Adam or AdamW.
+    pub enum OptimizerName ("optimizer") {
+        Sgd = "sgd",
+        Adam = "adam",
+        Adamw = "adamw",
+    }
+}
+
+crate::named_choice! {
+    /// The learning-rate decay after the warm-up (see `super::schedule`).
+    pub enum ScheduleName ("schedule") {
+        Constant = "constant" | "none",
+        Cosine = "cosine",
+        Step = "step",
+    }
+}
+
+impl Settings for OptimizerConfig {
+    const WHAT: &'static str = "optimizer";
+
+    fn validate(&self) -> Result<()> {
+        self.rule()?;
+        Schedule::from_config(self)?;
+        Ok(())
     }
 }
 
@@ -90,55 +119,48 @@ pub enum Rule {
 impl OptimizerConfig {
     /// Checks the optimizer fields and returns the update rule.
     pub fn rule(&self) -> Result<Rule> {
+        let non_negative = "a non-negative number";
         if !(self.lr.is_finite() && self.lr >= 0.0) {
-            bail!(Config, "lr must be a non-negative number, got {}", self.lr);
+            return Err(invalid("lr", non_negative, self.lr));
         }
         for (group, lr) in &self.group_lr {
             if !(lr.is_finite() && *lr >= 0.0) {
-                bail!(
-                    Config,
-                    "the learning rate of group {group:?} must be non-negative, got {lr}"
-                );
+                return Err(invalid(&format!("{group}_lr"), non_negative, lr));
             }
         }
         let decays = self.weight_decay.iter().chain(self.group_weight_decay.values());
         for wd in decays {
             if !(wd.is_finite() && *wd >= 0.0) {
-                bail!(Config, "weight_decay must be a non-negative number, got {wd}");
+                return Err(invalid("weight_decay", non_negative, wd));
             }
         }
         if let Some(max_norm) = self.clip_grad_norm {
             if !(max_norm.is_finite() && max_norm > 0.0) {
-                bail!(Config, "clip_grad_norm must be a positive number or None, got {max_norm}");
+                return Err(invalid("clip_grad_norm", "a positive number or None", max_norm));
             }
         }
         let adam = |decoupled| {
             let (beta1, beta2) = self.betas;
             if !((0.0..1.0).contains(&beta1) && (0.0..1.0).contains(&beta2)) {
-                bail!(Config, "betas must lie in [0, 1), got ({beta1}, {beta2})");
+                return Err(invalid("betas", "in [0, 1)", format!("({beta1}, {beta2})")));
             }
             if !(self.eps.is_finite() && self.eps >= 0.0) {
-                bail!(Config, "eps must be a non-negative number, got {}", self.eps);
+                return Err(invalid("eps", non_negative, self.eps));
             }
             Ok(Rule::Adam { beta1, beta2, eps: self.eps, decoupled })
         };
-        match self.name.to_ascii_lowercase().as_str() {
-            "sgd" => {
+        match self.name {
+            OptimizerName::Sgd => {
                 if !(self.momentum.is_finite() && self.momentum >= 0.0) {
-                    bail!(Config, "momentum must be a non-negative number, got {}", self.momentum);
+                    return Err(invalid("momentum", non_negative, self.momentum));
                 }
                 if self.nesterov && self.momentum == 0.0 {
                     bail!(Config, "nesterov momentum needs momentum > 0");
                 }
                 Ok(Rule::Sgd { momentum: self.momentum, nesterov: self.nesterov })
             }
-            "adam" => adam(false),
-            "adamw" => adam(true),
-            _ => bail!(
-                Config,
-                "unknown optimizer {:?}; choose one of \"sgd\", \"adam\", \"adamw\"",
-                self.name
-            ),
+            OptimizerName::Adam => adam(false),
+            OptimizerName::Adamw => adam(true),
         }
     }
 
@@ -522,8 +544,12 @@ mod tests {
     #[test]
     fn sgd_matches_hand_computed_momentum() {
         // p' = p - lr (mu b + g): with g = 2p, b1 = g1, b2 = mu b1 + g2.
-        let config =
-            OptimizerConfig { name: "sgd".into(), lr: 0.1, momentum: 0.5, ..Default::default() };
+        let config = OptimizerConfig {
+            name: OptimizerName::Sgd,
+            lr: 0.1,
+            momentum: 0.5,
+            ..Default::default()
+        };
         let got = quadratic_run(&config, 2);
         let p0 = 1.0f64;
         let p1 = p0 - 0.1 * 2.0 * p0;
@@ -534,7 +560,7 @@ mod tests {
     #[test]
     fn adam_first_step_moves_by_lr() {
         // After one step, Adam moves every coordinate by lr * sign(grad) (up to eps).
-        let config = OptimizerConfig { name: "adam".into(), lr: 0.01, ..Default::default() };
+        let config = OptimizerConfig { name: OptimizerName::Adam, lr: 0.01, ..Default::default() };
         let got = quadratic_run(&config, 1);
         let expected = [0.99, -1.99, 2.99];
         for (g, e) in got.iter().zip(expected) {
@@ -545,7 +571,7 @@ mod tests {
     #[test]
     fn state_round_trips_and_names_are_checked() {
         let p = Tensor::zeros([2], (Kind::Float, Device::Cpu)).set_requires_grad(true);
-        let config = OptimizerConfig { name: "adamw".into(), ..Default::default() };
+        let config = OptimizerConfig { name: OptimizerName::Adamw, ..Default::default() };
         let mut opt =
             Optimizer::new(&config, vec![("head".into(), vec![("w".into(), p.shallow_clone())])])
                 .unwrap();
@@ -562,8 +588,7 @@ mod tests {
 
     #[test]
     fn unknown_names_are_config_errors() {
-        let config = OptimizerConfig { name: "lamb".into(), ..Default::default() };
-        let err = config.rule().unwrap_err();
+        let err = "lamb".parse::<OptimizerName>().unwrap_err();
         assert!(matches!(err, crate::SladeError::Config(_)));
         assert!(err.to_string().contains("\"sgd\", \"adam\", \"adamw\""));
         let config = OptimizerConfig {

@@ -4,7 +4,6 @@
 //! Also the scalar-metrics helper the trainers share.
 
 use super::Metrics;
-use crate::bail;
 use crate::error::Result;
 use crate::losses::distance::{cosine_similarity, euclidean_distance};
 use crate::losses::{
@@ -12,15 +11,23 @@ use crate::losses::{
     MultiSimilarityParams, PairMasks,
 };
 use crate::mining::multi_similarity_masks;
+use crate::settings::{invalid, within, Settings};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-/// Settings of a ranking loss, as the Python trainers take them.
+crate::named_choice! {
+    /// Which ranking loss (DESIGN.md §2.2).
+    pub enum LossKind ("loss") {
+        Contrastive = "contrastive",
+        MultiSimilarity = "multi_similarity",
+    }
+}
+
+/// Settings of a ranking loss.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RankingConfig {
-    /// "contrastive" or "multi_similarity".
-    pub loss: String,
+    pub loss: LossKind,
     /// Mine the labeled pairs with the multi-similarity miner (else: all pairs).
     pub miner: bool,
     /// Contrastive margins (PML defaults 0 and 1).
@@ -39,7 +46,7 @@ impl Default for RankingConfig {
         let c = ContrastiveParams::default();
         let m = MultiSimilarityParams::default();
         RankingConfig {
-            loss: "contrastive".into(),
+            loss: LossKind::Contrastive,
             miner: false,
             pos_margin: c.pos_margin,
             neg_margin: c.neg_margin,
@@ -48,6 +55,43 @@ impl Default for RankingConfig {
             base: m.base,
             epsilon: 0.1,
         }
+    }
+}
+
+impl RankingConfig {
+    /// The chosen loss with its parameters.
+    pub fn kind(&self) -> RankingKind {
+        match self.loss {
+            LossKind::Contrastive => RankingKind::Contrastive(ContrastiveParams {
+                pos_margin: self.pos_margin,
+                neg_margin: self.neg_margin,
+            }),
+            LossKind::MultiSimilarity => RankingKind::MultiSimilarity(MultiSimilarityParams {
+                alpha: self.alpha,
+                beta: self.beta,
+                base: self.base,
+            }),
+        }
+    }
+}
+
+impl Settings for RankingConfig {
+    const WHAT: &'static str = "ranking";
+
+    /// The chosen loss's parameters (the other loss's are not read), and the miner's
+    /// epsilon when the miner is on.
+    fn validate(&self) -> Result<()> {
+        within(
+            "",
+            match self.kind() {
+                RankingKind::Contrastive(p) => p.check(),
+                RankingKind::MultiSimilarity(p) => p.check(),
+            },
+        )?;
+        if self.miner && !self.epsilon.is_finite() {
+            return Err(invalid("epsilon", "a finite number", self.epsilon));
+        }
+        Ok(())
     }
 }
 
@@ -67,33 +111,11 @@ pub struct RankingLoss {
 
 impl RankingLoss {
     pub fn from_config(config: &RankingConfig) -> Result<Self> {
-        let kind = match config.loss.to_ascii_lowercase().as_str() {
-            "contrastive" => {
-                let p = ContrastiveParams {
-                    pos_margin: config.pos_margin,
-                    neg_margin: config.neg_margin,
-                };
-                p.check()?;
-                RankingKind::Contrastive(p)
-            }
-            "multi_similarity" => {
-                let p = MultiSimilarityParams {
-                    alpha: config.alpha,
-                    beta: config.beta,
-                    base: config.base,
-                };
-                p.check()?;
-                RankingKind::MultiSimilarity(p)
-            }
-            other => bail!(
-                Config,
-                "unknown loss {other:?}; choose \"contrastive\" or \"multi_similarity\""
-            ),
-        };
-        if config.miner && !config.epsilon.is_finite() {
-            bail!(Value, "epsilon must be a finite number, got {}", config.epsilon);
-        }
-        Ok(RankingLoss { kind, miner_epsilon: config.miner.then_some(config.epsilon) })
+        config.validate()?;
+        Ok(RankingLoss {
+            kind: config.kind(),
+            miner_epsilon: config.miner.then_some(config.epsilon),
+        })
     }
 
     /// The loss of `embeddings` (N x D, float) over the pairs of `labels` (int64, on the
@@ -174,7 +196,7 @@ mod tests {
     }
 
     fn loss(name: &str, miner: bool) -> RankingLoss {
-        let config = RankingConfig { loss: name.into(), miner, ..Default::default() };
+        let config = RankingConfig { loss: name.parse().unwrap(), miner, ..Default::default() };
         RankingLoss::from_config(&config).unwrap()
     }
 
@@ -200,8 +222,7 @@ mod tests {
 
     #[test]
     fn unknown_loss_is_a_config_error() {
-        let config = RankingConfig { loss: "triplet".into(), ..Default::default() };
-        let err = RankingLoss::from_config(&config).unwrap_err();
+        let err = "triplet".parse::<LossKind>().unwrap_err();
         assert!(matches!(err, crate::SladeError::Config(_)), "{err}");
         assert!(err.to_string().contains("multi_similarity"), "{err}");
     }

@@ -8,7 +8,7 @@
 //!     CosineAnnealingLR(T_max=T-W, eta_min=m*lr) chained after the warm-up by SequentialLR;
 //!   - "step": gamma^floor(u / step_size), as StepLR.
 
-use super::optim::OptimizerConfig;
+use super::optim::{OptimizerConfig, ScheduleName};
 use crate::bail;
 use crate::error::Result;
 
@@ -36,11 +36,11 @@ impl Schedule {
         if config.warmup_steps > 0 && !(s > 0.0 && s <= 1.0) {
             bail!(Config, "warmup_start_factor must lie in (0, 1], got {s}");
         }
-        let decay = match config.schedule.to_ascii_lowercase().as_str() {
-            "constant" | "none" => Decay::Constant,
-            "cosine" => {
+        let decay = match config.schedule {
+            ScheduleName::Constant => Decay::Constant,
+            ScheduleName::Cosine => {
                 let Some(total_steps) = config.total_steps else {
-                    bail!(Config, "the cosine schedule needs total_steps");
+                    bail!(Config, "total_steps must be set for the cosine schedule");
                 };
                 if total_steps <= config.warmup_steps {
                     bail!(
@@ -55,7 +55,7 @@ impl Schedule {
                 }
                 Decay::Cosine { total_steps, min_factor: m }
             }
-            "step" => {
+            ScheduleName::Step => {
                 if config.step_size < 1 {
                     bail!(Config, "step_size must be >= 1, got {}", config.step_size);
                 }
@@ -64,11 +64,6 @@ impl Schedule {
                 }
                 Decay::Step { step_size: config.step_size, gamma: config.gamma }
             }
-            _ => bail!(
-                Config,
-                "unknown schedule {:?}; choose one of \"constant\", \"cosine\", \"step\"",
-                config.schedule
-            ),
         };
         Ok(Schedule { warmup_steps: config.warmup_steps, warmup_start_factor: s, decay })
     }
@@ -100,7 +95,7 @@ mod tests {
 
     fn config(schedule: &str) -> OptimizerConfig {
         OptimizerConfig {
-            schedule: schedule.into(),
+            schedule: schedule.parse().unwrap(),
             warmup_steps: 4,
             warmup_start_factor: 0.2,
             total_steps: Some(14),
@@ -127,10 +122,7 @@ mod tests {
 
     #[test]
     fn bad_schedules_are_config_errors() {
-        assert!(Schedule::from_config(&config("linear"))
-            .unwrap_err()
-            .to_string()
-            .contains("cosine"));
+        assert!("linear".parse::<ScheduleName>().unwrap_err().to_string().contains("cosine"));
         let mut c = config("cosine");
         c.total_steps = None;
         assert!(Schedule::from_config(&c).is_err());

@@ -18,8 +18,8 @@
 //!    pseudo label. T1/T2 are numbers or rules read from the running statistics after
 //!    step 3's momentum update: "mu+", "mu-", "mid" = (mu+ + mu-)/2,
 //!    "all" (no test on that side: T1 = -2, T2 = 2, outside the range of a cosine) and
-//!    "auto" = [`AUTO_THRESHOLDS`]. A rule whose statistic no batch has defined yet
-//!    mines no pair of that side.
+//!    "auto" = [`ThresholdRule::AUTO`] (the miner's [`ThresholdRule`]). A rule whose
+//!    statistic no batch has defined yet mines no pair of that side.
 //! 5. L_rank(unlabeled) on those pairs, with the labeled loss's kind (contrastive or
 //!    multi-similarity; no multi-similarity miner on top).
 //!
@@ -37,188 +37,161 @@ use super::ranking::{pair_counts, read_scalars, RankingConfig, RankingLoss};
 use super::teacher::check_labeled;
 use super::{Metrics, Objective, StepContext, BASIS_GROUP};
 use crate::bail;
-use crate::basis::{BasisConfig, BasisState, FeatureBasis, Regularizer};
+use crate::basis::{BasisConfig, BasisState, FeatureBasis, Regularizer, SdStatistics};
 use crate::error::{Result, SladeError};
 use crate::losses::PairMasks;
-use crate::mining::basis_pair_masks;
+use crate::mining::{basis_pair_masks, Side, ThresholdRule};
 use crate::nn::layers::Builder;
 use crate::nn::store::uniform;
 use crate::nn::{Model, HEAD_PREFIX};
+use crate::settings::{invalid, Settings};
 use crate::validate;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use tch::{Kind, Tensor};
 
-/// What `t1="auto"` and `t2="auto"` mean: the rules (T1, T2) used by default. The one place
-/// to change the default thresholds.
-pub const AUTO_THRESHOLDS: (&str, &str) = ("mu+", "mu-");
-
 /// Prefix of the basis' parameters and buffers (`basis.weight`, `basis.mu_pos`, ...; the
 /// names of `slade.FeatureBasis`'s state after the prefix).
 pub const BASIS_PREFIX: &str = "basis";
 
-/// How the unlabeled pairs of "basis_mining" are chosen: the method's, or a research bound.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mining {
-    /// P = {s >= T1}, N = {s <= T2} of the basis similarity (the method).
-    Basis,
-    /// The pseudo pairs that the hidden labels (`StudentBatch::true_labels`) confirm: an
-    /// upper bound on what any filter of the pseudo pairs can do.
-    Oracle,
-    /// As many pseudo pairs of each side as basis mining keeps in this batch, drawn
-    /// uniformly: what filtering by chance at the same kept fraction does.
-    Random,
-}
-
-impl std::str::FromStr for Mining {
-    type Err = SladeError;
-    fn from_str(name: &str) -> Result<Self> {
-        match name {
-            "basis" => Ok(Mining::Basis),
-            "oracle" => Ok(Mining::Oracle),
-            "random" => Ok(Mining::Random),
-            other => bail!(
-                Config,
-                "unknown mining {other:?}; choose \"basis\", \"oracle\" or \"random\""
-            ),
-        }
+crate::named_choice! {
+    /// How the unlabeled pairs of "basis_mining" are chosen: the method's, or a research bound.
+    pub enum Mining ("mining") {
+        /// P = {s >= T1}, N = {s <= T2} of the basis similarity (the method).
+        Basis = "basis",
+        /// The pseudo pairs that the hidden labels (`StudentBatch::true_labels`) confirm: an
+        /// upper bound on what any filter of the pseudo pairs can do.
+        Oracle = "oracle",
+        /// As many pseudo pairs of each side as basis mining keeps in this batch, drawn
+        /// uniformly: what filtering by chance at the same kept fraction does.
+        Random = "random",
     }
 }
 
-/// Which parts of the method run (the paper's ablation).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Variant {
-    PseudoOnly,
-    Basis,
-    BasisMining,
-}
-
-impl std::str::FromStr for Variant {
-    type Err = SladeError;
-    fn from_str(name: &str) -> Result<Self> {
-        match name {
-            "pseudo_only" => Ok(Variant::PseudoOnly),
-            "basis" => Ok(Variant::Basis),
-            "basis_mining" => Ok(Variant::BasisMining),
-            other => bail!(
-                Config,
-                "unknown variant {other:?}; choose \"pseudo_only\", \"basis\" or \"basis_mining\""
-            ),
-        }
-    }
-}
-
-/// A threshold as configured: a number or the name of a rule.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum ThresholdSetting {
-    Value(f64),
-    Rule(String),
-}
-
-/// A threshold rule, resolved each step from the basis' running statistics.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum ThresholdRule {
-    Fixed(f64),
-    /// The running mean similarity of positive pairs.
-    MuPos,
-    /// The running mean similarity of negative pairs.
-    MuNeg,
-    /// (mu+ + mu-) / 2.
-    Mid,
-}
-
-impl ThresholdRule {
-    /// Parses a setting; `which` is 0 for T1 and 1 for T2 (what "auto" stands for).
-    pub fn parse(setting: &ThresholdSetting, name: &str, which: usize) -> Result<Self> {
-        match setting {
-            ThresholdSetting::Value(v) if v.is_finite() => Ok(ThresholdRule::Fixed(*v)),
-            ThresholdSetting::Value(v) => bail!(Config, "{name} must be a finite number, got {v}"),
-            ThresholdSetting::Rule(rule) => match rule.as_str() {
-                "mu+" => Ok(ThresholdRule::MuPos),
-                "mu-" => Ok(ThresholdRule::MuNeg),
-                "mid" => Ok(ThresholdRule::Mid),
-                // Beyond the range of a cosine: every pair passes that side's test.
-                "all" => Ok(ThresholdRule::Fixed([-2.0, 2.0][which])),
-                "auto" => {
-                    let auto = [AUTO_THRESHOLDS.0, AUTO_THRESHOLDS.1][which];
-                    Self::parse(&ThresholdSetting::Rule(auto.into()), name, which)
-                }
-                other => bail!(
-                    Config,
-                    "unknown {name} rule {other:?}; pass a number or one of \"auto\", \"mu+\", \
-                     \"mu-\", \"mid\", \"all\""
-                ),
-            },
-        }
-    }
-
-    /// The threshold from the running means (None where the rule's statistic is undefined).
-    pub fn resolve(self, mu_pos: Option<f64>, mu_neg: Option<f64>) -> Option<f64> {
-        match self {
-            ThresholdRule::Fixed(v) => Some(v),
-            ThresholdRule::MuPos => mu_pos,
-            ThresholdRule::MuNeg => mu_neg,
-            ThresholdRule::Mid => Some((mu_pos? + mu_neg?) / 2.0),
-        }
+crate::named_choice! {
+    /// Which parts of the method run (the paper's ablation).
+    pub enum Variant ("variant") {
+        PseudoOnly = "pseudo_only",
+        Basis = "basis",
+        BasisMining = "basis_mining",
     }
 }
 
 /// Settings of the student objective.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct StudentConfig {
+pub struct StudentObjectiveConfig {
     /// The ranking loss of both the labeled and the unlabeled pairs.
     pub ranking: RankingConfig,
-    /// B, the number of basis vectors (the number of labeled classes; labels in [0, B)).
-    pub num_basis: i64,
-    /// "pseudo_only", "basis" or "basis_mining".
-    pub variant: String,
+    /// B, the number of basis vectors (at least the number of labeled classes; labels in
+    /// [0, B)). Needed by every variant but "pseudo_only".
+    pub num_basis: Option<i64>,
+    pub variant: Variant,
     /// Weight of the unlabeled ranking loss.
     pub lambda1: f64,
     /// Weight of L_Basis.
     pub lambda2: f64,
     /// Updates during which only the basis trains.
     pub basis_warmup: i64,
-    /// "sd", "global_ce" or "local_ce".
-    pub regularizer: String,
+    pub regularizer: Regularizer,
     /// k of the pseudo labels, for the CE regularisers.
     pub num_pseudo_classes: Option<i64>,
     /// Momentum beta of the running statistics.
     pub momentum: f64,
     pub sd_margin: f64,
     pub sd_weight: f64,
-    /// T1 and T2: a number or "auto", "mu+", "mu-", "mid", "all".
-    pub t1: ThresholdSetting,
-    pub t2: ThresholdSetting,
+    pub t1: ThresholdRule,
+    pub t2: ThresholdRule,
     pub require_pseudo_agreement: bool,
-    /// "batch" (L_SD on the batch statistics, full gradient) or "blended".
-    pub sd_statistics: String,
-    /// "basis" (the method), "oracle" or "random" (research bounds).
-    pub mining: String,
+    pub sd_statistics: SdStatistics,
+    pub mining: Mining,
 }
 
-impl Default for StudentConfig {
+impl Default for StudentObjectiveConfig {
+    /// DESIGN.md §2.4: the full method, lambda1 = lambda2 = 1, no warm-up, L_SD with the
+    /// basis defaults of [`BasisConfig`], T1/T2 "auto", pseudo-label agreement required.
     fn default() -> Self {
         let basis = BasisConfig::default();
-        StudentConfig {
+        StudentObjectiveConfig {
             ranking: RankingConfig::default(),
-            num_basis: 0,
-            variant: "basis_mining".into(),
+            num_basis: None,
+            variant: Variant::BasisMining,
             lambda1: 1.0,
             lambda2: 1.0,
             basis_warmup: 0,
-            regularizer: "sd".into(),
+            regularizer: basis.regularizer,
             num_pseudo_classes: None,
             momentum: basis.momentum,
             sd_margin: basis.sd_margin,
             sd_weight: basis.sd_weight,
-            t1: ThresholdSetting::Rule("auto".into()),
-            t2: ThresholdSetting::Rule("auto".into()),
+            t1: ThresholdRule::Auto,
+            t2: ThresholdRule::Auto,
             require_pseudo_agreement: true,
-            sd_statistics: "batch".into(),
-            mining: "basis".into(),
+            sd_statistics: basis.sd_statistics,
+            mining: Mining::Basis,
         }
+    }
+}
+
+impl StudentObjectiveConfig {
+    /// The feature basis' settings.
+    pub fn basis_config(&self) -> BasisConfig {
+        BasisConfig {
+            momentum: self.momentum,
+            sd_margin: self.sd_margin,
+            sd_weight: self.sd_weight,
+            regularizer: self.regularizer,
+            sd_statistics: self.sd_statistics,
+        }
+    }
+}
+
+impl Settings for StudentObjectiveConfig {
+    const WHAT: &'static str = "student";
+
+    /// The ranking loss' and the basis' rules, and those of the student's own settings.
+    /// `num_basis` and `num_pseudo_classes` may be left unset here (the pipeline derives
+    /// them from the data); `Student::new` requires them where they are used.
+    fn validate(&self) -> Result<()> {
+        self.ranking.validate()?;
+        self.basis_config().validate()?;
+        for (value, name) in [(self.lambda1, "lambda1"), (self.lambda2, "lambda2")] {
+            if !(value.is_finite() && value >= 0.0) {
+                return Err(invalid(name, "a finite number >= 0", value));
+            }
+        }
+        if self.basis_warmup < 0 {
+            return Err(invalid("basis_warmup", ">= 0", self.basis_warmup));
+        }
+        if self.variant == Variant::PseudoOnly && self.basis_warmup > 0 {
+            bail!(
+                Config,
+                "basis_warmup needs a feature basis; variant \"pseudo_only\" has none (use \
+                 \"basis\" or \"basis_mining\", or basis_warmup=0)"
+            );
+        }
+        if self.mining != Mining::Basis && self.variant != Variant::BasisMining {
+            bail!(
+                Config,
+                "mining \"{}\" replaces the basis mining of variant \"basis_mining\"; variant \
+                 \"{}\" mines no pairs",
+                self.mining,
+                self.variant
+            );
+        }
+        for (value, name) in
+            [(self.num_basis, "num_basis"), (self.num_pseudo_classes, "num_pseudo_classes")]
+        {
+            if let Some(count) = value.filter(|&count| count < 1) {
+                return Err(invalid(name, "a positive integer", count));
+            }
+        }
+        for (rule, name) in [(self.t1, "t1"), (self.t2, "t2")] {
+            if let ThresholdRule::Value(v) = rule {
+                ThresholdRule::value_as(v, name)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -235,94 +208,57 @@ pub struct StudentBatch {
 
 /// The student objective: its settings and the feature basis (absent for "pseudo_only").
 pub struct Student {
-    config: StudentConfig,
+    config: StudentObjectiveConfig,
     ranking: RankingLoss,
-    variant: Variant,
     basis: Option<FeatureBasis>,
-    thresholds: (ThresholdRule, ThresholdRule),
-    mining: Mining,
 }
 
 impl Student {
     /// Checks the settings and registers the basis with the builder (group "basis"): W_a
     /// (`basis.weight`, B x dim) and, for the CE regularisers, H (`basis.pseudo_head`,
     /// k x B), both drawn as torch.nn.Linear's weight; the running statistics as buffers.
-    pub fn new(config: StudentConfig, builder: &mut Builder, model: &Model) -> Result<Self> {
+    pub fn new(
+        config: StudentObjectiveConfig,
+        builder: &mut Builder,
+        model: &Model,
+    ) -> Result<Self> {
+        config.validate()?;
         let ranking = RankingLoss::from_config(&config.ranking)?;
-        let variant: Variant = config.variant.parse()?;
-        let regularizer: Regularizer = config.regularizer.parse()?;
-        for (value, name) in [(config.lambda1, "lambda1"), (config.lambda2, "lambda2")] {
-            if !(value.is_finite() && value >= 0.0) {
-                bail!(Config, "{name} must be a finite number >= 0, got {value}");
-            }
-        }
-        if config.basis_warmup < 0 {
-            bail!(Config, "basis_warmup must be >= 0, got {}", config.basis_warmup);
-        }
-        if variant == Variant::PseudoOnly && config.basis_warmup > 0 {
-            bail!(
-                Config,
-                "basis_warmup needs a feature basis; variant \"pseudo_only\" has none (use \
-                 \"basis\" or \"basis_mining\", or basis_warmup=0)"
-            );
-        }
-        let thresholds = (
-            ThresholdRule::parse(&config.t1, "t1", 0)?,
-            ThresholdRule::parse(&config.t2, "t2", 1)?,
-        );
-        let mining: Mining = config.mining.parse()?;
-        if mining != Mining::Basis && variant != Variant::BasisMining {
-            bail!(
-                Config,
-                "mining {:?} replaces the basis mining of variant \"basis_mining\"; variant                  {:?} mines no pairs",
-                config.mining,
-                config.variant
-            );
-        }
-        let basis = if variant == Variant::PseudoOnly {
+        let basis = if config.variant == Variant::PseudoOnly {
             None
         } else {
-            Some(Self::register_basis(&config, regularizer, builder, model)?)
+            Some(Self::register_basis(&config, builder, model)?)
         };
-        Ok(Student { config, ranking, variant, basis, thresholds, mining })
+        Ok(Student { config, ranking, basis })
     }
 
     fn register_basis(
-        config: &StudentConfig,
-        regularizer: Regularizer,
+        config: &StudentObjectiveConfig,
         builder: &mut Builder,
         model: &Model,
     ) -> Result<FeatureBasis> {
-        if config.num_basis < 1 {
+        let Some(b) = config.num_basis else {
             bail!(
                 Config,
-                "num_basis must be a positive integer (the number of labeled classes), got {}",
-                config.num_basis
+                "num_basis must be set for variant \"{}\": the number of basis vectors, at \
+                 least the number of labeled classes",
+                config.variant
             );
-        }
-        let basis_config = BasisConfig {
-            momentum: config.momentum,
-            sd_margin: config.sd_margin,
-            sd_weight: config.sd_weight,
-            regularizer,
-            sd_statistics: config.sd_statistics.parse()?,
         };
-        basis_config.validate().map_err(|e| SladeError::Config(e.to_string()))?;
-        let (b, dim) = (config.num_basis, model.config().dim);
+        let dim = model.config().dim;
         builder.group = BASIS_GROUP.into();
         let weight_init = uniform(builder.rng, &[b, dim], 1.0 / (dim as f64).sqrt())?;
         let weight = builder.parameter(BASIS_PREFIX, "weight", weight_init)?;
-        let pseudo_head = match (regularizer, config.num_pseudo_classes) {
+        let pseudo_head = match (config.regularizer, config.num_pseudo_classes) {
             (Regularizer::Sd, _) => None,
-            (_, Some(k)) if k >= 1 => {
+            (_, Some(k)) => {
                 let init = uniform(builder.rng, &[k, b], 1.0 / (b as f64).sqrt())?;
                 Some(builder.parameter(BASIS_PREFIX, "pseudo_head", init)?)
             }
-            (_, k) => bail!(
+            (regularizer, None) => bail!(
                 Config,
-                "regularizer {:?} needs num_pseudo_classes (the k of the pseudo labels, >= 1), \
-                 got {k:?}",
-                config.regularizer
+                "num_pseudo_classes must be set for regularizer \"{regularizer}\" (the k of \
+                 the pseudo labels, >= 1)"
             ),
         };
         let opts = |kind| (kind, tch::Device::Cpu);
@@ -339,15 +275,15 @@ impl Student {
             updates_pos: buffer("updates_pos", Kind::Int64)?,
             updates_neg: buffer("updates_neg", Kind::Int64)?,
         };
-        FeatureBasis::from_parts(basis_config, state)
+        FeatureBasis::from_parts(config.basis_config(), state)
     }
 
-    pub fn settings(&self) -> &StudentConfig {
+    pub fn settings(&self) -> &StudentObjectiveConfig {
         &self.config
     }
 
     pub fn variant(&self) -> Variant {
-        self.variant
+        self.config.variant
     }
 
     /// The feature basis (None for "pseudo_only").
@@ -357,7 +293,7 @@ impl Student {
 
     /// The (T1, T2) rules in use ("auto" resolved).
     pub fn threshold_rules(&self) -> (ThresholdRule, ThresholdRule) {
-        self.thresholds
+        (self.config.t1.on_side(Side::T1), self.config.t2.on_side(Side::T2))
     }
 
     /// The loss terms of the embeddings `f` (float32, labeled rows first) at update `step`.
@@ -405,10 +341,10 @@ impl Student {
                 ] {
                     scalars.push((format!("basis/{name}"), t.shallow_clone()));
                 }
-                if self.variant == Variant::BasisMining {
+                if self.config.variant == Variant::BasisMining {
                     let (mu_pos, mu_neg) = basis.running_means()?;
-                    let t1 = self.thresholds.0.resolve(mu_pos, mu_neg);
-                    let t2 = self.thresholds.1.resolve(mu_pos, mu_neg);
+                    let t1 = self.config.t1.resolve(Side::T1, mu_pos, mu_neg);
+                    let t2 = self.config.t2.resolve(Side::T2, mu_pos, mu_neg);
                     for (name, t) in [("threshold/t1", t1), ("threshold/t2", t2)] {
                         if let Some(value) = t {
                             metrics.insert(name.into(), value);
@@ -445,7 +381,7 @@ impl Student {
     /// The pairs of `self.mining` given the basis-mined ones and `all` pseudo pairs.
     fn bound(&self, mined: PairMasks, all: PairMasks, batch: &StudentBatch) -> Result<PairMasks> {
         let _guard = tch::no_grad_guard();
-        match self.mining {
+        match self.config.mining {
             Mining::Basis => Ok(mined),
             Mining::Oracle => {
                 let Some(truth) = &batch.true_labels else {
@@ -574,18 +510,19 @@ mod tests {
     use crate::nn::ModelConfig;
     use tch::Device;
 
-    fn trainer(config: StudentConfig) -> Result<Trainer<Student>> {
+    fn trainer(config: StudentObjectiveConfig) -> Result<Trainer<Student>> {
         let trainer_config = TrainerConfig {
-            model: ModelConfig { backbone: "convnet".into(), in_channels: 1, dim: 16 },
-            optimizer: OptimizerConfig { name: "adam".into(), lr: 3e-3, ..Default::default() },
-            precision: "fp32".into(),
+            model: ModelConfig { dim: 16, ..Default::default() },
+            optimizer: OptimizerConfig { lr: 3e-3, ..Default::default() },
+            precision: super::super::Precision::Fp32,
             seed: 5,
         };
         Trainer::new(trainer_config, Device::Cpu, |b, m| Student::new(config, b, m))
     }
 
-    fn config(variant: &str) -> StudentConfig {
-        StudentConfig { num_basis: 4, variant: variant.into(), ..Default::default() }
+    fn config(variant: &str) -> StudentObjectiveConfig {
+        let variant = variant.parse().unwrap();
+        StudentObjectiveConfig { num_basis: Some(4), variant, ..Default::default() }
     }
 
     fn batch() -> StudentBatch {
@@ -604,19 +541,21 @@ mod tests {
     }
 
     #[test]
-    fn auto_thresholds_are_the_running_means() {
-        let rules = (
-            ThresholdRule::parse(&ThresholdSetting::Rule("auto".into()), "t1", 0).unwrap(),
-            ThresholdRule::parse(&ThresholdSetting::Rule("auto".into()), "t2", 1).unwrap(),
+    fn threshold_rules_resolve_auto_and_parse_as_the_miner() {
+        let auto = trainer(config("basis_mining")).unwrap();
+        assert_eq!(
+            auto.objective().threshold_rules(),
+            (ThresholdRule::MuPos, ThresholdRule::MuNeg)
         );
-        assert_eq!(rules, (ThresholdRule::MuPos, ThresholdRule::MuNeg));
-        assert_eq!(ThresholdRule::Mid.resolve(Some(0.8), Some(0.2)), Some(0.5));
-        let all = ThresholdSetting::Rule("all".into());
-        assert_eq!(ThresholdRule::parse(&all, "t1", 0).unwrap(), ThresholdRule::Fixed(-2.0));
-        assert_eq!(ThresholdRule::parse(&all, "t2", 1).unwrap(), ThresholdRule::Fixed(2.0));
-        assert_eq!(ThresholdRule::MuPos.resolve(None, Some(0.2)), None);
-        let err = ThresholdRule::parse(&ThresholdSetting::Rule("median".into()), "t1", 0);
-        assert!(err.unwrap_err().to_string().contains("mu+"));
+        let settings: StudentObjectiveConfig =
+            serde_json::from_value(serde_json::json!({"t1": "mu-", "t2": 0.25})).unwrap();
+        assert_eq!((settings.t1, settings.t2), (ThresholdRule::MuNeg, ThresholdRule::Value(0.25)));
+        let err = crate::settings::parse::<StudentObjectiveConfig>(
+            serde_json::json!({"t1": "median"}),
+            "student.",
+        )
+        .unwrap_err();
+        assert!(err.to_string().starts_with("student.t1 must be a number or one of"), "{err}");
     }
 
     #[test]
@@ -648,7 +587,8 @@ mod tests {
 
     #[test]
     fn warmup_trains_only_the_basis() {
-        let mut t = trainer(StudentConfig { basis_warmup: 2, ..config("basis_mining") }).unwrap();
+        let mut t =
+            trainer(StudentObjectiveConfig { basis_warmup: 2, ..config("basis_mining") }).unwrap();
         let store = t.model().store();
         let conv = store.get("blocks.0.conv.weight").unwrap().tensor.copy();
         let bn = store.get("blocks.0.bn.running_mean").unwrap().tensor.copy();
@@ -670,20 +610,25 @@ mod tests {
 
     #[test]
     fn bad_settings_and_batches_are_clear_errors() {
-        let bad = |c: StudentConfig, needle: &str| {
+        let bad = |c: StudentObjectiveConfig, needle: &str| {
             let err = trainer(c).err().expect("an error").to_string();
             assert!(err.contains(needle), "{needle}: {err}");
         };
-        bad(config("everything"), "pseudo_only");
-        bad(StudentConfig { num_basis: 0, ..config("basis") }, "num_basis");
+        assert!("everything".parse::<Variant>().unwrap_err().to_string().contains("pseudo_only"));
+        bad(StudentObjectiveConfig { num_basis: Some(0), ..config("basis") }, "num_basis");
+        bad(StudentObjectiveConfig { num_basis: None, ..config("basis") }, "num_basis");
+        assert!(
+            trainer(StudentObjectiveConfig { num_basis: None, ..config("pseudo_only") }).is_ok()
+        );
         bad(
-            StudentConfig { regularizer: "global_ce".into(), ..config("basis") },
+            StudentObjectiveConfig { regularizer: Regularizer::GlobalCe, ..config("basis") },
             "num_pseudo_classes",
         );
-        bad(StudentConfig { basis_warmup: 3, ..config("pseudo_only") }, "basis_warmup");
-        bad(StudentConfig { t2: ThresholdSetting::Rule("low".into()), ..config("basis") }, "t2");
-        let mut t = trainer(StudentConfig {
-            regularizer: "local_ce".into(),
+        bad(StudentObjectiveConfig { basis_warmup: 3, ..config("pseudo_only") }, "basis_warmup");
+        bad(StudentObjectiveConfig { t2: ThresholdRule::Value(f64::NAN), ..config("basis") }, "t2");
+        bad(StudentObjectiveConfig { mining: Mining::Oracle, ..config("basis") }, "basis_mining");
+        let mut t = trainer(StudentObjectiveConfig {
+            regularizer: Regularizer::LocalCe,
             num_pseudo_classes: Some(2),
             ..config("basis_mining")
         })

@@ -17,6 +17,7 @@ use crate::error::Result;
 use crate::nn::layers::{l2_normalize, Builder};
 use crate::nn::store::uniform;
 use crate::nn::Model;
+use crate::settings::{invalid, Settings};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use tch::{Kind, Tensor};
@@ -24,6 +25,7 @@ use tch::{Kind, Tensor};
 /// Name of the prototype matrix among the trainer's parameters (group "head").
 pub const PROTOTYPES: &str = "prototypes";
 
+/// Settings of the SwAV objective.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SwavConfig {
@@ -40,9 +42,12 @@ pub struct SwavConfig {
 }
 
 impl Default for SwavConfig {
+    /// SwAV's temperature 0.1, Sinkhorn epsilon 0.05 and 3 iterations (DESIGN.md §2.1); 100
+    /// prototypes, sized for the small presets (ours; SwAV's ImageNet value, 3000, is set by
+    /// the paper presets).
     fn default() -> Self {
         SwavConfig {
-            num_prototypes: 3000,
+            num_prototypes: 100,
             temperature: 0.1,
             epsilon: 0.05,
             sinkhorn_iterations: 3,
@@ -51,26 +56,24 @@ impl Default for SwavConfig {
     }
 }
 
-impl SwavConfig {
-    pub fn validate(&self) -> Result<()> {
+impl Settings for SwavConfig {
+    const WHAT: &'static str = "swav";
+
+    fn validate(&self) -> Result<()> {
         if self.num_prototypes < 1 {
-            bail!(Config, "num_prototypes must be a positive integer, got {}", self.num_prototypes);
+            return Err(invalid("num_prototypes", "a positive integer", self.num_prototypes));
         }
         if !(self.temperature.is_finite() && self.temperature > 0.0) {
-            bail!(Config, "temperature must be a positive number, got {}", self.temperature);
+            return Err(invalid("temperature", "a positive number", self.temperature));
         }
         if !(self.epsilon.is_finite() && self.epsilon > 0.0) {
-            bail!(Config, "epsilon must be a positive number, got {}", self.epsilon);
+            return Err(invalid("epsilon", "a positive number", self.epsilon));
         }
         if self.sinkhorn_iterations < 1 {
-            bail!(Config, "sinkhorn_iterations must be >= 1, got {}", self.sinkhorn_iterations);
+            return Err(invalid("sinkhorn_iterations", ">= 1", self.sinkhorn_iterations));
         }
         if self.freeze_prototypes_steps < 0 {
-            bail!(
-                Config,
-                "freeze_prototypes_steps must be >= 0, got {}",
-                self.freeze_prototypes_steps
-            );
+            return Err(invalid("freeze_prototypes_steps", ">= 0", self.freeze_prototypes_steps));
         }
         Ok(())
     }
@@ -245,16 +248,17 @@ impl Objective for Swav {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{optim::OptimizerConfig, Trainer, TrainerConfig};
+    use super::super::optim::{OptimizerConfig, OptimizerName};
+    use super::super::{Trainer, TrainerConfig};
     use super::*;
     use crate::nn::ModelConfig;
     use tch::Device;
 
     fn trainer(freeze: i64) -> Trainer<Swav> {
         let config = TrainerConfig {
-            model: ModelConfig { backbone: "convnet".into(), in_channels: 1, dim: 16 },
-            optimizer: OptimizerConfig { name: "sgd".into(), lr: 0.1, ..Default::default() },
-            precision: "fp32".into(),
+            model: ModelConfig { dim: 16, ..Default::default() },
+            optimizer: OptimizerConfig { name: OptimizerName::Sgd, lr: 0.1, ..Default::default() },
+            precision: super::super::Precision::Fp32,
             seed: 1,
         };
         let swav = SwavConfig {
@@ -327,7 +331,7 @@ mod tests {
         assert!(dir.join("ckpt.json").exists());
         let mut other = Trainer::new(
             TrainerConfig {
-                model: ModelConfig { backbone: "convnet".into(), in_channels: 1, dim: 8 },
+                model: ModelConfig { dim: 8, ..Default::default() },
                 ..Default::default()
             },
             Device::Cpu,

@@ -92,12 +92,12 @@ mod tests {
 
     fn trainer(loss: &str, miner: bool) -> Trainer<Teacher> {
         let config = TrainerConfig {
-            model: ModelConfig { backbone: "convnet".into(), in_channels: 1, dim: 16 },
-            optimizer: OptimizerConfig { name: "adam".into(), lr: 3e-3, ..Default::default() },
-            precision: "fp32".into(),
+            model: ModelConfig { dim: 16, ..Default::default() },
+            optimizer: OptimizerConfig { lr: 3e-3, ..Default::default() },
+            precision: super::super::Precision::Fp32,
             seed: 2,
         };
-        let ranking = RankingConfig { loss: loss.into(), miner, ..Default::default() };
+        let ranking = RankingConfig { loss: loss.parse().unwrap(), miner, ..Default::default() };
         Trainer::new(config, Device::Cpu, |_, _| Teacher::new(ranking)).unwrap()
     }
 

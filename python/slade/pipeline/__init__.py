@@ -8,7 +8,7 @@ given an ``out`` folder:
 - :func:`train_teacher` (``teacher.py``): ranking loss on the labeled images (Sec 3.1).
 - :func:`pseudo_label` (``pseudo_labels.py``): k-means of the teacher's embeddings of the
   unlabeled images (Sec 3.2). Called with a tensor of embeddings instead of a model it is
-  :func:`slade.cluster.pseudo_label`.
+  :func:`slade.cluster.cluster_labels`.
 - :func:`train_student` (``student.py``): labels + pseudo labels + feature basis (Sec 3.3).
 - :func:`evaluate` (``evaluate.py``): MAP@R, R-Precision, P@1, Recall@K and NMI on the test
   (or validation) split (Musgrave et al. 2020); :func:`diagnose` (``diagnose.py``): does

@@ -94,7 +94,7 @@ def pseudo_label(
     """Pseudo labels by k-means (Sec 3.2), from embeddings or from a model and data.
 
     - ``pseudo_label(embeddings, k, iters=20, seed=0, init="k-means++", tol=0.0)`` with a
-      tensor or array: :func:`slade.cluster.pseudo_label`, returns the ``(N,)`` labels.
+      tensor or array: :func:`slade.cluster.cluster_labels`, returns the ``(N,)`` labels.
     - ``pseudo_label(teacher, data, k=None, config=..., out=...)`` with a trainer, model or
       checkpoint path: embeds ``data.unlabeled`` (a SemiSupervisedData, or any dataset of
       images) with the model, clusters the L2-normalised embeddings into ``k`` clusters
@@ -108,7 +108,7 @@ def pseudo_label(
             k = data
         if k is None:
             raise InvalidArgumentError("pseudo_label(embeddings, k): k is required")
-        return cluster.pseudo_label(source, k, **kmeans_options)
+        return cluster.cluster_labels(source, k, **kmeans_options)
     config = as_config(config)
     k = config.pseudo_labels.k if k is None else k
     if out is not None and (Path(out) / "pseudo_labels.json").exists():

@@ -17,12 +17,11 @@ from .._images import (
     derive_seed,
     training_images,
 )
-from ..config import Config
+from ..config import Config, stage_optimizer
 from ..errors import ConfigError
 from .data_loading import data_or_load
 from .inputs import as_config
 from .stages import SSL, Callback, stage_files, train_loop
-from .teacher import _optimizer
 
 
 def train_ssl(
@@ -77,7 +76,7 @@ def _swav_trainer(config: Config) -> Any:
     s = config.ssl
     return train.SwavTrainer(
         config.model,
-        _optimizer(s),
+        stage_optimizer(s),
         device=config.device,
         num_prototypes=s.num_prototypes,
         temperature=s.temperature,

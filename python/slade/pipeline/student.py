@@ -9,13 +9,12 @@ import torch
 
 from .. import train
 from .._images import STAGE_CODES, StepBatches, derive_seed, training_images
-from ..config import Config
+from ..config import Config, stage_optimizer
 from ..errors import ConfigError, InvalidArgumentError
 from .data_loading import data_or_load
 from .inputs import as_config, as_model
 from .pseudo_labels import PseudoLabels
 from .stages import Callback, StageFiles, stage_files, student_id, train_loop
-from .teacher import _optimizer, _ranking
 
 
 def _student_trainer(config: Config, num_basis: int, k: int) -> Any:
@@ -28,26 +27,13 @@ def _student_trainer(config: Config, num_basis: int, k: int) -> Any:
     pseudo_classes = s.num_pseudo_classes if s.num_pseudo_classes is not None else k
     return train.StudentTrainer(
         config.model,
-        _optimizer(s),
-        device=config.device,
+        stage_optimizer(s),
+        objective=s,
         num_basis=s.num_basis if s.num_basis is not None else num_basis,
-        variant=s.variant,
-        lambda1=s.lambda1,
-        lambda2=s.lambda2,
-        basis_warmup=s.basis_warmup,
-        regularizer=s.regularizer,
         num_pseudo_classes=pseudo_classes if s.regularizer != "sd" else None,
-        momentum=s.momentum,
-        sd_margin=s.sd_margin,
-        sd_weight=s.sd_weight,
-        t1=s.t1,
-        t2=s.t2,
-        require_pseudo_agreement=s.require_pseudo_agreement,
-        sd_statistics=s.sd_statistics,
-        mining=s.mining,
+        device=config.device,
         precision=config.precision,
         seed=config.seed,
-        **_ranking(s),
     )
 
 

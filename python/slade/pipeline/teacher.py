@@ -1,53 +1,27 @@
-"""Stage ``teacher``: a ranking loss on m-per-class batches of labeled images (Sec 3.1).
-
-Also the settings every trainer of the pipeline shares: its optimizer and ranking loss
-from a config section.
-"""
+"""Stage ``teacher``: a ranking loss on m-per-class batches of labeled images (Sec 3.1)."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any, Iterator
 
 from .. import train
 from .._images import STAGE_CODES, StepBatches, derive_seed, training_images
-from ..config import Config
+from ..config import Config, stage_optimizer
 from .data_loading import data_or_load
 from .inputs import as_config
 from .stages import TEACHER, Callback, stage_files, train_loop
-
-
-def _optimizer(section: Any) -> train.OptimizerConfig:
-    """The section's optimizer; a cosine schedule without ``total_steps`` spans the stage."""
-    optimizer = dataclasses.replace(section.optimizer)
-    if optimizer.schedule == "cosine" and optimizer.total_steps is None:
-        optimizer.total_steps = max(1, section.steps)
-    return optimizer
-
-
-def _ranking(section: Any) -> dict[str, Any]:
-    return {
-        "loss": section.loss,
-        "miner": section.miner,
-        "pos_margin": section.pos_margin,
-        "neg_margin": section.neg_margin,
-        "alpha": section.alpha,
-        "beta": section.beta,
-        "base": section.base,
-        "epsilon": section.epsilon,
-    }
 
 
 def _teacher_trainer(config: Config) -> Any:
     t = config.teacher
     return train.TeacherTrainer(
         config.model,
-        _optimizer(t),
+        stage_optimizer(t),
+        ranking=t,
         device=config.device,
         precision=config.precision,
         seed=config.seed,
-        **_ranking(t),
     )
 
 
