@@ -12,7 +12,6 @@ from __future__ import annotations
 import gzip
 import io
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,7 +28,6 @@ from data_layouts import (
     write_inshop,
     write_nabirds,
 )
-
 from slade.data import (
     PRESET,
     PROTOCOLS,

@@ -15,7 +15,8 @@ through the dataset's own transform, one seeded generator per image.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import torch

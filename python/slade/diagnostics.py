@@ -25,7 +25,8 @@ honest measure of the terms' scale for choosing lambda1 and lambda2.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 

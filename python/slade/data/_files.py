@@ -12,8 +12,9 @@ import io
 import os
 import struct
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import Any, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError

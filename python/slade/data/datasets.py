@@ -16,8 +16,9 @@ from __future__ import annotations
 import functools
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -509,7 +510,7 @@ class Fashion200k(ImageFileDataset):
         _adopt(self, full)
         self.descriptions = descriptions
 
-    def _take(self, rows: np.ndarray) -> "Fashion200k":
+    def _take(self, rows: np.ndarray) -> Fashion200k:
         clone = super()._take(rows)
         clone.descriptions = [self.descriptions[i] for i in rows]
         return clone
