@@ -1,8 +1,36 @@
-"""Type stubs of the Rust extension ``slade._core``."""
+"""Type stubs of the Rust extension ``slade._core``, checked against the built module by
+``python -m mypy.stubtest slade._core`` (scripts/lint.sh). Its classes are PyO3 classes:
+constructed by ``__new__``, not subclassable (``@final``). A default that is a Rust expression
+shows as ``...`` at runtime, so the stub writes ``...`` too and names the value in a comment."""
 
-from typing import Any
+from typing import Any, final
 
 import torch
+from typing_extensions import Self
+
+__all__ = [
+    "EmbeddingModel",
+    "StudentTrainer",
+    "SwavTrainer",
+    "TeacherTrainer",
+    "__version__",
+    "basis_init",
+    "basis_loss",
+    "basis_pairs",
+    "basis_representation",
+    "basis_similarity",
+    "contrastive_loss",
+    "kmeans",
+    "knn",
+    "multi_similarity_loss",
+    "multi_similarity_loss_with_miner",
+    "multi_similarity_miner",
+    "nmi",
+    "pseudo_label",
+    "read_checkpoint_info",
+    "retrieval_metrics",
+    "triplet_margin_loss",
+]
 
 __version__: str
 
@@ -26,8 +54,9 @@ def retrieval_metrics(
     nmi: bool = False,
 ) -> dict[str, float]: ...
 
+@final
 class EmbeddingModel:
-    def __init__(self, config_json: str, device: str = "cpu", seed: int = 0) -> None: ...
+    def __new__(cls, config_json: str, device: str = "cpu", seed: int = 0) -> Self: ...
     @property
     def config_json(self) -> str: ...
     @property
@@ -93,18 +122,21 @@ class _Trainer:
     def save(self, path: str) -> None: ...
     def load(self, path: str) -> None: ...
 
+@final
 class SwavTrainer(_Trainer):
-    def __init__(self, config_json: str, swav_json: str, device: str = "cpu") -> None: ...
+    def __new__(cls, config_json: str, swav_json: str, device: str = "cpu") -> Self: ...
     def step(self, crops: list[torch.Tensor]) -> dict[str, float]: ...
     def compute_gradients(self, crops: list[torch.Tensor]) -> dict[str, float]: ...
 
+@final
 class TeacherTrainer(_Trainer):
-    def __init__(self, config_json: str, ranking_json: str, device: str = "cpu") -> None: ...
+    def __new__(cls, config_json: str, ranking_json: str, device: str = "cpu") -> Self: ...
     def step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]: ...
     def compute_gradients(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]: ...
 
+@final
 class StudentTrainer(_Trainer):
-    def __init__(self, config_json: str, student_json: str, device: str = "cpu") -> None: ...
+    def __new__(cls, config_json: str, student_json: str, device: str = "cpu") -> Self: ...
     def step(
         self,
         labeled_images: torch.Tensor,
@@ -130,7 +162,7 @@ def kmeans(
     *,
     iters: int = 20,
     seed: int = 0,
-    init: str | torch.Tensor = "k-means++",
+    init: str | torch.Tensor = ...,  # "k-means++"
     tol: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, float, int]: ...
 def pseudo_label(
@@ -139,7 +171,7 @@ def pseudo_label(
     *,
     iters: int = 20,
     seed: int = 0,
-    init: str | torch.Tensor = "k-means++",
+    init: str | torch.Tensor = ...,  # "k-means++"
     tol: float = 0.0,
 ) -> torch.Tensor: ...
 def nmi(labels_a: torch.Tensor, labels_b: torch.Tensor) -> float: ...
@@ -213,7 +245,7 @@ def triplet_margin_loss(
     embeddings: torch.Tensor,
     labels: torch.Tensor | None = None,
     *,
-    margin: float = 0.05,
+    margin: float = ...,  # 0.05
     pairs: list[torch.Tensor] | None = None,
 ) -> torch.Tensor: ...
 def multi_similarity_miner(
