@@ -15,6 +15,20 @@ python -m ruff check --quiet .
 echo "-- mypy"
 python -m mypy
 echo "-- stubtest slade._core"
+# stubtest checks the stub found beside the imported extension (a PEP 561 package) and
+# passes silently when it finds none (_core is a private name): make sure it is this tree's.
+python - <<'PY'
+import filecmp
+from pathlib import Path
+
+import slade._core as core
+
+stub = Path(core.__file__).with_name("_core.pyi")
+assert stub.is_file(), f"no _core.pyi beside {core.__file__}"
+assert filecmp.cmp(stub, "python/slade/_core.pyi", shallow=False), (
+    f"{stub} differs from python/slade/_core.pyi: rerun scripts/setup.sh"
+)
+PY
 python -m mypy.stubtest slade._core
 echo "-- cargo clippy"
 # The python feature takes in src/py/; --all-targets the unit tests and examples/.
