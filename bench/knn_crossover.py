@@ -40,8 +40,8 @@ def main() -> None:
     for dim in args.dims:
         centres = torch.randn(100, dim, generator=g) * 3
         x = centres[torch.randint(0, 100, (args.n,), generator=g)] + torch.randn(args.n, dim, generator=g)
-        t_tree, (_, i_tree) = best_time(lambda: slade.knn(x, k=args.k, engine="kdtree"))
-        t_gemm, (_, i_gemm) = best_time(lambda: slade.knn(x, k=args.k, engine="gemm"))
+        t_tree, (_, i_tree) = best_time(lambda x=x: slade.knn(x, k=args.k, engine="kdtree"))
+        t_gemm, (_, i_gemm) = best_time(lambda x=x: slade.knn(x, k=args.k, engine="gemm"))
         assert torch.equal(i_tree, i_gemm), f"engines disagree at dim {dim}"
         print(f"{dim:>4} {t_tree:9.3f} {t_gemm:8.3f} {t_gemm / t_tree:12.2f}")
         if t_tree < t_gemm:

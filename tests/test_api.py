@@ -4,7 +4,6 @@ reproducible batch and augmentation streams it is built on."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +14,6 @@ from torchvision.transforms import functional as TF
 import slade
 from slade import _images
 from slade import PseudoLabels
-
 
 needs_fashion = pytest.mark.usefixtures("fashion_mnist_root")
 
@@ -335,10 +333,10 @@ def test_batch_shifts_are_per_image_random_shifts_with_zero_fill():
     for original, result in zip(images, shifted):
         padded = TF.pad(torch.from_numpy(original)[None], [2])[0].numpy()
         matches = [
-            (t, l)
-            for t in range(5)
-            for l in range(5)
-            if np.array_equal(padded[t : t + 9, l : l + 7], result)
+            (top, left)
+            for top in range(5)
+            for left in range(5)
+            if np.array_equal(padded[top : top + 9, left : left + 7], result)
         ]
         assert len(matches) == 1
         found.add(matches[0])

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+import slade
 from data_layouts import (
     close_colour,
     colour,
@@ -27,8 +28,6 @@ from data_layouts import (
     write_nabirds,
     write_omniglot_zip,
 )
-
-import slade
 from slade.data import (
     CUB200,
     UNLABELED,

@@ -62,7 +62,10 @@ def test_unlabeled_indices_are_never_drawn():
 
 def test_seeded_and_epoch_wise_deterministic():
     labels = _labels([5, 7, 9, 11])
-    make = lambda seed: MPerClassSampler(labels, m=2, batch_size=4, num_batches=10, seed=seed)
+
+    def make(seed):
+        return MPerClassSampler(labels, m=2, batch_size=4, num_batches=10, seed=seed)
+
     first, second = make(3), make(3)
     assert list(first) == list(second)
     epoch_one = list(first)

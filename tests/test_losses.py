@@ -4,7 +4,6 @@ bad input."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from pytorch_metric_learning import losses as pml_losses

@@ -158,7 +158,8 @@ def test_frozen_backbone_is_skipped_like_grad_none():
     config = slade.OptimizerConfig(name="adam", lr=1e-2, weight_decay=0.01)
 
     def make(groups):
-        return torch.optim.Adam([{"params": groups["backbone"]}, {"params": groups["head"]}], lr=1e-2, weight_decay=0.01)
+        params = [{"params": groups["backbone"]}, {"params": groups["head"]}]
+        return torch.optim.Adam(params, lr=1e-2, weight_decay=0.01)
 
     trainer, optimizer, mirror = run_against_torch(config, make, steps=4, freeze_backbone_at=2)
     state = trainer.optimizer_state()

@@ -248,7 +248,11 @@ def test_bad_inputs_raise_clear_errors():
         (lambda: slade.retrieval_metrics(x, labels, x), slade.InvalidArgumentError, "reference_labels"),
         (lambda: slade.retrieval_metrics(x, labels, None, labels), slade.InvalidArgumentError, "reference"),
         (lambda: slade.retrieval_metrics(x, labels, x[:, :3], labels), slade.ShapeError, "dim"),
-        (lambda: slade.retrieval_metrics(x, labels, k=100), slade.InvalidArgumentError, "larger than the reference set"),
+        (
+            lambda: slade.retrieval_metrics(x, labels, k=100),
+            slade.InvalidArgumentError,
+            "larger than the reference set",
+        ),
         (lambda: slade.retrieval_metrics(x, labels, k=2), slade.InvalidArgumentError, "smaller than"),
         (lambda: slade.retrieval_metrics(x, labels, recall_at=(0,)), slade.InvalidArgumentError, "recall_at"),
         (lambda: slade.retrieval_metrics(x, labels, recall_at=(50,)), slade.InvalidArgumentError, "recall_at"),

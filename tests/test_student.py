@@ -9,7 +9,13 @@ import pytest
 import torch
 
 import slade
-from reference_slade import ReferenceBasis, ReferenceStudent, param_groups, reference_model, sync_from
+from reference_slade import (
+    ReferenceBasis,
+    ReferenceStudent,
+    param_groups,
+    reference_model,
+    sync_from,
+)
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 APPROX = dict(rel=1e-5, abs=1e-5)
@@ -328,7 +334,9 @@ def test_short_run_decreases_the_loss():
 
 
 def _trainer(**kw):
-    optim = slade.OptimizerConfig(name="adam", lr=1e-3, basis_lr=1e-2, schedule="cosine", warmup_steps=2, total_steps=10)
+    optim = slade.OptimizerConfig(
+        name="adam", lr=1e-3, basis_lr=1e-2, schedule="cosine", warmup_steps=2, total_steps=10
+    )
     return student(optim=optim, seed=kw.pop("seed", 5), basis_warmup=1, **kw)
 
 

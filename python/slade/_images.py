@@ -15,7 +15,8 @@ through the dataset's own transform, one seeded generator per image.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any, Callable, cast
 
 import numpy as np
 import torch
@@ -249,7 +250,7 @@ def training_images(dataset: Any, augment: str, num_workers: int) -> TensorImage
     """The batch source of a training part: tensors when possible (``augment="auto"``)."""
     shift = tensor_shift(dataset) if augment == "auto" else None
     if shift is not None:
-        return TensorImages(as_image_dataset(dataset).images, shift)
+        return TensorImages(cast(ImageTensorDataset, as_image_dataset(dataset)).images, shift)
     return TransformImages(dataset, num_workers)
 
 
@@ -275,23 +276,26 @@ class StepBatches:
             self._loaded = None
         else:
             self._pending: list[list[int]] = []
-            self._loaded = source.loader(self._keyed(indices, seed, start))
+            self._loaded = source.loader(self._keyed(source, indices, seed, start))
         self.seed = seed
 
-    def _keyed(self, indices: Iterator[list[int]], seed: int, start: int) -> Iterator[list]:
+    def _keyed(
+        self, source: TransformImages, indices: Iterator[list[int]], seed: int, start: int
+    ) -> Iterator[list]:
         step = start
         for batch in indices:
             self._pending.append(batch)
-            yield self.source.keyed(batch, derive_seed(seed, step))
+            yield source.keyed(batch, derive_seed(seed, step))
             step += 1
 
     def __iter__(self) -> StepBatches:
         return self
 
-    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def __next__(self) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor]:
+        """Images (a tensor, or a list of crops for a multi-crop transform) and labels."""
         if self._loaded is None:
             batch = next(self._indices)
-            images = self.source.batch(batch, derive_seed(self.seed, self.step))
+            images = cast(TensorImages, self.source).batch(batch, derive_seed(self.seed, self.step))
         else:
             images = next(self._loaded)
             batch = self._pending.pop(0)
@@ -343,8 +347,8 @@ def embed_dataset(
         loader = DataLoader(
             as_image_dataset(dataset), batch_size=batch_size, shuffle=False, num_workers=num_workers
         )
-        iterator = progress(iter(loader), len(loader), description) if progress else loader
-        for x, _ in iterator:
+        batches = progress(iter(loader), len(loader), description) if progress else loader
+        for x, _ in batches:
             parts.append(model.embed(x.to(device), batch_size=batch_size).cpu())
     if not parts:
         raise ValueError("cannot embed an empty dataset")

@@ -25,7 +25,8 @@ honest measure of the terms' scale for choosing lambda1 and lambda2.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -207,10 +208,11 @@ def gradient_norms(
     fu = torch.as_tensor(emb_unlabeled).detach().float().cpu().requires_grad_(True)
     labels = torch.as_tensor(labels).to(torch.int64).cpu()
     pseudo = torch.as_tensor(pseudo_labels).to(torch.int64).cpu()
-    margins = {"pos_margin": pos_margin, "neg_margin": neg_margin}
     terms = {
-        "rank_l": losses.contrastive(fl, labels, **margins),
-        "rank_u": losses.contrastive(fu, pseudo, pairs=pairs, **margins),
+        "rank_l": losses.contrastive(fl, labels, pos_margin=pos_margin, neg_margin=neg_margin),
+        "rank_u": losses.contrastive(
+            fu, pseudo, pairs=pairs, pos_margin=pos_margin, neg_margin=neg_margin
+        ),
     }
     if basis is not None:
         _, parts = basis.loss(fl, labels, fu, pseudo)

@@ -6,7 +6,8 @@ pytorch-metric-learning's ``AccuracyCalculator(k="max_bin_count")`` on the same 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 

@@ -12,8 +12,9 @@ import io
 import os
 import struct
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import Any, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -171,7 +172,7 @@ def record_field(path: Path, records: Any, field: str) -> np.ndarray:
     return records[field]
 
 
-_IDX_DTYPES = {
+_IDX_DTYPES: dict[int, np.dtype] = {
     0x08: np.dtype(np.uint8),
     0x09: np.dtype(np.int8),
     0x0B: np.dtype(">i2"),

@@ -8,8 +8,9 @@ an int indexing ``classes``. ``labels`` holds all labels as an int64 tensor.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -18,6 +19,9 @@ from torch.utils.data import Dataset
 
 from ..errors import DtypeError, InvalidArgumentError, ShapeError
 from ._files import load_image
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 #: The label an unlabeled dataset returns in place of a class.
 UNLABELED = -1
@@ -76,7 +80,10 @@ class ImageDataset(Dataset):
         transform: applied to each PIL image on access (a torchvision transform or any callable).
         extras: per-image metadata (numpy arrays of length N, e.g. Omniglot's ``drawer``),
             kept aligned through :meth:`subset`.
+        root: the folder the images were read from, where there is one.
     """
+
+    root: Path | None = None
 
     def __init__(
         self,
@@ -105,7 +112,7 @@ class ImageDataset(Dataset):
         """The decoded image ``index`` before ``transform``."""
         raise NotImplementedError
 
-    def _take(self, rows: np.ndarray) -> "ImageDataset":
+    def _take(self, rows: np.ndarray) -> Self:
         """A shallow copy holding only the images ``rows`` (labels are set by the caller)."""
         raise NotImplementedError
 
@@ -131,13 +138,13 @@ class ImageDataset(Dataset):
     def class_to_idx(self) -> dict[str, int]:
         return {name: i for i, name in enumerate(self.classes)}
 
-    def with_transform(self, transform: Transform | None) -> "ImageDataset":
+    def with_transform(self, transform: Transform | None) -> Self:
         """The same images and labels with another transform (the data is shared, not copied)."""
         clone = copy.copy(self)
         clone.transform = transform
         return clone
 
-    def subset(self, indices: Any, relabel: bool = True) -> "ImageDataset":
+    def subset(self, indices: Any, relabel: bool = True) -> Self:
         """The images ``indices`` (ints or a boolean mask), as a dataset of the same type.
 
         With ``relabel`` (default) the classes are narrowed to those present and labels
@@ -155,7 +162,7 @@ class ImageDataset(Dataset):
         clone.labels = labels
         return clone
 
-    def with_labels(self, labels: Any, classes: Sequence[str] | None = None) -> "ImageDataset":
+    def with_labels(self, labels: Any, classes: Sequence[str] | None = None) -> Self:
         """The same images with other labels, e.g. k-means pseudo labels.
 
         ``classes`` defaults to ``["cluster_0", ..., "cluster_{K-1}"]`` with K = max label + 1.
@@ -230,7 +237,7 @@ class ImageFileDataset(ImageDataset):
     def load_image(self, index: int) -> Image.Image:
         return load_image(self.paths[index], self.mode, self.listed_in)
 
-    def _take(self, rows: np.ndarray) -> "ImageFileDataset":
+    def _take(self, rows: np.ndarray) -> Self:
         clone = copy.copy(self)
         clone.paths = [self.paths[i] for i in rows]
         return clone
@@ -268,7 +275,7 @@ class ImageTensorDataset(ImageDataset):
     def load_image(self, index: int) -> Image.Image:
         return Image.fromarray(self.images[index].numpy())  # 2-D uint8 -> "L", (H, W, 3) -> "RGB"
 
-    def _take(self, rows: np.ndarray) -> "ImageTensorDataset":
+    def _take(self, rows: np.ndarray) -> Self:
         clone = copy.copy(self)
         clone.images = self.images[torch.from_numpy(rows)]
         return clone
@@ -315,13 +322,13 @@ class UnlabeledDataset(Dataset):
     def load_image(self, index: int) -> Image.Image:
         return self._images.load_image(index)
 
-    def with_transform(self, transform: Transform | None) -> "UnlabeledDataset":
+    def with_transform(self, transform: Transform | None) -> UnlabeledDataset:
         return UnlabeledDataset(self._images.with_transform(transform), self._labels_known)
 
-    def subset(self, indices: Any) -> "UnlabeledDataset":
+    def subset(self, indices: Any) -> UnlabeledDataset:
         return UnlabeledDataset(self._images.subset(indices, relabel=False), self._labels_known)
 
-    def with_images(self, images: ImageDataset) -> "UnlabeledDataset":
+    def with_images(self, images: ImageDataset) -> UnlabeledDataset:
         """This pool plus ``images`` (their labels become hidden labels, or are dropped
         where this pool has none)."""
         if not self._labels_known:
@@ -419,20 +426,25 @@ def concat(first: ImageDataset, second: ImageDataset) -> ImageDataset:
     second_labels = torch.where(
         second.labels >= 0, remap[second.labels.clamp(min=0)], second.labels
     )
-    clone = copy.copy(first)
-    if isinstance(first, ImageTensorDataset):
+    clone: ImageDataset
+    if isinstance(first, ImageTensorDataset) and isinstance(second, ImageTensorDataset):
         if first.images.shape[1:] != second.images.shape[1:]:
             raise ShapeError(
                 f"cannot concatenate images of shape {tuple(first.images.shape[1:])} "
                 f"and {tuple(second.images.shape[1:])}"
             )
-        clone.images = torch.cat([first.images, second.images])
+        tensors = copy.copy(first)
+        tensors.images = torch.cat([first.images, second.images])
+        clone = tensors
     else:
+        assert isinstance(first, ImageFileDataset) and isinstance(second, ImageFileDataset)
         if first.mode != second.mode:
             raise InvalidArgumentError(
                 f"cannot concatenate {first.mode} and {second.mode} image files"
             )
-        clone.paths = first.paths + second.paths
+        listed = copy.copy(first)
+        listed.paths = first.paths + second.paths
+        clone = listed
     clone.labels = torch.cat([first.labels, second_labels])
     clone.classes = classes
     clone.extras = {

@@ -16,8 +16,9 @@ from __future__ import annotations
 import functools
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -43,6 +44,9 @@ from ._files import (
     zip_members,
 )
 from .base import UNLABELED, ImageFileDataset, ImageTensorDataset, Transform
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = [
     "CUB200",
@@ -509,7 +513,7 @@ class Fashion200k(ImageFileDataset):
         _adopt(self, full)
         self.descriptions = descriptions
 
-    def _take(self, rows: np.ndarray) -> "Fashion200k":
+    def _take(self, rows: np.ndarray) -> Self:
         clone = super()._take(rows)
         clone.descriptions = [self.descriptions[i] for i in rows]
         return clone
@@ -656,7 +660,7 @@ def _omniglot_sources(base: Path, archives: Sequence[str]) -> list[Path]:
 
 def _omniglot_entries(source: Path) -> list[tuple[str, str, str, Any]]:
     """(alphabet, character, file name, bytes or path) of every PNG of an archive or folder."""
-    entries = []
+    entries: list[tuple[str, str, str, Any]] = []
     if source.is_dir():
         for path in image_files_under(source):
             relative = path.relative_to(source).parts

@@ -202,6 +202,8 @@ def _assemble(
             )
         labeled, val = split_classes(labeled, val_classes, seed)
     if val_groups:
+        if group_key is None:
+            raise InvalidArgumentError(f"{name}: val_groups needs class groups, and it has none")
         if val_classes or val is not None:
             raise ConfigError(
                 f"{name}: val_groups holds out whole class groups; leave val_classes at 0"

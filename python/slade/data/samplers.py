@@ -9,7 +9,8 @@ only on ``(seed, e)``. Each pass over the sampler is one epoch and advances the 
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 from torch.utils.data import Sampler

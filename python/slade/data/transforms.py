@@ -11,7 +11,8 @@ Two styles:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Sequence
+from typing import Any, Callable
 
 import torch
 from torchvision import transforms as T
