@@ -12,8 +12,7 @@ from sklearn.metrics import normalized_mutual_info_score
 from torchvision.transforms import functional as TF
 
 import slade
-from slade import _images
-from slade import PseudoLabels
+from slade import PseudoLabels, _images
 
 needs_fashion = pytest.mark.usefixtures("fashion_mnist_root")
 

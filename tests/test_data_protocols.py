@@ -18,6 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
+import slade
 from conftest import DATA, FASHION_MNIST, OMNIGLOT_ZIPS
 from data_layouts import (
     write_cars_annos,
@@ -28,8 +29,6 @@ from data_layouts import (
     write_inshop,
     write_nabirds,
 )
-
-import slade
 from slade import _images
 from slade.cli import main
 from slade.data import (

@@ -5,7 +5,10 @@
 
 import torch  # noqa: F401  (must be imported before the extension)
 
-from . import _core, diagnostics, losses, miners, settings
+from . import _core, config, diagnostics, losses, miners, settings
+from .basis import FeatureBasis
+from .cluster import KMeansResult, kmeans, nmi
+from .config import Config
 from .errors import (
     ConfigError,
     DeviceError,
@@ -14,11 +17,13 @@ from .errors import (
     InvalidArgumentError,
     MissingFileError,
     NonFiniteError,
+    ShapeError,
     SladeError,
     SladeIOError,
-    ShapeError,
     TorchError,
 )
+from .nn import EmbeddingModel, load_torchvision_weights
+from .retrieval import knn, retrieval_metrics
 from .settings import (
     BasisConfig,
     ModelConfig,
@@ -27,13 +32,7 @@ from .settings import (
     StudentObjectiveConfig,
     SwavConfig,
 )
-from .nn import EmbeddingModel, load_torchvision_weights
-from .basis import FeatureBasis
-from .cluster import KMeansResult, kmeans, nmi
-from .retrieval import knn, retrieval_metrics
 from .train import StudentTrainer, SwavTrainer, TeacherTrainer
-from . import config
-from .config import Config
 
 __version__ = _core.__version__
 

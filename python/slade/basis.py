@@ -90,7 +90,9 @@ class FeatureBasis(torch.nn.Module):
         self.regularizer = regularizer
         self.sd_statistics = sd_statistics
         state = _core.basis_init(num_basis, dim, num_pseudo_classes, self._config())
-        self.weight = torch.nn.Parameter(state["weight"].detach())
+        weight = state["weight"]
+        assert weight is not None, "basis_init returns the weight"
+        self.weight = torch.nn.Parameter(weight.detach())
         head = state["pseudo_head"]
         if head is None:
             self.register_parameter("pseudo_head", None)

@@ -25,8 +25,9 @@ import copy
 import dataclasses
 import json
 import math
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from . import _core
 from .errors import ConfigError

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 

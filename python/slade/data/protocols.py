@@ -28,9 +28,10 @@ Protocols:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any
 
 import numpy as np
 
@@ -80,7 +81,7 @@ __all__ = [
 #: Use the protocol's transform preset (see :mod:`slade.data.transforms`).
 PRESET = "preset"
 
-TransformArg = Union[Callable[[Any], Any], None, str]
+TransformArg = Callable[[Any], Any] | str | None
 
 
 @dataclass
@@ -513,7 +514,7 @@ class Protocol:
         the default transforms and, for in-memory images, the decoding size."""
         size = self.image_size if image_size is None else image_size
         transform_size = None if self.in_memory else size
-        options = {
+        options: dict[str, Any] = {
             "train_transform": presets.train_transform(style, transform_size, shift),
             "eval_transform": presets.eval_transform(style, transform_size),
         }

@@ -4,8 +4,9 @@ validation) split (Musgrave et al. 2020)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -62,17 +63,20 @@ def embed_split(model: Any, data: Any, config: Config, split: str) -> dict[str, 
     gallery, ``reference`` and ``reference_labels``."""
     queries, gallery = evaluation_sets(data, split)
     progress = Progress(config.progress).iterate
-    options = {
-        "batch_size": config.eval.batch_size,
-        "num_workers": config.data.num_workers,
-        "progress": progress,
-    }
-    view = {
-        "query": embed_dataset(model, queries, description=f"embed {split}", **options),
-        "query_labels": queries.labels,
-    }
+
+    def embed(dataset: Any, description: str) -> torch.Tensor:
+        return embed_dataset(
+            model,
+            dataset,
+            batch_size=config.eval.batch_size,
+            num_workers=config.data.num_workers,
+            progress=progress,
+            description=description,
+        )
+
+    view = {"query": embed(queries, f"embed {split}"), "query_labels": queries.labels}
     if gallery is not None:
-        view["reference"] = embed_dataset(model, gallery, description="embed gallery", **options)
+        view["reference"] = embed(gallery, "embed gallery")
         view["reference_labels"] = gallery.labels
     return view
 

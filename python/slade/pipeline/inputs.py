@@ -4,8 +4,9 @@ models (a trainer, a model or a checkpoint path)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .. import _core, train
 from ..config import Config, preset

@@ -147,7 +147,7 @@ def _clustered(
         progress=Progress(config.progress).iterate,
         description="embed unlabeled",
     )
-    options = {"iters": p.iters, "init": p.init, "tol": p.tol, "seed": config.seed}
+    options: dict[str, Any] = {"iters": p.iters, "init": p.init, "tol": p.tol, "seed": config.seed}
     options.update(kmeans_options)
     normalised = torch.nn.functional.normalize(embeddings, dim=1)
     if k > normalised.shape[0]:

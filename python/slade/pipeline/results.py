@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ..config import Config
 from .stages import PSEUDO_LABELS, Stage
@@ -71,8 +72,8 @@ class RunResult:
 
 
 def results_table(
-    rows: list[tuple[str, Mapping[str, float]]],
-    pseudo_labels: list[Mapping[str, Any]] = (),
+    rows: Sequence[tuple[str, Mapping[str, float]]],
+    pseudo_labels: Sequence[Mapping[str, Any]] = (),
     *,
     split: str = "test",
 ) -> str:

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from ..config import Config, preset
 from .data_loading import data_or_load
@@ -171,6 +172,7 @@ def _student(state: _RunState, stage: Stage) -> None:
     pseudo = state.pseudo_labels[Stage(PSEUDO_LABELS, stage.round).id]
     teacher_metrics = state.metrics[state.teacher_id]
     with state.timed(stage.id):
+        assert stage.round is not None, "a student stage has a round"
         student = train_student(
             state.data,
             pseudo,

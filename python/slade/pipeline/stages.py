@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 from ..config import Config
 from ..nn import CoreModule, load_torchvision_weights
@@ -95,11 +96,12 @@ class StageFiles:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         # History first: it then always reaches at least the checkpoint's step.
-        write_json(self.path("history.json"), history)
-        trainer.save(self.final if final else self.checkpoint)
-        if final and self.checkpoint.exists():
-            self.checkpoint.unlink()
-            sidecar = self.checkpoint.with_suffix(".json")
+        write_json(self.folder / "history.json", history)
+        checkpoint = self.folder / "checkpoint.safetensors"
+        trainer.save(self.folder / "final.safetensors" if final else checkpoint)
+        if final and checkpoint.exists():
+            checkpoint.unlink()
+            sidecar = checkpoint.with_suffix(".json")
             if sidecar.exists():
                 sidecar.unlink()
 
@@ -124,13 +126,15 @@ class Progress:
             return iterator
         from tqdm import tqdm
 
-        return tqdm(
-            iterator,
-            total=total,
-            desc=description,
-            dynamic_ncols=True,
-            leave=False,
-            mininterval=0.5,
+        return iter(
+            tqdm(
+                iterator,
+                total=total,
+                desc=description,
+                dynamic_ncols=True,
+                leave=False,
+                mininterval=0.5,
+            )
         )
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from .. import train
 from .._images import STAGE_CODES, StepBatches, derive_seed, training_images
