@@ -423,7 +423,7 @@ def _adam(lr: float, **kwargs: Any) -> OptimizerConfig:
     return OptimizerConfig(name="adam", lr=lr, **kwargs)
 
 
-def fashion_mnist_ssl() -> Config:
+def _fashion_mnist_ssl() -> Config:
     """``fashion-mnist-ssl`` (DESIGN.md §3): ConvNet/128, contrastive, Adam 1e-3, teacher
     400 steps on m-per-class batches of 64 (m = 16), k = 50, student 400 steps of
     32 labeled + 32 unlabeled images. All values ours (the reference sketch's); no shifts,
@@ -446,11 +446,11 @@ def fashion_mnist_ssl() -> Config:
     return config
 
 
-def omniglot_ssl() -> Config:
+def _omniglot_ssl() -> Config:
     """``omniglot-ssl`` (DESIGN.md §3): as fashion-mnist-ssl with ±2 px shifts, 600 teacher
     and student steps and k = 250 (about 2x the 86 labeled classes, following the paper's
     k ~ 2x rule; for the 156 characters of the pool). Values ours."""
-    config = fashion_mnist_ssl()
+    config = _fashion_mnist_ssl()
     config.preset = "omniglot-ssl"
     config.data = DataConfig(protocol="omniglot-ssl", shift=2, image_size=28)
     config.teacher.steps = 600
@@ -513,19 +513,19 @@ def _paper(name: str, k: int) -> Config:
     return config
 
 
-def cub_nabirds() -> Config:
+def _cub_nabirds() -> Config:
     """``cub-nabirds``: CUB-200-2011 (100 labeled classes) + NABirds; k = 400 (the paper's
     best for NABirds). See :func:`_paper` for which values are published."""
     return _paper("cub-nabirds", k=400)
 
 
-def cars_compcars() -> Config:
+def _cars_compcars() -> Config:
     """``cars-compcars``: Cars-196 (98 labeled classes) + CompCars; k = 200 (ours, the
     paper's ~2x-classes rule)."""
     return _paper("cars-compcars", k=200)
 
 
-def inshop_fashion200k() -> Config:
+def _inshop_fashion200k() -> Config:
     """``inshop-fashion200k``: In-shop (3,997 training items) + Fashion200k; k = 8000
     (ours, the ~2x-classes rule); m = 2 since In-shop items have few images."""
     config = _paper("inshop-fashion200k", k=8000)
@@ -538,17 +538,17 @@ def inshop_fashion200k() -> Config:
 #: Preset name -> (builder, one-line description).
 PRESETS: dict[str, tuple[Callable[[], Config], str]] = {
     "fashion-mnist-ssl": (
-        fashion_mnist_ssl,
+        _fashion_mnist_ssl,
         "Fashion-MNIST: classes 0-4 labeled, 5-9 unlabeled and test; ConvNet, CPU-sized",
     ),
     "omniglot-ssl": (
-        omniglot_ssl,
+        _omniglot_ssl,
         "Omniglot background-small: 3 alphabets labeled, 5 unlabeled, Greek+Latin test",
     ),
-    "cub-nabirds": (cub_nabirds, "paper: CUB-200-2011 + NABirds, ResNet-50/512, SwAV init"),
-    "cars-compcars": (cars_compcars, "paper: Cars-196 + CompCars, ResNet-50/512, SwAV init"),
+    "cub-nabirds": (_cub_nabirds, "paper: CUB-200-2011 + NABirds, ResNet-50/512, SwAV init"),
+    "cars-compcars": (_cars_compcars, "paper: Cars-196 + CompCars, ResNet-50/512, SwAV init"),
     "inshop-fashion200k": (
-        inshop_fashion200k,
+        _inshop_fashion200k,
         "paper: In-shop + Fashion200k, ResNet-50/512, SwAV init",
     ),
 }
