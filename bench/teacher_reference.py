@@ -6,7 +6,7 @@ ConvNet (four conv3x3(64)-BN-ReLU-maxpool blocks, global average pooling, Linear
 normalisation) with torch's default initialisation, PML's ContrastiveLoss and
 MPerClassSampler, Adam, per-image random shifts (pad + random crop). Both are evaluated by
 the same function (slade.retrieval_metrics, which matches PML's AccuracyCalculator, see
-tests/test_retrieval.py) on the same test images.
+tests/core/test_retrieval.py) on the same test images.
 
 Switches move one difference at a time from the sketch toward slade's teacher:
 ``--init kaiming`` (the reference's convolutions get slade's kaiming_normal fan_out init),

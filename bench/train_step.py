@@ -106,7 +106,7 @@ def run_row(backbone, side, args):
         if k in names
     )
     # The weights' agreement is printed, not asserted: Adam moves a weight whose gradient is
-    # ~0 by up to lr on rounding noise (tests/test_student.py checks the weights).
+    # ~0 by up to lr on rounding noise (tests/trainers/test_student.py checks the weights).
     tolerance = 1e-2 if amp else (1e-4 if device.startswith("cuda") else 1e-5)
     assert abs(first_ours - first_theirs) <= tolerance * max(1.0, abs(first_theirs)), (first_ours, first_theirs)
     for _ in range(args.warmup):

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import slade
+from checks import assert_same_state
 from reference_nets import Embedder
 from reference_slade import ReferenceRanking, reference_model, sync_from
 
@@ -123,11 +124,6 @@ def _trainer(**kw):
     )
 
 
-def _assert_same(a, b):
-    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
-        assert torch.equal(x, y), name
-
-
 def test_save_load_then_step_equals_an_uninterrupted_run(tmp_path):
     path = tmp_path / "teacher.safetensors"
     reference = _trainer()
@@ -144,7 +140,7 @@ def test_save_load_then_step_equals_an_uninterrupted_run(tmp_path):
     assert resumed.step_count == 3
     got = [resumed.step(*make_batch(seed=step)) for step in (3, 4)]
     assert got == expected
-    _assert_same(reference, resumed)
+    assert_same_state(reference, resumed)
 
     rebuilt = slade.TeacherTrainer.from_checkpoint(path)
     assert rebuilt.ranking_config == reference.ranking_config
@@ -172,7 +168,7 @@ def test_keyboard_interrupt_between_steps_leaves_a_consistent_trainer():
     fresh = _trainer()
     for step in range(3):
         fresh.step(*make_batch(seed=step))
-    _assert_same(trainer, fresh)
+    assert_same_state(trainer, fresh)
     assert trainer.step(*make_batch(seed=3)) == fresh.step(*make_batch(seed=3))
 
 
@@ -227,7 +223,7 @@ def test_numpy_inputs_and_gradients_between_the_halves():
     grads = {name: p.grad.clone() for name, p in a.named_parameters()}
     a.apply_gradients()
     b.step(images, labels)
-    _assert_same(a, b)
+    assert_same_state(a, b)
     assert all(torch.isfinite(g).all() for g in grads.values())
 
 

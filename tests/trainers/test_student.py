@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import slade
+from checks import assert_same_state
 from reference_slade import (
     ReferenceBasis,
     ReferenceStudent,
@@ -21,7 +22,7 @@ TOL = dict(rtol=1e-5, atol=1e-5)
 APPROX = dict(rel=1e-5, abs=1e-5)
 MODEL = slade.ModelConfig("convnet", 1, 16)
 NUM_BASIS = 4
-# See tests/test_teacher.py: Adam's eps decides how much float32 rounding noise in gradients
+# See tests/trainers/test_teacher.py: Adam's eps decides how much float32 rounding noise in gradients
 # that are zero in exact arithmetic can move a weight.
 ADAM_EPS = 1e-6
 
@@ -340,13 +341,6 @@ def _trainer(**kw):
     return student(optim=optim, seed=kw.pop("seed", 5), basis_warmup=1, **kw)
 
 
-def _assert_same(a, b):
-    sa, sb = a.state_dict(), b.state_dict()
-    assert list(sa) == list(sb)
-    for name in sa:
-        assert torch.equal(sa[name], sb[name]), name
-
-
 def test_save_load_then_step_equals_an_uninterrupted_run(tmp_path):
     path = tmp_path / "student.safetensors"
     reference = _trainer(regularizer="global_ce", num_pseudo_classes=5)
@@ -364,7 +358,7 @@ def test_save_load_then_step_equals_an_uninterrupted_run(tmp_path):
     assert resumed.basis_statistics == pytest.approx(_stats_before(path))
     got = [resumed.step(*make_batch(seed=step)) for step in (3, 4)]
     assert got == expected
-    _assert_same(reference, resumed)
+    assert_same_state(reference, resumed)
 
     rebuilt = slade.StudentTrainer.from_checkpoint(path)
     assert rebuilt.student_config == reference.student_config
@@ -396,7 +390,7 @@ def test_keyboard_interrupt_between_steps_leaves_a_consistent_trainer():
     fresh = _trainer()
     for step in range(3):
         fresh.step(*make_batch(seed=step))
-    _assert_same(trainer, fresh)
+    assert_same_state(trainer, fresh)
     assert trainer.step(*make_batch(seed=3)) == fresh.step(*make_batch(seed=3))
 
 

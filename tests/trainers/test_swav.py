@@ -8,12 +8,12 @@ import json
 import os
 import signal
 import threading
-import time
 
 import pytest
 import torch
 
 import slade
+from checks import assert_releases_the_gil, assert_same_state
 from reference_nets import Embedder, swav_loss
 
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -148,11 +148,6 @@ def _trainer(**kw):
     )
 
 
-def _assert_same(a, b):
-    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
-        assert torch.equal(x, y), name
-
-
 def test_save_load_then_step_equals_an_uninterrupted_run(tmp_path):
     path = tmp_path / "swav.safetensors"
     reference = _trainer()
@@ -170,7 +165,7 @@ def test_save_load_then_step_equals_an_uninterrupted_run(tmp_path):
     assert resumed.learning_rates == pytest.approx(_lrs_after(reference, 3))
     got = [resumed.step(make_crops(seed=step)) for step in (3, 4)]
     assert got == expected  # bitwise: every metric equal
-    _assert_same(reference, resumed)
+    assert_same_state(reference, resumed)
     state_a, state_b = reference.optimizer_state(), resumed.optimizer_state()
     for name in state_a:
         for key in state_a[name]:
@@ -237,7 +232,7 @@ def test_keyboard_interrupt_between_steps_leaves_a_consistent_trainer(tmp_path):
     fresh = _trainer()
     for step in range(3):
         fresh.step(make_crops(seed=step))
-    _assert_same(trainer, fresh)
+    assert_same_state(trainer, fresh)
     assert trainer.step(make_crops(seed=3)) == fresh.step(make_crops(seed=3))
 
 
@@ -261,31 +256,18 @@ def test_sigint_during_a_step_arrives_after_it():
     fresh = _trainer()
     for _ in range(trainer.step_count):
         fresh.step(crops)
-    _assert_same(trainer, fresh)
+    assert_same_state(trainer, fresh)
 
 
 def test_the_gil_is_released_during_a_step():
     trainer = _trainer()
     crops = make_crops(n=64)
-    ticks = 0
-    stop = threading.Event()
 
-    def count():
-        nonlocal ticks
-        while not stop.is_set():
-            ticks += 1
-            time.sleep(0.001)
+    def three_steps():
+        for _ in range(3):
+            trainer.step(crops)
 
-    thread = threading.Thread(target=count)
-    thread.start()
-    start = time.perf_counter()
-    for _ in range(3):
-        trainer.step(crops)
-    elapsed = time.perf_counter() - start
-    stop.set()
-    thread.join()
-    # A thread blocked on the GIL would barely tick; a free one ticks every millisecond or so.
-    assert ticks > 0.2 * elapsed * 1000, (ticks, elapsed)
+    assert_releases_the_gil(three_steps)
 
 
 def test_gradients_between_the_halves_of_a_step_are_torch_tensors():
@@ -314,13 +296,13 @@ def test_step_under_no_grad_still_trains():
     with torch.no_grad():
         a.step(make_crops())
     b.step(make_crops())
-    _assert_same(a, b)
+    assert_same_state(a, b)
 
 
 def test_fp16_is_ignored_on_cpu():
     a, b = _trainer(), _trainer(precision="fp16")
     assert a.step(make_crops()) == b.step(make_crops())
-    _assert_same(a, b)
+    assert_same_state(a, b)
 
 
 def test_embed_uses_eval_mode_without_touching_state():

@@ -11,7 +11,7 @@ from nbclient import NotebookClient
 
 from conftest import DATA
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 
 NEEDS = {"quickstart.ipynb": "fashion_mnist_root", "paper_ablations.ipynb": "omniglot_root"}
 
