@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 import torch
 
@@ -64,6 +64,9 @@ def _checkpoint(path: str | os.PathLike, kind: str) -> tuple[dict, dict]:
     return common, objective
 
 
+_T = TypeVar("_T", bound="_Trainer")
+
+
 class _Trainer(CoreModule):
     """What every trainer offers around its core object.
 
@@ -72,13 +75,45 @@ class _Trainer(CoreModule):
 
     model_config: ModelConfig
     optim_config: OptimizerConfig
+    # The kind its checkpoints name, and the keyword argument that takes its objective's
+    # settings (a mapping, as a checkpoint holds them).
+    _KIND: ClassVar[str]
+    _OBJECTIVE: ClassVar[str]
 
-    def _read_settings(self) -> dict:
-        """Reads the model and optimizer settings back from the core; returns the objective's."""
+    def _start(
+        self,
+        core_class: Any,
+        model_config: Any,
+        optim_config: Any,
+        precision: str,
+        seed: int,
+        objective: Mapping[str, Any],
+        device: Any,
+    ) -> dict:
+        """Builds the core trainer; reads the model and optimizer settings back from it and
+        returns the objective's, as the core checked and completed them."""
+        self._core = core_class(
+            _trainer_settings(model_config, optim_config, precision, seed),
+            objective,
+            device_name(device),
+        )
         config = self._core.config
         self.model_config = ModelConfig.from_core(config["model"])
         self.optim_config = OptimizerConfig.from_core(config["optimizer"])
         return self._core.objective_config
+
+    @classmethod
+    def _checkpoint_arguments(cls, objective: dict) -> dict[str, Any]:
+        """The keyword arguments that rebuild the objective a checkpoint holds."""
+        return {cls._OBJECTIVE: objective}
+
+    @classmethod
+    def from_checkpoint(cls: type[_T], path: str | os.PathLike, *, device: Any = "cpu") -> _T:
+        """A trainer built from a checkpoint's configuration, with its state loaded."""
+        common, objective = _checkpoint(path, cls._KIND)
+        trainer = cls(device=device, **cls._checkpoint_arguments(objective), **common)  # type: ignore[call-arg]
+        trainer.load(path)
+        return trainer
 
     @property
     def step_count(self) -> int:
@@ -179,6 +214,9 @@ class SwavTrainer(_Trainer):
         seed: seeds the initial weights and prototypes.
     """
 
+    _KIND = "swav"
+    _OBJECTIVE = "swav"
+
     def __init__(
         self,
         model_config: ModelConfig | Mapping | None = None,
@@ -190,20 +228,12 @@ class SwavTrainer(_Trainer):
         seed: int = 0,
         **swav_fields: Any,
     ):
-        self._core = _core._SwavTrainer(
-            _trainer_settings(model_config, optim_config, precision, seed),
-            SwavConfig.mapping(swav, swav_fields, "swav"),
-            device_name(device),
+        settings = SwavConfig.mapping(swav, swav_fields, "swav")
+        self.swav_config = SwavConfig.from_core(
+            self._start(
+                _core._SwavTrainer, model_config, optim_config, precision, seed, settings, device
+            )
         )
-        self.swav_config = SwavConfig.from_core(self._read_settings())
-
-    @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, *, device: Any = "cpu") -> SwavTrainer:
-        """A trainer built from a checkpoint's configuration, with its state loaded."""
-        common, swav = _checkpoint(path, "swav")
-        trainer = cls(device=device, swav=swav, **common)
-        trainer.load(path)
-        return trainer
 
     def step(self, crops: Sequence[Any]) -> dict[str, float]:
         """One training step on ``[global_1, global_2, local_1, ...]``, each (N, C, H, W) on
@@ -250,6 +280,9 @@ class TeacherTrainer(_Trainer):
     To start from self-supervised or ImageNet weights, call :meth:`load_backbone`.
     """
 
+    _KIND = "teacher"
+    _OBJECTIVE = "ranking"
+
     def __init__(
         self,
         model_config: ModelConfig | Mapping | None = None,
@@ -261,20 +294,12 @@ class TeacherTrainer(_Trainer):
         seed: int = 0,
         **ranking_fields: Any,
     ):
-        self._core = _core._TeacherTrainer(
-            _trainer_settings(model_config, optim_config, precision, seed),
-            RankingConfig.mapping(ranking, ranking_fields, "ranking"),
-            device_name(device),
+        settings = RankingConfig.mapping(ranking, ranking_fields, "ranking")
+        self.ranking_config = RankingConfig.from_core(
+            self._start(
+                _core._TeacherTrainer, model_config, optim_config, precision, seed, settings, device
+            )
         )
-        self.ranking_config = RankingConfig.from_core(self._read_settings())
-
-    @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, *, device: Any = "cpu") -> TeacherTrainer:
-        """A trainer built from a checkpoint's configuration, with its state loaded."""
-        common, ranking = _checkpoint(path, "teacher")
-        trainer = cls(device=device, ranking=ranking, **common)
-        trainer.load(path)
-        return trainer
 
     def step(self, images: Any, labels: Any) -> dict[str, float]:
         """One training step on ``images`` (N, C, H, W) with integer ``labels`` (N,).
@@ -357,6 +382,9 @@ class StudentTrainer(_Trainer):
             ``require_pseudo_agreement``, ``mining`` (see above).
     """
 
+    _KIND = "student"
+    _OBJECTIVE = "objective"
+
     def __init__(
         self,
         model_config: ModelConfig | Mapping | None = None,
@@ -372,21 +400,15 @@ class StudentTrainer(_Trainer):
         settings = StudentObjectiveConfig.mapping(
             objective, {**fields, "num_basis": num_basis}, "objective"
         )
-        self._core = _core._StudentTrainer(
-            _trainer_settings(model_config, optim_config, precision, seed),
-            settings,
-            device_name(device),
+        self.student_config = StudentObjectiveConfig.from_core(
+            self._start(
+                _core._StudentTrainer, model_config, optim_config, precision, seed, settings, device
+            )
         )
-        self.student_config = StudentObjectiveConfig.from_core(self._read_settings())
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, *, device: Any = "cpu") -> StudentTrainer:
-        """A trainer built from a checkpoint's configuration, with its state loaded."""
-        common, objective = _checkpoint(path, "student")
-        num_basis = objective["num_basis"]
-        trainer = cls(device=device, num_basis=num_basis, objective=objective, **common)
-        trainer.load(path)
-        return trainer
+    def _checkpoint_arguments(cls, objective: dict) -> dict[str, Any]:
+        return {"objective": objective, "num_basis": objective["num_basis"]}
 
     def step(
         self,
