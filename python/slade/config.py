@@ -416,6 +416,18 @@ def stage_optimizer(section: Any) -> OptimizerConfig:
     return optimizer
 
 
+def stage_trainer_arguments(config: Config, section: Any) -> dict[str, Any]:
+    """What every stage's trainer takes from the config: the model, the stage's optimizer
+    (:func:`stage_optimizer`), device, precision and seed."""
+    return dict(
+        model_config=config.model,
+        optim_config=stage_optimizer(section),
+        device=config.device,
+        precision=config.precision,
+        seed=config.seed,
+    )
+
+
 # --------------------------------------------------------------------------- presets
 
 

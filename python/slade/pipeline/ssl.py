@@ -18,7 +18,7 @@ from .._images import (
     derive_seed,
     training_images,
 )
-from ..config import Config, stage_optimizer
+from ..config import Config, stage_trainer_arguments
 from ..errors import ConfigError
 from .data_loading import data_or_load
 from .inputs import as_config
@@ -76,16 +76,12 @@ def train_ssl(
 def _swav_trainer(config: Config) -> Any:
     s = config.ssl
     return train.SwavTrainer(
-        config.model,
-        stage_optimizer(s),
-        device=config.device,
+        **stage_trainer_arguments(config, s),
         num_prototypes=s.num_prototypes,
         temperature=s.temperature,
         epsilon=s.epsilon,
         sinkhorn_iterations=s.sinkhorn_iterations,
         freeze_prototypes_steps=s.freeze_prototypes_steps,
-        precision=config.precision,
-        seed=config.seed,
     )
 
 

@@ -10,7 +10,7 @@ import torch
 
 from .. import train
 from .._images import STAGE_CODES, StepBatches, derive_seed, training_images
-from ..config import Config, stage_optimizer
+from ..config import Config, stage_trainer_arguments
 from ..errors import ConfigError, InvalidArgumentError
 from .data_loading import data_or_load
 from .inputs import as_config, as_model
@@ -27,14 +27,10 @@ def _student_trainer(config: Config, num_basis: int, k: int) -> Any:
         )
     pseudo_classes = s.num_pseudo_classes if s.num_pseudo_classes is not None else k
     return train.StudentTrainer(
-        config.model,
-        stage_optimizer(s),
+        **stage_trainer_arguments(config, s),
         objective=s,
         num_basis=s.num_basis if s.num_basis is not None else num_basis,
         num_pseudo_classes=pseudo_classes if s.regularizer != "sd" else None,
-        device=config.device,
-        precision=config.precision,
-        seed=config.seed,
     )
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from .. import train
 from .._images import STAGE_CODES, StepBatches, derive_seed, training_images
-from ..config import Config, stage_optimizer
+from ..config import Config, stage_trainer_arguments
 from .data_loading import data_or_load
 from .inputs import as_config
 from .stages import TEACHER, Callback, stage_files, train_loop
@@ -16,14 +16,7 @@ from .stages import TEACHER, Callback, stage_files, train_loop
 
 def _teacher_trainer(config: Config) -> Any:
     t = config.teacher
-    return train.TeacherTrainer(
-        config.model,
-        stage_optimizer(t),
-        ranking=t,
-        device=config.device,
-        precision=config.precision,
-        seed=config.seed,
-    )
+    return train.TeacherTrainer(**stage_trainer_arguments(config, t), ranking=t)
 
 
 def train_teacher(
