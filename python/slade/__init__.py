@@ -5,23 +5,11 @@
 
 import torch  # noqa: F401  (must be imported before the extension)
 
-from . import _core, config, diagnostics, losses, miners, settings
+from . import _core, config, diagnostics, errors, losses, miners, settings
 from .basis import FeatureBasis
 from .cluster import KMeansResult, kmeans, nmi
 from .config import Config
-from .errors import (
-    ConfigError,
-    DeviceError,
-    DtypeError,
-    InternalError,
-    InvalidArgumentError,
-    MissingFileError,
-    NonFiniteError,
-    ShapeError,
-    SladeError,
-    SladeIOError,
-    TorchError,
-)
+from .errors import *  # noqa: F403  (every error class: errors.__all__, re-exported below)
 from .nn import EmbeddingModel, load_torchvision_weights
 from .retrieval import knn, retrieval_metrics
 from .settings import (
@@ -67,25 +55,14 @@ def __getattr__(name: str):
 __all__ = [
     "FeatureBasis",
     "diagnostics",
-    "diagnose",
     "losses",
     "miners",
     "KMeansResult",
     "kmeans",
     "nmi",
-    "pseudo_label",
     "config",
     "Config",
-    "load_data",
-    "train_ssl",
-    "train_teacher",
-    "PseudoLabels",
-    "train_student",
-    "evaluate",
-    "load_trainer",
-    "run",
-    "RunResult",
-    "results_table",
+    *_PIPELINE,
     "knn",
     "retrieval_metrics",
     "ModelConfig",
@@ -100,15 +77,5 @@ __all__ = [
     "SwavTrainer",
     "TeacherTrainer",
     "StudentTrainer",
-    "SladeError",
-    "ShapeError",
-    "DtypeError",
-    "DeviceError",
-    "NonFiniteError",
-    "InvalidArgumentError",
-    "ConfigError",
-    "MissingFileError",
-    "SladeIOError",
-    "TorchError",
-    "InternalError",
+    *errors.__all__,
 ]
