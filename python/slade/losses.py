@@ -30,6 +30,18 @@ from ._pairs import pairs_arg
 Pairs = Sequence[Any]
 
 
+def _ranking_loss(
+    op: Any, embeddings: Any, labels: Any, pairs: Pairs | None, **settings: float
+) -> torch.Tensor:
+    """The core's loss ``op`` on the checked embeddings, labels and pairs."""
+    return op(
+        as_tensor(embeddings, "embeddings"),
+        optional_tensor(labels, "labels"),
+        pairs=pairs_arg(pairs),
+        **settings,
+    )
+
+
 def contrastive(
     embeddings: Any,
     labels: Any = None,
@@ -53,12 +65,13 @@ def contrastive(
         neg_margin: negative pairs farther than this cost nothing.
         pairs: a miner's ``(a1, p, a2, n)`` or ``(a, p, n)`` indices; default all pairs.
     """
-    return _core.contrastive_loss(
-        as_tensor(embeddings, "embeddings"),
-        optional_tensor(labels, "labels"),
+    return _ranking_loss(
+        _core.contrastive_loss,
+        embeddings,
+        labels,
+        pairs,
         pos_margin=pos_margin,
         neg_margin=neg_margin,
-        pairs=pairs_arg(pairs),
     )
 
 
@@ -89,13 +102,8 @@ def multi_similarity(
         base: the similarity both terms are centred on.
         pairs: a miner's ``(a1, p, a2, n)`` or ``(a, p, n)`` indices; default all pairs.
     """
-    return _core.multi_similarity_loss(
-        as_tensor(embeddings, "embeddings"),
-        optional_tensor(labels, "labels"),
-        alpha=alpha,
-        beta=beta,
-        base=base,
-        pairs=pairs_arg(pairs),
+    return _ranking_loss(
+        _core.multi_similarity_loss, embeddings, labels, pairs, alpha=alpha, beta=beta, base=base
     )
 
 
@@ -140,12 +148,7 @@ def triplet_margin(
     anchor. Equals ``pytorch_metric_learning.losses.TripletMarginLoss(margin)`` (all
     triplets, ``AvgNonZeroReducer``).
     """
-    return _core.triplet_margin_loss(
-        as_tensor(embeddings, "embeddings"),
-        optional_tensor(labels, "labels"),
-        margin=margin,
-        pairs=pairs_arg(pairs),
-    )
+    return _ranking_loss(_core.triplet_margin_loss, embeddings, labels, pairs, margin=margin)
 
 
 __all__ = ["contrastive", "multi_similarity", "multi_similarity_with_miner", "triplet_margin"]
