@@ -11,12 +11,15 @@
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
+
+from ._durable import write_bytes
 
 __all__ = [
     "training_curves",
@@ -51,10 +54,9 @@ def _pyplot() -> Any:
 
 def _save(figure: Any, path: str | os.PathLike) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp.png")
-    figure.savefig(temporary, dpi=110, bbox_inches="tight")
-    os.replace(temporary, path)
+    image = io.BytesIO()
+    figure.savefig(image, format="png", dpi=110, bbox_inches="tight")
+    write_bytes(path, image.getvalue())
     _pyplot().close(figure)
     return path
 
