@@ -50,6 +50,7 @@ TINY = [
     "data.max_test=200",
     "data.augment=transform",
     "data.num_workers=2",
+    "data.shift=2",  # random shifts, so that a resume must reproduce the augmentation
     "eval.examples=1",
     "eval.top_k=4",
 ]

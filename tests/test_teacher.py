@@ -163,11 +163,11 @@ def test_ctrl_c_during_a_step_raises_after_it_and_the_trainer_has_taken_it():
     """README: Ctrl-C during step() lets the step finish in Rust, then step() raises
     KeyboardInterrupt; the trainer equals one that took the same steps uninterrupted."""
     trainer = _trainer()
-    returned = sigint_during_a_step(lambda: trainer.step(*make_batch(n=128, seed=trainer.step_count)))
+    returned = sigint_during_a_step(lambda: trainer.step(*make_batch(128, seed=trainer.step_count)))
     assert trainer.step_count == returned + 1
     fresh = _trainer()
     for step in range(trainer.step_count):
-        fresh.step(*make_batch(n=128, seed=step))
+        fresh.step(*make_batch(128, seed=step))
     _assert_same(trainer, fresh)
     assert trainer.step(*make_batch(seed=9)) == fresh.step(*make_batch(seed=9))
 
