@@ -149,6 +149,11 @@ def finished_without(stage: str, name: str):
     return check
 
 
+def no_results(out: Path) -> None:
+    assert (out / "student_round1" / "final.safetensors").exists()
+    assert not (out / "results.json").exists()
+
+
 #: Where each Ctrl-C lands, and what the output folder then holds (README, "Guarantees").
 CTRL_C = [
     ("load_data", nothing_written),
@@ -159,6 +164,7 @@ CTRL_C = [
     ("pseudo_label:pseudo_labels_round1", nothing_saved("pseudo_labels_round1")),
     ("save:student_round1/checkpoint.safetensors:2", checkpoint_at("student_round1", 2)),
     ("step:student_round1:3", checkpoint_at("student_round1", 3)),
+    ("plots", no_results),
 ]
 
 
