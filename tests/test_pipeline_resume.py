@@ -208,7 +208,8 @@ def kill_points(phases: list[Phase], count: int, seed: int) -> list[KillPoint]:
         if phase.name not in writes:
             kinds.setdefault(phase.name.split(":")[0], []).append(phase.name)
     chosen = writes | {rng.choice(names) for names in kinds.values()}
-    chosen |= set(rng.sample([p.name for p in phases if p.name not in chosen], count - len(chosen)))
+    others = [p.name for p in phases if p.name not in chosen]
+    chosen |= set(rng.sample(others, count - len(chosen)))
     return [
         KillPoint(name, position[name], None if name in writes else rng.random())
         for name in sorted(chosen, key=position.get)

@@ -57,7 +57,8 @@ def test_an_interrupt_between_a_step_and_its_row_keeps_the_latest_checkpoint(tmp
 
 def test_a_resume_removes_temporary_files_and_a_finished_stages_checkpoint(tmp_path):
     trainer = slade.TeacherTrainer(MODEL)
-    train_loop("teacher", trainer, StageFiles(tmp_path), 2, batches, steps_of(trainer), config(), None)
+    files = StageFiles(tmp_path)
+    train_loop("teacher", trainer, files, 2, batches, steps_of(trainer), config(), None)
     trainer.save(tmp_path / "checkpoint.safetensors")  # as if killed before its removal
     for name in ("history.json.tmp-123", "final.safetensors.tmp-45"):
         (tmp_path / name).write_bytes(b"partial")
