@@ -254,6 +254,22 @@ def training_images(dataset: Any, augment: str, num_workers: int) -> TensorImage
     return TransformImages(dataset, num_workers)
 
 
+def _keyed(
+    source: TransformImages,
+    indices: Iterator[list[int]],
+    seed: int,
+    start: int,
+    pending: list[list[int]],
+) -> Iterator[list]:
+    """Keyed index batches of steps ``start, start + 1, ...``, each also queued in
+    ``pending`` until its images arrive."""
+    step = start
+    for batch in indices:
+        pending.append(batch)
+        yield source.keyed(batch, derive_seed(seed, step))
+        step += 1
+
+
 class StepBatches:
     """The (images, labels) of steps ``start, start + 1, ...`` of one stage."""
 
@@ -275,18 +291,12 @@ class StepBatches:
             self._indices = indices
             self._loaded = None
         else:
+            # No reference back to self: the DataLoader iterator is then freed (and its
+            # workers stopped) as soon as this object is, not by a later garbage collection,
+            # which would first close the queues its shutdown needs (5 s lost per worker).
             self._pending: list[list[int]] = []
-            self._loaded = source.loader(self._keyed(source, indices, seed, start))
+            self._loaded = source.loader(_keyed(source, indices, seed, start, self._pending))
         self.seed = seed
-
-    def _keyed(
-        self, source: TransformImages, indices: Iterator[list[int]], seed: int, start: int
-    ) -> Iterator[list]:
-        step = start
-        for batch in indices:
-            self._pending.append(batch)
-            yield source.keyed(batch, derive_seed(seed, step))
-            step += 1
 
     def __iter__(self) -> StepBatches:
         return self

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -18,6 +19,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from ._durable import write_bytes
 
 __all__ = [
     "training_curves",
@@ -52,10 +55,9 @@ def _pyplot() -> Any:
 
 def _save(figure: Any, path: str | os.PathLike) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp.png")
-    figure.savefig(temporary, dpi=110, bbox_inches="tight")
-    os.replace(temporary, path)
+    image = io.BytesIO()
+    figure.savefig(image, format="png", dpi=110, bbox_inches="tight")
+    write_bytes(path, image.getvalue())
     _pyplot().close(figure)
     return path
 

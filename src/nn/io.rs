@@ -1,5 +1,6 @@
 //! Reading and writing named tensors as `.safetensors` files, with string metadata.
-//! Writes are atomic: a temporary file in the same folder, flushed, then renamed.
+//! Writes are atomic and durable: a temporary file in the same folder, fsynced, renamed, then
+//! the folder fsynced (so that the rename survives a power cut).
 
 use crate::bail;
 use crate::error::{Result, SladeError};
@@ -51,18 +52,29 @@ fn temporary_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// Writes `bytes` to `path` atomically (temporary file, fsync, rename).
+/// Writes `bytes` to `path` atomically (temporary file, fsync, rename, fsync of the folder).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = temporary_path(path);
     let result = (|| -> std::io::Result<()> {
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
-        std::fs::rename(&tmp, path)
+        std::fs::rename(&tmp, path)?;
+        sync_folder(path)
     })();
     if let Err(err) = result {
         let _ = std::fs::remove_file(&tmp);
         bail!(Io, "cannot write {}: {err}", path.display());
+    }
+    Ok(())
+}
+
+/// Makes a rename into `path`'s folder durable: fsyncs the folder (Unix; elsewhere a no-op).
+fn sync_folder(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let folder = path.parent().filter(|p| !p.as_os_str().is_empty());
+        std::fs::File::open(folder.unwrap_or(Path::new(".")))?.sync_all()?;
     }
     Ok(())
 }

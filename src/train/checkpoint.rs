@@ -2,8 +2,10 @@
 //! buffers under "model.", the objective's parameters under "params.", optimizer state under
 //! "optim.", objective state under "objective.") and, in its metadata, the configuration,
 //! step count, random-generator state and loss scale. A small JSON file beside it repeats
-//! the metadata for people and tools. Both are written atomically (temporary file + rename);
-//! the `.safetensors` file alone is what `load` reads.
+//! the metadata for people and tools. Both are written atomically (temporary file, fsync,
+//! rename, fsync of the folder), the JSON file first: the `.safetensors` file, the one `load`
+//! reads, is the commit point, so a kill between the two writes leaves the previous
+//! checkpoint whole, and a written checkpoint always has its JSON file.
 
 use super::{GradScaler, Objective, Trainer, TrainerConfig};
 use crate::bail;
@@ -144,7 +146,7 @@ fn prefixed(
 
 impl<O: Objective> Trainer<O> {
     /// Writes the whole trainer state to `path` (`.safetensors`) and `path` with extension
-    /// `.json`, each atomically.
+    /// `.json`, each atomically, the `.json` first.
     pub fn save(&self, path: &Path) -> Result<()> {
         if self.pending.is_some() {
             bail!(
@@ -191,9 +193,9 @@ impl<O: Objective> Trainer<O> {
             "scaler": self.scaler,
             "tensors": path.file_name().map(|n| n.to_string_lossy().to_string()),
         });
-        write_safetensors(path, &tensors, metadata)?;
         let text = serde_json::to_string_pretty(&sidecar).map_err(internal)?;
-        write_atomic(&sidecar_path(path), text.as_bytes())
+        write_atomic(&sidecar_path(path), text.as_bytes())?;
+        write_safetensors(path, &tensors, metadata)
     }
 
     /// Restores a state written by `save`: the configuration (model, optimizer, precision,

@@ -1,7 +1,7 @@
 """slade.StudentTrainer against a plain PyTorch + pytorch-metric-learning SLADE student step
 (tests/reference_slade.py: PML losses and miner, feature basis, L_SD, CE regularisers and
 pair mining written in plain PyTorch), for every variant and regulariser and with the basis
-warm-up; checkpoints, interruption, shared tensors and bad input."""
+warm-up; checkpoints, Ctrl-C during a step, shared tensors and bad input."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from reference_slade import (
     reference_model,
     sync_from,
 )
+from signals import needs_main_thread, sigint_during_a_step
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 APPROX = dict(rel=1e-5, abs=1e-5)
@@ -375,23 +376,18 @@ def _stats_before(path):
     return {n: tensors[f"params.basis.{n}"].item() for n in names}
 
 
-def test_keyboard_interrupt_between_steps_leaves_a_consistent_trainer():
-    def batches():
-        for step in range(100):
-            if step == 3:
-                raise KeyboardInterrupt
-            yield make_batch(seed=step)
-
+@needs_main_thread
+def test_ctrl_c_during_a_step_raises_after_it_and_the_trainer_has_taken_it():
+    """README: Ctrl-C during step() lets the step finish in Rust, then step() raises
+    KeyboardInterrupt; the trainer equals one that took the same steps uninterrupted."""
     trainer = _trainer()
-    with pytest.raises(KeyboardInterrupt):
-        for batch in batches():
-            trainer.step(*batch)
-    assert trainer.step_count == 3
+    returned = sigint_during_a_step(lambda: trainer.step(*make_batch(n=64, seed=trainer.step_count)))
+    assert trainer.step_count == returned + 1
     fresh = _trainer()
-    for step in range(3):
-        fresh.step(*make_batch(seed=step))
+    for step in range(trainer.step_count):
+        fresh.step(*make_batch(n=64, seed=step))
     assert_same_state(trainer, fresh)
-    assert trainer.step(*make_batch(seed=3)) == fresh.step(*make_batch(seed=3))
+    assert trainer.step(*make_batch(seed=9)) == fresh.step(*make_batch(seed=9))
 
 
 def test_student_starts_from_the_teacher():

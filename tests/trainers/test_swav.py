@@ -1,13 +1,11 @@
 """slade.SwavTrainer against a plain-PyTorch SwAV step (tests/reference_nets.py), checkpoints
-and resumption, interruption between steps, gradient access between the two halves of a
+and resumption, Ctrl-C during a step, gradient access between the two halves of a
 step, and bad input."""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
-import threading
 
 import pytest
 import torch
@@ -15,6 +13,7 @@ import torch
 import slade
 from checks import assert_releases_the_gil, assert_same_state
 from reference_nets import Embedder, swav_loss
+from signals import needs_main_thread, sigint_during_a_step
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -216,47 +215,18 @@ def test_checkpoint_files_are_torch_readable_and_errors_are_clear(tmp_path):
         trainer.load(tmp_path / "plain.safetensors")
 
 
-def test_keyboard_interrupt_between_steps_leaves_a_consistent_trainer(tmp_path):
-    def batches():
-        for step in range(100):
-            if step == 3:
-                raise KeyboardInterrupt
-            yield make_crops(seed=step)
-
+@needs_main_thread
+def test_ctrl_c_during_a_step_raises_after_it_and_the_trainer_has_taken_it():
+    """README: Ctrl-C during step() lets the step finish in Rust, then step() raises
+    KeyboardInterrupt; the trainer equals one that took the same steps uninterrupted."""
     trainer = _trainer()
-    with pytest.raises(KeyboardInterrupt):
-        for crops in batches():
-            trainer.step(crops)
-    assert trainer.step_count == 3
-    trainer.save(tmp_path / "after.safetensors")
+    returned = sigint_during_a_step(lambda: trainer.step(make_crops(n=64, seed=trainer.step_count)))
+    assert trainer.step_count == returned + 1
     fresh = _trainer()
-    for step in range(3):
-        fresh.step(make_crops(seed=step))
+    for step in range(trainer.step_count):
+        fresh.step(make_crops(n=64, seed=step))
     assert_same_state(trainer, fresh)
-    assert trainer.step(make_crops(seed=3)) == fresh.step(make_crops(seed=3))
-
-
-@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals")
-def test_sigint_during_a_step_arrives_after_it():
-    """Ctrl-C while Rust runs a step: the step completes, then KeyboardInterrupt is raised."""
-    trainer = _trainer()
-    crops = make_crops(n=32)
-    timer = threading.Timer(0.3, os.kill, args=(os.getpid(), signal.SIGINT))
-    completed = 0
-    timer.start()
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            for _ in range(10_000):
-                trainer.step(crops)
-                completed += 1
-    finally:
-        timer.cancel()
-    # Either the interrupted step finished inside Rust (counted) or it never started.
-    assert trainer.step_count in (completed, completed + 1)
-    fresh = _trainer()
-    for _ in range(trainer.step_count):
-        fresh.step(crops)
-    assert_same_state(trainer, fresh)
+    assert trainer.step(make_crops(seed=9)) == fresh.step(make_crops(seed=9))
 
 
 def test_the_gil_is_released_during_a_step():

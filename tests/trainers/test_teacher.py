@@ -1,5 +1,5 @@
 """slade.TeacherTrainer against a plain PyTorch + pytorch-metric-learning teacher step
-(tests/reference_slade.py), checkpoints, interruption between steps, weight import and bad
+(tests/reference_slade.py), checkpoints, Ctrl-C during a step, weight import and bad
 input."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import slade
 from checks import assert_same_state
 from reference_nets import Embedder
 from reference_slade import ReferenceRanking, reference_model, sync_from
+from signals import needs_main_thread, sigint_during_a_step
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 APPROX = dict(rel=1e-5, abs=1e-5)
@@ -153,23 +154,18 @@ def test_save_load_then_step_equals_an_uninterrupted_run(tmp_path):
         slade.TeacherTrainer.from_checkpoint(tmp_path / "swav.safetensors")
 
 
-def test_keyboard_interrupt_between_steps_leaves_a_consistent_trainer():
-    def batches():
-        for step in range(100):
-            if step == 3:
-                raise KeyboardInterrupt
-            yield make_batch(seed=step)
-
+@needs_main_thread
+def test_ctrl_c_during_a_step_raises_after_it_and_the_trainer_has_taken_it():
+    """README: Ctrl-C during step() lets the step finish in Rust, then step() raises
+    KeyboardInterrupt; the trainer equals one that took the same steps uninterrupted."""
     trainer = _trainer()
-    with pytest.raises(KeyboardInterrupt):
-        for images, labels in batches():
-            trainer.step(images, labels)
-    assert trainer.step_count == 3
+    returned = sigint_during_a_step(lambda: trainer.step(*make_batch(128, seed=trainer.step_count)))
+    assert trainer.step_count == returned + 1
     fresh = _trainer()
-    for step in range(3):
-        fresh.step(*make_batch(seed=step))
+    for step in range(trainer.step_count):
+        fresh.step(*make_batch(128, seed=step))
     assert_same_state(trainer, fresh)
-    assert trainer.step(*make_batch(seed=3)) == fresh.step(*make_batch(seed=3))
+    assert trainer.step(*make_batch(seed=9)) == fresh.step(*make_batch(seed=9))
 
 
 def test_backbone_weights_from_swav_or_torchvision_and_same_init_as_the_student(tmp_path):

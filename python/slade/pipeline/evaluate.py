@@ -10,12 +10,13 @@ from typing import Any
 
 import torch
 
+from .._durable import write_json
 from .._images import embed_dataset
 from ..config import Config
 from ..errors import ConfigError
 from .data_loading import data_or_load
 from .inputs import as_config, as_model
-from .stages import Progress, write_json
+from .stages import Progress
 
 
 def evaluate(

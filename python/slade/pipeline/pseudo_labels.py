@@ -3,6 +3,7 @@ images (Sec 3.2)."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -13,12 +14,13 @@ import numpy as np
 import torch
 
 from .. import cluster
+from .._durable import remove_temporary_files, write_bytes, write_json
 from .._images import embed_dataset
 from ..config import Config
 from ..errors import ConfigError, InvalidArgumentError
 from .data_loading import data_or_load
 from .inputs import as_config, as_model
-from .stages import Progress, write_json
+from .stages import Progress
 
 
 @dataclass
@@ -52,10 +54,9 @@ class PseudoLabels:
     def save(self, folder: str | os.PathLike) -> None:
         """``pseudo_labels.npy`` and ``pseudo_labels.json`` (written last: the done marker)."""
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        temporary = folder / "pseudo_labels.tmp.npy"
-        np.save(temporary, self.labels.cpu().numpy())
-        os.replace(temporary, folder / "pseudo_labels.npy")
+        array = io.BytesIO()
+        np.save(array, self.labels.cpu().numpy())
+        write_bytes(folder / "pseudo_labels.npy", array.getvalue())
         write_json(folder / "pseudo_labels.json", {**self.summary(), "sizes": self.sizes})
 
     @classmethod
@@ -111,6 +112,8 @@ def pseudo_label(
         return cluster.cluster_labels(source, k, **kmeans_options)
     config = as_config(config)
     k = config.pseudo_labels.k if k is None else k
+    if out is not None:
+        remove_temporary_files(Path(out))
     if out is not None and (Path(out) / "pseudo_labels.json").exists():
         return _saved(out, k)
     pseudo = _clustered(source, data_or_load(data, config), k, config, kmeans_options)

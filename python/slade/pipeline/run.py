@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._durable import write_json
 from ..config import Config, preset
 from .data_loading import data_or_load
 from .diagnose import diagnose
@@ -21,7 +22,7 @@ from .report import write_plots
 from .results import RunResult
 from .run_folder import check_run_folder, prepare_run_folder
 from .ssl import train_ssl
-from .stages import PSEUDO_LABELS, SSL, STUDENT, TEACHER, Callback, Stage, write_json
+from .stages import PSEUDO_LABELS, SSL, STUDENT, TEACHER, Callback, Stage
 from .student import train_student
 from .teacher import train_teacher
 

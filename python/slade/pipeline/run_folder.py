@@ -8,9 +8,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from .._durable import remove_temporary_files, write_json
 from ..config import Config
 from ..errors import ConfigError
-from .stages import is_stage_id, write_json
+from .stages import is_stage_id
 
 #: What a run writes besides its stage folders.
 RUN_FILES = ("config.json", "results.json", "plots")
@@ -31,7 +32,10 @@ def check_run_folder(out: Path, config: Config, overwrite: bool) -> None:
 
 
 def prepare_run_folder(out: Path, config: Config, overwrite: bool) -> None:
-    """Clears an earlier run when overwriting, then records the configuration."""
+    """Clears an earlier run when overwriting (else the temporary files of killed writes),
+    then records the configuration."""
+    for folder in (out, out / "plots"):
+        remove_temporary_files(folder)
     if overwrite and out.exists():
         for entry in out.iterdir():
             if entry.name in RUN_FILES or (entry.is_dir() and is_stage_id(entry.name)):

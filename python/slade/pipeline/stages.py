@@ -16,11 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._durable import remove_temporary_files, write_json
 from ..config import Config
 from ..nn import CoreModule, load_torchvision_weights
+from .interrupts import HeldInterrupts
 
 #: ``callback(stage_id, step, metrics)`` after every training step; raising stops the run
-#: (KeyboardInterrupt first saves a checkpoint).
+#: (KeyboardInterrupt first saves a checkpoint at that step).
 Callback = Callable[[str, int, Mapping[str, float]], None]
 
 SSL, TEACHER, PSEUDO_LABELS, STUDENT = "ssl", "teacher", "pseudo_labels", "student"
@@ -53,14 +55,6 @@ def is_stage_id(name: str) -> bool:
     return _STAGE_ID.match(name) is not None
 
 
-def write_json(path: Path, value: Any) -> None:
-    """Writes JSON atomically (temporary file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(value, indent=1))
-    os.replace(temporary, path)
-
-
 class StageFiles:
     """A stage's folder: ``checkpoint.safetensors`` (latest, while running),
     ``final.safetensors`` (when finished) and ``history.json`` (per-step metrics)."""
@@ -85,6 +79,17 @@ class StageFiles:
     def resumable(self) -> bool:
         return self.checkpoint is not None and self.checkpoint.exists()
 
+    def tidy(self) -> None:
+        """Removes what killed writes left: temporary files, and the latest checkpoint of a
+        finished stage."""
+        if self.folder is None:
+            return
+        remove_temporary_files(self.folder)
+        if self.finished():
+            checkpoint = self.folder / "checkpoint.safetensors"
+            checkpoint.unlink(missing_ok=True)
+            checkpoint.with_suffix(".json").unlink(missing_ok=True)
+
     def history(self, upto: int) -> list[dict]:
         path = self.path("history.json")
         if path is None or not path.exists():
@@ -99,11 +104,17 @@ class StageFiles:
         write_json(self.folder / "history.json", history)
         checkpoint = self.folder / "checkpoint.safetensors"
         trainer.save(self.folder / "final.safetensors" if final else checkpoint)
-        if final and checkpoint.exists():
-            checkpoint.unlink()
-            sidecar = checkpoint.with_suffix(".json")
-            if sidecar.exists():
-                sidecar.unlink()
+        if final:
+            checkpoint.unlink(missing_ok=True)
+            checkpoint.with_suffix(".json").unlink(missing_ok=True)
+
+    def save_interrupted(self, trainer: Any, history: list[dict], start: int) -> None:
+        """A checkpoint at the interrupt when steps were taken since ``start`` and the history
+        holds each of them; else the latest checkpoint stays (after an interrupt that came
+        between a step and its row, a resume repeats the steps since that checkpoint)."""
+        recorded = history[-1]["step"] if history else 0
+        if start < trainer.step_count == recorded:
+            self.save(trainer, history, final=False)
 
 
 class Progress:
@@ -158,39 +169,55 @@ def train_loop(
 ) -> Any:
     """Steps ``trainer.step_count + 1 .. steps`` of the stage with id ``stage``, with
     checkpoints every ``config.checkpoint_every`` steps; returns the trainer with its
-    ``history`` (per-step metrics, also of the steps before a resume)."""
+    ``history`` (per-step metrics, also of the steps before a resume).
+
+    Ctrl-C during a step lets it finish and be recorded (history row, due checkpoint,
+    callback), then raises KeyboardInterrupt after a checkpoint at that step."""
     start = trainer.step_count
     trainer.history = history = files.history(start)
     if start >= steps and files.finished():
         return trainer
-    checkpoint_every = config.checkpoint_every
     bar = Progress(config.progress).bar(steps, min(start, steps), stage)
-    try:
-        if start < steps:
-            source = batches(start)
-            for number in range(start + 1, steps + 1):
-                metrics = dict(step(next(source)))
-                history.append({**{k: float(v) for k, v in metrics.items()}, "step": number})
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(_postfix(metrics), refresh=False)
-                if number % checkpoint_every == 0 and number < steps:
-                    files.save(trainer, history, final=False)
-                if callback is not None:
-                    callback(stage, number, metrics)
-    except KeyboardInterrupt:
-        files.save(trainer, history, final=False)
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
-    files.save(trainer, history, final=True)
+    with HeldInterrupts() as interrupts:
+        try:
+            if start < steps:
+                source = batches(start)
+                for number in range(start + 1, steps + 1):
+                    batch = next(source)
+                    with interrupts.held():
+                        metrics = _record(step(batch), number, history, bar)
+                        if number % config.checkpoint_every == 0 and number < steps:
+                            files.save(trainer, history, final=False)
+                    if callback is not None:
+                        callback(stage, number, metrics)
+                    interrupts.raise_pending()
+        except KeyboardInterrupt:
+            with interrupts.held():
+                files.save_interrupted(trainer, history, start)
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        with interrupts.held():
+            files.save(trainer, history, final=True)
+        interrupts.raise_pending()
     return trainer
+
+
+def _record(metrics: Mapping[str, float], number: int, history: list[dict], bar: Any) -> dict:
+    """Appends step ``number``'s row to the history and shows it on the progress bar."""
+    metrics = dict(metrics)
+    history.append({**{k: float(v) for k, v in metrics.items()}, "step": number})
+    if bar is not None:
+        bar.update(1)
+        bar.set_postfix(_postfix(metrics), refresh=False)
+    return metrics
 
 
 def stage_files(trainer: Any, out: Any, init: Any, *, whole_model: bool = False) -> StageFiles:
     """The stage's files, with the trainer restored from them or else initialised."""
     files = StageFiles(out)
+    files.tidy()
     if not resume(trainer, files):
         initialise(trainer, init, whole_model=whole_model)
     return files

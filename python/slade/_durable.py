@@ -1,0 +1,70 @@
+"""Durable files of a run: atomic writes (temporary file, fsync, rename, fsync of the
+folder) and the removal of the temporary files that a killed write leaves behind.
+
+Temporary files are named ``<name>.tmp-<pid>``, as the Rust core names those of its
+checkpoints, so one rule finds them all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+_TEMPORARY = re.compile(r"\.tmp-[0-9]+$")
+
+
+def temporary_path(path: Path) -> Path:
+    """The sibling a write of ``path`` goes to before its rename."""
+    return path.with_name(f"{path.name}.tmp-{os.getpid()}")
+
+
+def is_temporary(path: Path) -> bool:
+    return _TEMPORARY.search(path.name) is not None
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Writes ``data`` to ``path`` atomically and durably: readers see the old file or the
+    new one, never a part, and after a power cut the new one if this returned."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = temporary_path(path)
+    try:
+        with open(temporary, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    sync_folder(path.parent)
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Writes JSON atomically and durably (see :func:`write_bytes`)."""
+    write_bytes(path, json.dumps(value, indent=1).encode())
+
+
+def sync_folder(folder: Path) -> None:
+    """fsyncs a folder so that the renames and removals in it are durable (POSIX only)."""
+    if os.name != "posix":
+        return
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def remove_temporary_files(folder: Path | None) -> list[Path]:
+    """Removes the temporary files that killed writes left in ``folder``; returns them."""
+    if folder is None or not folder.is_dir():
+        return []
+    stale = [path for path in folder.iterdir() if path.is_file() and is_temporary(path)]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        sync_folder(folder)
+    return stale
