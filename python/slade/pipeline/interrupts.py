@@ -40,7 +40,7 @@ class HeldInterrupts:
     def _handle(self, signum: int, frame: Any) -> None:
         if self._holding:
             self._pending = (signum, frame)
-        else:
+        elif self._previous is not None:
             self._previous(signum, frame)
 
     @contextmanager
