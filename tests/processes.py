@@ -29,6 +29,24 @@ from safetensors import safe_open
 TESTS = Path(__file__).resolve().parent
 PROBED_CLI = TESTS / "probed_cli.py"
 
+#: `slade run` arguments of a run of a few seconds: fashion-mnist-ssl with small batches,
+#: 4 clusters, 200 pool and test images, and random shifts (augmentation to reproduce).
+TINY_RUN = [
+    "--preset",
+    "fashion-mnist-ssl",
+    "--no-progress",
+    "teacher.batch_size=32",
+    "teacher.m=8",
+    "student.labeled_batch_size=16",
+    "student.labeled_m=4",
+    "student.unlabeled_batch_size=16",
+    "student.unlabeled_m=4",
+    "pseudo_labels.k=4",
+    "data.max_unlabeled=200",
+    "data.max_test=200",
+    "data.shift=2",
+]
+
 
 def environment() -> dict[str, str]:
     """This process's environment with slade importable (PYTHONPATH as pytest has it)."""

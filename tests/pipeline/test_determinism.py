@@ -7,28 +7,11 @@ from __future__ import annotations
 
 import pytest
 
-from processes import assert_same_run, slade_commands
+from processes import TINY_RUN, assert_same_run, slade_commands
 
 pytestmark = pytest.mark.usefixtures("fashion_mnist_root")
 
-TINY = [
-    "--preset",
-    "fashion-mnist-ssl",
-    "--no-progress",
-    "teacher.steps=3",
-    "student.steps=3",
-    "teacher.batch_size=32",
-    "teacher.m=8",
-    "student.labeled_batch_size=16",
-    "student.labeled_m=4",
-    "student.unlabeled_batch_size=16",
-    "student.unlabeled_m=4",
-    "pseudo_labels.k=4",
-    "data.max_unlabeled=200",
-    "data.max_test=200",
-    "data.shift=2",  # random shifts: each path has augmentation to reproduce
-    "eval.plots=false",
-]
+TINY = [*TINY_RUN, "teacher.steps=3", "student.steps=3", "eval.plots=false"]
 
 
 @pytest.mark.parametrize("augment", ["auto", "transform"])

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from processes import (
+    TINY_RUN,
     ProbedRun,
     Zygote,
     assert_same_run,
@@ -33,24 +34,12 @@ from processes import (
 pytestmark = pytest.mark.usefixtures("fashion_mnist_root")
 
 TINY = [
-    "--preset",
-    "fashion-mnist-ssl",
-    "--no-progress",
+    *TINY_RUN,
     "teacher.steps=5",
     "student.steps=4",
     "checkpoint_every=2",
-    "teacher.batch_size=32",
-    "teacher.m=8",
-    "student.labeled_batch_size=16",
-    "student.labeled_m=4",
-    "student.unlabeled_batch_size=16",
-    "student.unlabeled_m=4",
-    "pseudo_labels.k=4",
-    "data.max_unlabeled=200",
-    "data.max_test=200",
     "data.augment=transform",
     "data.num_workers=2",
-    "data.shift=2",  # random shifts, so that a resume must reproduce the augmentation
     "eval.examples=1",
     "eval.top_k=4",
 ]
