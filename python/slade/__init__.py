@@ -42,13 +42,19 @@ _PIPELINE = (
 )
 
 
+# slade.deploy (export, embedding, the gallery index) imports torchvision too.
+_DEPLOY = ("export", "embed", "Embeddings", "ModelCard")
+
+
 def __getattr__(name: str):
     import importlib
 
-    if name in ("data", "pipeline", "plots", "cli"):
+    if name in ("data", "pipeline", "plots", "cli", "deploy"):
         return importlib.import_module(f".{name}", __name__)
     if name in _PIPELINE:
         return getattr(importlib.import_module(".pipeline", __name__), name)
+    if name in _DEPLOY:
+        return getattr(importlib.import_module(".deploy", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -63,6 +69,7 @@ __all__ = [
     "config",
     "Config",
     *_PIPELINE,
+    *_DEPLOY,
     "knn",
     "retrieval_metrics",
     "ModelConfig",

@@ -1,9 +1,12 @@
-"""The ``slade`` command: run the pipeline, evaluate a checkpoint, list presets and layouts.
+"""The ``slade`` command: run the pipeline, evaluate, export, embed and search, list presets.
 
     slade run --preset fashion-mnist-ssl --out runs/fashion-mnist-ssl teacher.steps=200
     slade run --preset omniglot-ssl --layout folders --data my_images --out runs/mine
     slade evaluate runs/fashion-mnist-ssl/student_round1/final.safetensors
     slade presets
+    slade export runs/fashion-mnist-ssl/student_round1/final.safetensors --out model.pt
+    slade embed model.pt gallery_images/ --out gallery.safetensors
+    slade search gallery.safetensors query.png -k 10 --grid results.png
 
 Overrides are ``key=value`` with dotted keys of :class:`slade.config.Config`
 (``teacher.optimizer.lr=3e-4``, ``student.variant=basis``, ``seed=2``).
@@ -18,6 +21,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = ["main"]
 
@@ -64,7 +68,50 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
 
     commands.add_parser("presets", help="list the presets and the data layouts")
+    _deploy_commands(commands)
     return parser
+
+
+def _deploy_commands(commands: Any) -> None:
+    """export, embed and search: from a checkpoint to a searchable gallery."""
+    export = commands.add_parser(
+        "export",
+        help="write a checkpoint's model as TorchScript, ONNX or safetensors",
+        description="Writes the model of a checkpoint as a file that needs only torch "
+        "(torchscript, safetensors) or onnxruntime (onnx), and OUT.json beside it with its "
+        "input preprocessing (from the run's config.json, or --preset).",
+    )
+    export.add_argument("checkpoint", help="a .safetensors checkpoint written by slade")
+    export.add_argument("--format", choices=("torchscript", "onnx", "safetensors"))
+    export.add_argument("--out", required=True, metavar="PATH", help="the model file to write")
+    export.add_argument("--preset", help="take the preprocessing from this preset's data")
+
+    embed = commands.add_parser(
+        "embed",
+        help="embed a folder of images into a gallery index",
+        description="Embeds every image file below FOLDER (sorted by path) with a "
+        "checkpoint's or an exported model's preprocessing and writes a slade.Index "
+        "(embeddings, the paths as ids, the model to embed queries with).",
+    )
+    embed.add_argument("model", help="a checkpoint or an exported model file")
+    embed.add_argument("folder", help="the gallery images")
+    embed.add_argument("--out", required=True, metavar="PATH", help="the index (.safetensors)")
+    embed.add_argument("--device", help="cpu, cuda or cuda:N (default cpu)")
+    embed.add_argument("--batch-size", type=int, default=256)
+    embed.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    search = commands.add_parser(
+        "search",
+        help="nearest gallery images of query images",
+        description="Embeds the query images with the index's model and prints, per query, "
+        "its k nearest gallery items (id and Euclidean distance), nearest first.",
+    )
+    search.add_argument("index", help="an index written by `slade embed` or Index.save")
+    search.add_argument("queries", nargs="+", help="query image files or folders")
+    search.add_argument("-k", type=int, default=10, help="neighbours per query (default 10)")
+    search.add_argument("--device", help="cpu, cuda or cuda:N (default cpu)")
+    search.add_argument("--grid", metavar="PNG", help="also draw the results as a grid")
+    search.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
 def _data_arguments(command: argparse.ArgumentParser) -> None:
@@ -119,19 +166,11 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_config_of(checkpoint: Path) -> dict | None:
-    """The config.json of the run a checkpoint lies in (up to three folders up)."""
-    for folder in list(checkpoint.resolve().parents)[:3]:
-        candidate = folder / "config.json"
-        if candidate.is_file():
-            return json.loads(candidate.read_text())
-    return None
-
-
 def _evaluate(args: argparse.Namespace) -> int:
     from . import pipeline
     from .config import Config, preset
     from .errors import ConfigError, MissingFileError
+    from .pipeline.run_folder import run_config_of
 
     checkpoint = Path(args.checkpoint)
     if not checkpoint.exists():
@@ -139,7 +178,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.preset:
         config = preset(args.preset)
     else:
-        saved = _run_config_of(checkpoint)
+        saved = run_config_of(checkpoint)
         if saved is None:
             raise ConfigError(
                 f"no config.json found beside {checkpoint}: pass --preset to say which data to use"
@@ -157,6 +196,50 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(pipeline.results_table([(checkpoint.name, metrics)], split=split))
         for key, value in metrics.items():
             print(f"  {key:<16} {value:.4f}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .deploy import export
+
+    card = export(args.checkpoint, args.out, args.format, config=args.preset)
+    print(f"{card.format}: {args.out} (dim {card.model.dim}; how to feed it: {args.out}.json)")
+    return 0
+
+
+def _embed(args: argparse.Namespace) -> int:
+    from .deploy import Index, embed, model_reference
+
+    device = args.device or "cpu"
+    found = embed(
+        args.model,
+        args.folder,
+        batch_size=args.batch_size,
+        device=device,
+        progress=not args.no_progress,
+    )
+    index = Index(model=model_reference(args.model))
+    index.add(found.embeddings.cpu(), ids=found.paths)
+    index.save(args.out)
+    print(f"{len(index)} images of {args.folder} -> {args.out}")
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    from .deploy import search_images
+
+    results = search_images(args.index, args.queries, args.k, device=args.device or "cpu")
+    if args.grid:
+        from .plots import search_grid
+
+        search_grid(results, args.grid)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results], indent=1))
+        return 0
+    for result in results:
+        print(result.query)
+        for rank, (item, distance) in enumerate(zip(result.ids, result.distances), start=1):
+            print(f"  {rank:>3}  {distance:.4f}  {item}")
     return 0
 
 
@@ -193,8 +276,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
-        if args.command == "evaluate":
-            return _evaluate(args)
+        commands = {"evaluate": _evaluate, "export": _export, "embed": _embed, "search": _search}
+        if args.command in commands:
+            return commands[args.command](args)
         return _presets()
     except ConfigError as err:
         print(f"slade: error: {err}", file=sys.stderr)

@@ -89,6 +89,14 @@ class CoreModule:
         parts = [self._core.embed(b, batch_size) for b in batches_of(images, "images")]
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
+    def to_torch(self) -> torch.nn.Module:
+        """A plain ``torch.nn.Module`` copy of the model (backbone, head, L2
+        normalisation; torchvision's names for ResNets) with the same outputs, in
+        evaluation mode on the model's device: see :mod:`slade.deploy`."""
+        from .deploy.networks import to_torch
+
+        return to_torch(self)
+
     def named_parameters(self) -> Iterator[tuple[str, torch.Tensor]]:
         """The core's very parameter tensors, in torch's order."""
         return iter(self._core.named_parameters())

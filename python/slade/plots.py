@@ -160,6 +160,34 @@ def retrieval_examples(
     return _save(figure, path)
 
 
+def search_grid(results: Sequence[Any], path: str | os.PathLike) -> Path:
+    """Rows of ``query | its neighbours`` for :func:`slade.deploy.search_images` results,
+    each neighbour titled with its distance; gallery ids that are image files are shown."""
+    from PIL import Image
+
+    def picture(file: str | None) -> np.ndarray:
+        if file is None or not Path(file).is_file():
+            return np.ones((8, 8))
+        with Image.open(file) as image:
+            return np.asarray(image.convert("RGB"))
+
+    plt = _pyplot()
+    columns = 1 + max(len(r.indices) for r in results)
+    figure, axes = plt.subplots(
+        len(results), columns, figsize=(1.3 * columns, 1.45 * len(results)), squeeze=False
+    )
+    for row, result in zip(axes, results):
+        _show(row[0], picture(result.query), "query", None)
+        for column, distance in enumerate(result.distances, start=1):
+            file = result.ids[column - 1] if result.ids is not None else None
+            _show(row[column], picture(file), f"{distance:.3f}", None)
+        for axis in row[1 + len(result.indices) :]:
+            axis.axis("off")
+    figure.suptitle("nearest gallery images (title: Euclidean distance)", fontsize=9)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
 def _show(axis: Any, image: np.ndarray, title: str | None, hit: bool | None) -> None:
     axis.imshow(image, cmap="gray" if image.ndim == 2 else None)
     axis.set_xticks([])

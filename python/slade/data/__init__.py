@@ -46,7 +46,15 @@ from .protocols import (
     with_val_in_pool,
 )
 from .samplers import MPerClassSampler, RandomBatchSampler
-from .transforms import MultiCrop, RandomShift, eval_transform, multi_crop, train_transform
+from .transforms import (
+    MultiCrop,
+    Preprocessing,
+    RandomShift,
+    eval_preprocessing,
+    eval_transform,
+    multi_crop,
+    train_transform,
+)
 
 __all__ = [
     "UNLABELED",
@@ -86,6 +94,8 @@ __all__ = [
     "MultiCrop",
     "RandomShift",
     "train_transform",
+    "Preprocessing",
+    "eval_preprocessing",
     "eval_transform",
     "multi_crop",
 ]

@@ -12,6 +12,7 @@ Two styles:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
@@ -26,6 +27,8 @@ __all__ = [
     "RandomShift",
     "MultiCrop",
     "train_transform",
+    "Preprocessing",
+    "eval_preprocessing",
     "eval_transform",
     "multi_crop",
 ]
@@ -88,26 +91,91 @@ def train_transform(style: str = "natural", size: int | None = None, shift: int 
     )
 
 
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an image file becomes the network's input when embedding (evaluation, pseudo
+    labelling, :func:`slade.embed`, the JSON beside an exported model), in order:
+
+    1. decode and convert to ``mode`` (``"L"``: 1 channel, ``"RGB"``: 3);
+    2. resize with PIL's bilinear filter: ``"square"`` to ``size`` x ``size``,
+       ``"shorter_side"`` the shorter side to ``size`` keeping the aspect ratio
+       (torchvision's ``Resize(size)``), None keeps the stored size;
+    3. centre crop to ``crop`` x ``crop`` (top = round((H - crop) / 2), left likewise;
+       torchvision's ``CenterCrop``), None for none;
+    4. x / 255 as float32 in [0, 1], channels first;
+    5. (x - mean) / std per channel.
+    """
+
+    mode: str
+    resize: str | None = None
+    size: int | None = None
+    crop: int | None = None
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.mode == "L" else 3
+
+    @property
+    def input_size(self) -> int | None:
+        """The side of the square input, None where it follows the image's size."""
+        return self.crop or (self.size if self.resize == "square" else None)
+
+    def transform(self) -> Callable:
+        """The torchvision transform of PIL images (already in ``mode``) doing steps 2-5."""
+        steps: list[Any] = []
+        if self.resize == "square":
+            steps.append(T.Resize((self.size, self.size)))
+        elif self.resize == "shorter_side":
+            steps.append(T.Resize(self.size))
+        if self.crop is not None:
+            steps.append(T.CenterCrop(self.crop))
+        steps.append(T.ToTensor())
+        if any(m != 0 for m in self.mean) or any(s != 1 for s in self.std):
+            steps.append(T.Normalize(self.mean, self.std))
+        return T.Compose(steps)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, values: Any, name: str = "preprocessing") -> Preprocessing:
+        """Checks a dict written by :meth:`to_dict` (e.g. read from an export's JSON)."""
+        if not isinstance(values, dict) or set(values) != {f.name for f in fields(cls)}:
+            keys = sorted(f.name for f in fields(cls))
+            raise ConfigError(f"{name} must be a dict with the keys {keys}, got {values!r}")
+        made = cls(**{**values, "mean": tuple(values["mean"]), "std": tuple(values["std"])})
+        if made.mode not in ("L", "RGB") or made.resize not in (None, "square", "shorter_side"):
+            raise ConfigError(f"{name}: unknown mode or resize rule in {values!r}")
+        if len(made.mean) != made.channels or len(made.std) != made.channels:
+            raise ConfigError(f"{name}: mean and std need one value per channel, got {values!r}")
+        return made
+
+
+def eval_preprocessing(
+    style: str = "natural", size: int | None = None, resize: int | None = None
+) -> Preprocessing:
+    """The evaluation preprocessing of a style.
+
+    ``"grayscale"``: resized to ``size`` x ``size`` if given, values in [0, 1].
+    ``"natural"``: shorter side to ``resize`` (default 8/7 of the crop: 256 for 224),
+    CenterCrop(``size`` = 224), ImageNet normalisation.
+    """
+    if check_style(style) == "grayscale":
+        return Preprocessing("L", "square" if size is not None else None, size)
+    crop = size or 224
+    return Preprocessing(
+        "RGB", "shorter_side", resize or round(crop * 256 / 224), crop, IMAGENET_MEAN, IMAGENET_STD
+    )
+
+
 def eval_transform(
     style: str = "natural", size: int | None = None, resize: int | None = None
 ) -> Callable:
-    """Deterministic preprocessing for embedding images (evaluation, pseudo labelling).
-
-    ``"grayscale"``: ToTensor (after a resize to ``size`` if given). ``"natural"``:
-    Resize(``resize`` = 256), CenterCrop(``size`` = 224), ToTensor, ImageNet normalisation.
-    """
-    if check_style(style) == "grayscale":
-        steps: list[Any] = [T.Resize((size, size))] if size is not None else []
-        return T.Compose(steps + [T.ToTensor()])
-    crop = size or 224
-    return T.Compose(
-        [
-            T.Resize(resize or round(crop * 256 / 224)),
-            T.CenterCrop(crop),
-            T.ToTensor(),
-            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-        ]
-    )
+    """Deterministic preprocessing for embedding images (evaluation, pseudo labelling):
+    :func:`eval_preprocessing`'s transform."""
+    return eval_preprocessing(style, size, resize).transform()
 
 
 class MultiCrop:

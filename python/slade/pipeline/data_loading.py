@@ -66,14 +66,33 @@ def _loader_options(config: Config, entry: Any) -> dict[str, Any]:
     if d.val_groups:
         options["val_groups"] = d.val_groups
         options.setdefault("seed", config.seed)
-    style = entry.style
-    if style is None:
-        style = options.setdefault(
-            "style", "grayscale" if config.model.in_channels == 1 else "natural"
-        )
+    style = options.setdefault("style", data_style(config)) if entry.style is None else entry.style
     for key, value in entry.defaults(style, d.image_size, d.shift).items():
         options.setdefault(key, value)
     return options
+
+
+def data_style(config: Config) -> str:
+    """The transform style of a config's data: the protocol's, or for ``folders`` the
+    ``style`` option, by default following ``model.in_channels`` (1 grayscale, 3 natural)."""
+    from ..data import protocol
+
+    entry = protocol(config.data.protocol)
+    if entry.style is not None:
+        return entry.style
+    default = "grayscale" if config.model.in_channels == 1 else "natural"
+    return str(config.data.protocol_options.get("style", default))
+
+
+def eval_preprocessing_of(config: Config) -> Any:
+    """How a config's pipeline turns an image file into the network's input when embedding
+    (in-memory loaders resize when decoding, the others in the transform: the same steps),
+    a :class:`slade.data.Preprocessing`."""
+    from ..data import eval_preprocessing, protocol
+
+    entry = protocol(config.data.protocol)
+    size = entry.image_size if config.data.image_size is None else config.data.image_size
+    return eval_preprocessing(data_style(config), size)
 
 
 def _subsampled(data: Any, d: DataConfig, seed: int) -> Any:

@@ -82,9 +82,7 @@ def embed_split(model: Any, data: Any, config: Config, split: str) -> dict[str, 
     return view
 
 
-def view_metrics(
-    view: Mapping[str, torch.Tensor], config: Config, device: Any
-) -> dict[str, float]:
+def view_metrics(view: Mapping[str, torch.Tensor], config: Config, device: Any) -> dict[str, float]:
     """Retrieval metrics of :func:`embed_split`'s embeddings, computed on ``device``."""
     from ..retrieval import retrieval_metrics
 

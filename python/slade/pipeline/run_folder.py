@@ -4,6 +4,7 @@ when overwriting, and the configuration recorded in ``config.json``."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,18 @@ def prepare_run_folder(out: Path, config: Config, overwrite: bool) -> None:
             if entry.name in RUN_FILES or (entry.is_dir() and is_stage_id(entry.name)):
                 _remove(entry)
     write_json(out / "config.json", config.to_dict())
+
+
+def run_config_of(checkpoint: Any) -> dict | None:
+    """The ``config.json`` of the run a checkpoint path lies in (up to three folders up);
+    None for anything else."""
+    if not isinstance(checkpoint, (str, os.PathLike)):
+        return None
+    for folder in list(Path(checkpoint).resolve().parents)[:3]:
+        candidate = folder / "config.json"
+        if candidate.is_file():
+            return json.loads(candidate.read_text())
+    return None
 
 
 def _remove(path: Path) -> None:

@@ -101,5 +101,7 @@ def _ssl_images(data: Any, config: Config) -> TensorImages | TransformImages:
     # Grayscale local crops of 16 px (the preset's 14 px is below the ConvNet's minimum).
     local_size = 16 if style == "grayscale" else None
     crops = multi_crop(style, n_local=config.ssl.n_local, local_size=local_size)
-    both: ConcatDataset = ConcatDataset([labeled.with_transform(crops), unlabeled.with_transform(crops)])
+    both: ConcatDataset = ConcatDataset(
+        [labeled.with_transform(crops), unlabeled.with_transform(crops)]
+    )
     return TransformImages(both, config.data.num_workers)

@@ -1,0 +1,25 @@
+"""From a trained model to search: export (TorchScript, ONNX, safetensors, each with the
+JSON that says how to feed it), embedding of image files, and the gallery index.
+
+A service needs torch (or onnxruntime) and the exported file, not slade's extension:
+:func:`load` reads an export back, and its JSON (:class:`ModelCard`) gives the
+preprocessing a plain script can follow.
+"""
+
+from ..data.transforms import Preprocessing
+from .embedding import Embeddings, embed
+from .exporting import export, load
+from .model_card import ModelCard
+from .networks import ConvNetEmbedding, ResNetEmbedding, to_torch
+
+__all__ = [
+    "ConvNetEmbedding",
+    "Embeddings",
+    "ModelCard",
+    "Preprocessing",
+    "ResNetEmbedding",
+    "embed",
+    "export",
+    "load",
+    "to_torch",
+]
