@@ -25,7 +25,8 @@ from .train import StudentTrainer, SwavTrainer, TeacherTrainer
 __version__ = _core.__version__
 
 
-# The pipeline (slade.pipeline) and slade.data import torchvision: loaded on first use.
+# The pipeline (slade.pipeline) and slade.data import torchvision: loaded on first use, as
+# is slade.deploy (Index).
 _PIPELINE = (
     "load_data",
     "train_ssl",
@@ -40,15 +41,18 @@ _PIPELINE = (
     "results_table",
     "diagnose",
 )
+_DEPLOY = ("Index",)
 
 
 def __getattr__(name: str):
     import importlib
 
-    if name in ("data", "pipeline", "plots", "cli"):
+    if name in ("data", "pipeline", "plots", "cli", "deploy"):
         return importlib.import_module(f".{name}", __name__)
     if name in _PIPELINE:
         return getattr(importlib.import_module(".pipeline", __name__), name)
+    if name in _DEPLOY:
+        return getattr(importlib.import_module(".deploy", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -65,6 +69,7 @@ __all__ = [
     *_PIPELINE,
     "knn",
     "retrieval_metrics",
+    *_DEPLOY,
     "ModelConfig",
     "EmbeddingModel",
     "load_torchvision_weights",
