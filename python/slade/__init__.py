@@ -41,9 +41,8 @@ _PIPELINE = (
     "diagnose",
 )
 
-
 # slade.deploy (export, embedding, the gallery index) imports torchvision too.
-_DEPLOY = ("export", "embed", "Embeddings", "ModelCard")
+_DEPLOY = ("export", "embed", "Embeddings", "ModelCard", "Index")
 
 
 def __getattr__(name: str):

@@ -31,6 +31,20 @@ def test_a_failed_write_keeps_the_old_file_and_removes_its_temporary_file(tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["history.json"]
 
 
+def test_a_writer_that_fails_halfway_keeps_the_old_file(tmp_path):
+    path = tmp_path / "index.safetensors"
+    _durable.write_with(path, lambda temporary: temporary.write_bytes(b"old"))
+
+    def half(temporary):
+        temporary.write_bytes(b"ne")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        _durable.write_with(path, half)
+    assert path.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index.safetensors"]
+
+
 def test_only_temporary_files_of_killed_writes_are_removed(tmp_path):
     names = ["a.json.tmp-12", "b.safetensors.tmp-3456", "c.tmp", "d.tmp-x", "e.json"]
     for name in names:
