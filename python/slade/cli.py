@@ -10,8 +10,8 @@
 
 Overrides are ``key=value`` with dotted keys of :class:`slade.config.Config`
 (``teacher.optimizer.lr=3e-4``, ``student.variant=basis``, ``seed=2``).
-Exit status: 0 on success, 2 for a usage or configuration error, 1 for other failures
-(missing data, bad files), 130 when interrupted.
+Exit status: 0 on success, 2 for a usage, configuration or argument error (a bad value),
+1 for other failures (missing data, bad files), 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -238,7 +238,8 @@ def _search(args: argparse.Namespace) -> int:
         return 0
     for result in results:
         print(result.query)
-        for rank, (item, distance) in enumerate(zip(result.ids, result.distances), start=1):
+        items = result.ids if result.ids is not None else result.indices
+        for rank, (item, distance) in enumerate(zip(items, result.distances), start=1):
             print(f"  {rank:>3}  {distance:.4f}  {item}")
     return 0
 
@@ -271,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if extra:
         args.overrides = list(args.overrides) + extra
-    from .errors import ConfigError, SladeError
+    from .errors import InvalidArgumentError, SladeError
 
     try:
         if args.command == "run":
@@ -280,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in commands:
             return commands[args.command](args)
         return _presets()
-    except ConfigError as err:
+    except InvalidArgumentError as err:
         print(f"slade: error: {err}", file=sys.stderr)
         return 2
     except (SladeError, FileNotFoundError) as err:

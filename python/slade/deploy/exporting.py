@@ -156,7 +156,7 @@ def _torchscript(network: torch.nn.Module, preprocessing: Preprocessing) -> byte
     the caller asked for this format, so its notice is not repeated here)."""
     buffer = io.BytesIO()
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "`torch.jit.save` is deprecated", DeprecationWarning)
+        warnings.filterwarnings("ignore", "`torch.jit.[a-z]+` is deprecated", DeprecationWarning)
         torch.jit.save(torch.jit.script(network), buffer)
     return buffer.getvalue()
 
