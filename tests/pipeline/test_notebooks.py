@@ -13,7 +13,11 @@ from conftest import DATA
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 
-NEEDS = {"quickstart.ipynb": "fashion_mnist_root", "paper_ablations.ipynb": "omniglot_root"}
+NEEDS = {
+    "quickstart.ipynb": "fashion_mnist_root",
+    "paper_ablations.ipynb": "omniglot_root",
+    "deploy.ipynb": "fashion_mnist_root",
+}
 
 
 def _outputs_text(notebook) -> str:
@@ -60,6 +64,11 @@ def test_notebook_runs_in_quick_settings(name, tmp_path, monkeypatch, request):
         ]
         assert len(images) == 3
         assert (tmp_path / "out" / "results.json").is_file()
+    elif name == "deploy.ipynb":
+        assert "same embeddings without slade" in text and "of its class" in text
+        outputs = [o for c in notebook.cells for o in c.get("outputs", [])]
+        assert any("image/png" in o.get("data", {}) for o in outputs)
+        assert (tmp_path / "out" / "model.onnx.json").is_file()
     else:
         for row in ("student, + basis + mining", "global_ce", "local_ce", "k = 6", "k = 12"):
             assert row in text
