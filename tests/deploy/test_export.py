@@ -265,3 +265,27 @@ def write_images(folder: Path, sizes, mode: str) -> list[Path]:
         files.append(folder / f"{i}.png")
         Image.fromarray(pixels, mode).save(files[-1])
     return files
+
+
+def test_to_torch_of_a_checkpoint(tiny_run):
+    checkpoint = tiny_run / "teacher" / "final.safetensors"
+    x = torch.rand(4, 1, 28, 28)
+    expected = slade.load_trainer(checkpoint).embed(x)
+    torch.testing.assert_close(slade.deploy.to_torch(checkpoint)(x), expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.cuda
+def test_exports_and_embedding_on_cuda(tmp_path):
+    model = slade.EmbeddingModel(
+        {"backbone": "resnet18", "in_channels": 3, "dim": 16}, device="cuda"
+    )
+    plain = model.to_torch()
+    assert next(plain.parameters()).is_cuda
+    x = torch.rand(3, 3, 64, 64, device="cuda")
+    torch.testing.assert_close(plain(x), model.embed(x), rtol=0, atol=1e-5)
+    slade.export(model, tmp_path / "m.pt", preprocessing=_square(3, 64))
+    files = write_images(tmp_path / "photos", [(80, 70), (64, 64)], "RGB")
+    on_gpu = slade.embed(tmp_path / "m.pt", files, device="cuda").embeddings
+    on_cpu = slade.embed(tmp_path / "m.pt", files).embeddings
+    assert on_gpu.is_cuda
+    torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=0, atol=1e-4)

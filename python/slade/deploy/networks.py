@@ -79,8 +79,12 @@ def embedding_network(config: ModelConfig) -> nn.Module:
 
 def to_torch(model: Any) -> nn.Module:
     """A plain torch copy (in evaluation mode, on the model's device) of a slade
-    :class:`~slade.EmbeddingModel` or trainer's model: the same outputs, no slade needed to
-    run it. The trainer's own parameters (feature basis, prototypes) are not part of it."""
+    :class:`~slade.EmbeddingModel`, a trainer's model or a checkpoint path's: the same
+    outputs, no slade needed to run it. The trainer's own parameters (feature basis,
+    prototypes) are not part of it."""
+    from ..pipeline.inputs import as_model
+
+    model = as_model(model)
     if hasattr(model, "model_state_dict"):
         state, config = model.model_state_dict(), model.model_config
     else:
