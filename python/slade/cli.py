@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,6 +49,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, help="run seed")
     run.add_argument("--overwrite", action="store_true", help="delete an earlier run in OUT first")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument(
+        "--tensorboard",
+        metavar="DIR",
+        help="also write TensorBoard event files to DIR (log.tensorboard; one folder per run; "
+        "view them with `tensorboard --logdir DIR`)",
+    )
+    run.add_argument(
+        "--csv", action="store_true", help="also write history.csv beside each history.json"
+    )
     run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
 
     evaluate = commands.add_parser(
@@ -148,6 +158,16 @@ def _option_overrides(args: argparse.Namespace) -> dict[str, str]:
     return {k: v for k, v in options.items() if v is not None}
 
 
+def _log_overrides(args: argparse.Namespace) -> dict[str, str]:
+    """The log settings --tensorboard (DIR relative to the current folder) and --csv set."""
+    options = {}
+    if args.tensorboard is not None:
+        options["log.tensorboard"] = os.path.abspath(args.tensorboard)
+    if args.csv:
+        options["log.csv"] = "true"
+    return options
+
+
 def _run(args: argparse.Namespace) -> int:
     from . import pipeline
     from .config import preset
@@ -156,6 +176,7 @@ def _run(args: argparse.Namespace) -> int:
     config.override(_option_overrides(args))
     if args.seed is not None:
         config.override({"seed": args.seed})
+    config.override(_log_overrides(args))
     config.override(args.overrides)
     if args.no_progress:
         config.progress = False

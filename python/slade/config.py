@@ -2,8 +2,8 @@
 
 A :class:`Config` holds one section per stage of the method (DESIGN.md §2): ``data``,
 ``model``, ``ssl`` (Sec 3.1, optional), ``teacher`` (Sec 3.1), ``pseudo_labels`` (Sec 3.2),
-``student`` (Sec 3.3) and ``eval`` (Sec 4), plus run-level fields (seed, device, output
-folder, self-training rounds, checkpoint interval). Every hyperparameter is a field with a
+``student`` (Sec 3.3), ``eval`` (Sec 4) and ``log`` (TensorBoard, CSV, W&B), plus run-level
+fields (seed, device, output folder, self-training rounds, checkpoint interval). Every hyperparameter is a field with a
 default; :func:`preset` returns the values of a named setting and :meth:`Config.override`
 changes fields by dotted name::
 
@@ -47,6 +47,7 @@ __all__ = [
     "PseudoLabelConfig",
     "StudentConfig",
     "EvalConfig",
+    "LogConfig",
     "ModelConfig",
     "OptimizerConfig",
     "PRESETS",
@@ -54,7 +55,6 @@ __all__ = [
     "preset_names",
     "parse_overrides",
 ]
-
 
 
 @dataclass
@@ -214,6 +214,31 @@ class EvalConfig:
 
 
 @dataclass
+class LogConfig:
+    """Where a run logs its metrics besides ``history.json`` and ``results.json`` (README,
+    "Logging"). These settings change no result: a run may be resumed with others.
+
+    Attributes:
+        tensorboard: a folder for TensorBoard event files of :func:`slade.run` (``None``:
+            none). A relative path lies in the run's ``out`` (``"tensorboard"``:
+            ``out/tensorboard``, so that ``tensorboard --logdir runs`` compares the runs under
+            ``runs``), or in the current folder when the run has no ``out``;
+            ``slade run --tensorboard DIR`` takes DIR relative to the current folder, as every
+            path on the command line. One folder per run: a folder holding the events of a
+            run with another configuration is refused.
+        csv: also write each stage's per-step metrics as ``history.csv`` beside its
+            ``history.json``: a ``step`` column, then one column per metric.
+        wandb: also log to Weights & Biases (needs the ``wandb`` package; off by default).
+        wandb_project: the W&B project (``None``: wandb's default); only with ``wandb``.
+    """
+
+    tensorboard: str | None = None
+    csv: bool = False
+    wandb: bool = False
+    wandb_project: str | None = None
+
+
+@dataclass
 class Config:
     """The whole pipeline: SSL (optional) -> teacher -> pseudo labels -> student, repeated
     for ``rounds`` self-training rounds (the student of a round is the next round's teacher).
@@ -245,6 +270,7 @@ class Config:
     pseudo_labels: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
     # Fields that change where or how visibly a run happens, not its results.
     RUNTIME_FIELDS = (
@@ -258,6 +284,7 @@ class Config:
         "eval.plots",
         "eval.examples",
         "eval.top_k",
+        "log",
     )
 
     def to_dict(self) -> dict:
@@ -342,7 +369,21 @@ class Config:
             "positive integers",
         )
         _check(e.examples >= 0 and e.top_k >= 1, "eval.examples", ">= 0 (and eval.top_k >= 1)")
+        self._validate_log()
         return self
+
+    def _validate_log(self) -> None:
+        log = self.log
+        _check(
+            log.tensorboard is None or log.tensorboard.strip() != "",
+            "log.tensorboard",
+            "None or a folder",
+        )
+        _check(
+            log.wandb or log.wandb_project is None,
+            "log.wandb_project",
+            "None unless log.wandb=true",
+        )
 
     def _validate_data(self) -> None:
         """The ``data`` section, against its protocol's registry entry."""

@@ -146,6 +146,27 @@ def test_run_with_layout_folders_trains_on_your_own_images(capsys, tmp_path):
     assert slade.load_trainer(out / "student_round1" / "final.safetensors").step_count == 3
 
 
+def test_tensorboard_and_csv_options_set_the_log_section(monkeypatch, tmp_path, capsys):
+    started = []
+
+    class Finished:
+        def table(self):
+            return "table"
+
+    def run(config, **options):
+        started.append(config)
+        return Finished()
+
+    monkeypatch.setattr(slade.pipeline, "run", run)
+    monkeypatch.chdir(tmp_path)
+    argv = ["run", "--preset", "fashion-mnist-ssl", "--out", "o", "--tensorboard", "events"]
+    assert main(argv + ["--csv"]) == 0
+    # DIR is relative to the current folder, as every path on the command line
+    assert started[0].log.tensorboard == str(tmp_path / "events") and started[0].log.csv
+    assert main(argv[:5]) == 0
+    assert started[1].log.tensorboard is None and not started[1].log.csv
+
+
 def test_usage_errors_exit_2():
     with pytest.raises(SystemExit) as caught:
         main(["run"])

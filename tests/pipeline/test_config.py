@@ -106,6 +106,10 @@ def test_overrides_convert_strings_to_each_field_type():
         ("data.val_groups=-1", "data.val_groups"),
         ("student.sd_statistics=running", "student.sd_statistics"),
         ("student.mining=best", "student.mining"),
+        ("log.tensorbord=runs/tb", "log.tensorbord"),
+        ("log.tensorboard=", "log.tensorboard"),
+        ("log.csv=sometimes", "log.csv"),
+        ("log.wandb_project=mine", "log.wandb_project"),
     ],
 )
 def test_bad_overrides_raise_config_errors_naming_the_key(override, pattern):
@@ -119,7 +123,9 @@ def test_research_bounds_and_validation_groups_are_checked_together():
         preset("fashion-mnist-ssl", ["student.mining=oracle", "student.variant=basis"])
     with pytest.raises(slade.ConfigError, match="data.val_groups"):
         preset("omniglot-ssl", ["data.val_groups=1", "data.val_classes=5"])
-    config = preset("omniglot-ssl", ["data.val_groups=1", "data.val_in_pool=0.5", "data.evaluate_on=val"])
+    config = preset(
+        "omniglot-ssl", ["data.val_groups=1", "data.val_in_pool=0.5", "data.evaluate_on=val"]
+    )
     assert config.data.val_groups == 1
     with pytest.raises(slade.ConfigError, match="data.val_groups.*no class groups"):
         slade.load_data(preset("fashion-mnist-ssl", ["data.val_groups=1"]))
@@ -148,7 +154,8 @@ def test_parse_overrides_keeps_everything_after_the_first_equals_sign():
 def test_semantic_dict_ignores_where_and_how_visibly_a_run_happens():
     a = preset("fashion-mnist-ssl")
     b = preset(
-        "fashion-mnist-ssl", ["out=elsewhere", "progress=false", "device=cuda", "data.root=/x"]
+        "fashion-mnist-ssl",
+        ["out=elsewhere", "progress=false", "device=cuda", "data.root=/x", "log.tensorboard=tb"],
     )
     assert a.semantic_dict() == b.semantic_dict()
     c = preset("fashion-mnist-ssl", ["teacher.steps=5"])

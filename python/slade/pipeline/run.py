@@ -21,6 +21,7 @@ from .pseudo_labels import PseudoLabels, pseudo_label
 from .report import write_plots
 from .results import RunResult
 from .run_folder import check_run_folder, prepare_run_folder
+from .run_log import RunLog, check_log
 from .ssl import train_ssl
 from .stages import PSEUDO_LABELS, SSL, STUDENT, TEACHER, Callback, Stage
 from .student import train_student
@@ -49,8 +50,11 @@ def run(
             ``plots/*.png``. A folder holding an interrupted run with the same configuration
             is resumed: finished stages are skipped and the interrupted one continues from
             its latest checkpoint.
-        overwrite: delete an earlier run's files in ``out`` first.
+        overwrite: delete an earlier run's files in ``out`` first (and its TensorBoard events).
         callback: ``callback(stage_id, step, metrics)`` after every training step.
+
+    With ``config.log`` the run also writes TensorBoard event files, ``history.csv`` files or
+    a Weights & Biases run (:mod:`slade.pipeline.run_log`; README, "Logging").
 
     Returns:
         A :class:`RunResult`; ``print(result.table())`` shows teacher vs student.
@@ -59,15 +63,22 @@ def run(
     folder = Path(config.out) if config.out is not None else None
     if folder is not None:
         check_run_folder(folder, config, overwrite)
+    check_log(config, folder, overwrite)
     data = data_or_load(data, config)
     if folder is not None:
         prepare_run_folder(folder, config, overwrite)
-    state = _RunState(config, data, folder, callback)
-    for stage in plan(config):
+    with RunLog.open(config, folder, overwrite) as log:
+        state = _RunState(config, data, folder, log.callback(callback), log)
+        return _run_stages(state)
+
+
+def _run_stages(state: _RunState) -> RunResult:
+    """Each stage of the plan, then the report."""
+    for stage in plan(state.config):
         _RUNNERS[stage.kind](state, stage)
     result = state.result()
-    if folder is not None:
-        _report(result, state, folder)
+    if state.out is not None:
+        _report(result, state, state.out)
     return result
 
 
@@ -99,6 +110,7 @@ class _RunState:
     data: Any
     out: Path | None
     callback: Callback | None
+    log: RunLog
     init: Any = None  # the SwAV trainer, when the ssl stage ran
     teacher_id: str = TEACHER  # the current teacher: the teacher, then each round's student
     trainers: dict[str, Any] = field(default_factory=dict)
@@ -117,12 +129,14 @@ class _RunState:
     def trained(self, stage: Stage, trainer: Any) -> dict[str, float]:
         """Records a trained model and its metrics; it becomes the current teacher."""
         self.trainers[stage.id] = trainer
+        self.log.history(stage.id, trainer.history)
         split = self.config.data.evaluate_on
         with self.timed(f"{stage.id}/evaluate"):
             metrics, self.views[stage.id] = stage_metrics(
                 trainer, self.data, self.config, stage.folder(self.out), split
             )
         self.metrics[stage.id] = metrics
+        self.log.evaluation(stage.id, trainer.step_count, metrics)
         self.teacher_id = stage.id
         return metrics
 
@@ -147,6 +161,7 @@ def _ssl(state: _RunState, stage: Stage) -> None:
             state.data, state.config, out=stage.folder(state.out), callback=state.callback
         )
     state.trainers[stage.id] = state.init
+    state.log.history(stage.id, state.init.history)
 
 
 def _teacher(state: _RunState, stage: Stage) -> None:
@@ -167,6 +182,7 @@ def _pseudo_labels(state: _RunState, stage: Stage) -> None:
         state.pseudo_labels[stage.id] = pseudo_label(
             teacher, state.data, config=state.config, out=stage.folder(state.out)
         )
+    state.log.pseudo_labels(stage.id, state.pseudo_labels[stage.id].summary())
 
 
 def _student(state: _RunState, stage: Stage) -> None:
@@ -187,6 +203,7 @@ def _student(state: _RunState, stage: Stage) -> None:
     metrics = state.trained(stage, student)
     with state.timed(f"{stage.id}/diagnose"):
         diagnostics = diagnose(student, state.data, pseudo, state.config)
+    state.log.diagnostics(stage.id, student.step_count, diagnostics)
     state.rounds.append(
         {
             "teacher": teacher_metrics,
@@ -207,8 +224,10 @@ _RUNNERS: dict[str, Callable[[_RunState, Stage], None]] = {
 
 
 def _report(result: RunResult, state: _RunState, folder: Path) -> None:
-    """``plots/*.png`` (when ``eval.plots``), then ``results.json``."""
+    """``plots/*.png`` (when ``eval.plots``; the retrieval examples also to the log), then
+    ``results.json``."""
     if result.config.eval.plots:
         with state.timed("plots"):
             write_plots(result, state.data, state.views, state.pseudo_labels, folder / "plots")
+        state.log.figure("retrieval_examples", folder / "plots" / "retrieval_examples.png")
     write_json(folder / "results.json", result.to_dict())

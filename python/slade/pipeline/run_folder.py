@@ -22,14 +22,20 @@ def check_run_folder(out: Path, config: Config, overwrite: bool) -> None:
     """Refuses an output folder holding a run of another configuration."""
     saved = out / "config.json"
     if saved.exists() and not overwrite:
-        previous = Config.from_dict(json.loads(saved.read_text()))
-        differences = _differences(previous.semantic_dict(), config.semantic_dict())
-        if differences:
-            shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in differences[:5])
+        shown = differing_settings(json.loads(saved.read_text()), config)
+        if shown:
             raise ConfigError(
                 f"{out} holds a run with another configuration ({shown}); "
                 "choose another output folder or overwrite it (overwrite=True, --overwrite)"
             )
+
+
+def differing_settings(saved: Any, config: Config) -> str:
+    """The settings that change results where ``saved`` (a :meth:`Config.to_dict`) and
+    ``config`` differ, as ``"key: saved -> new; ..."`` (the first five); ``""`` when none."""
+    previous = Config.from_dict(saved)
+    differences = _differences(previous.semantic_dict(), config.semantic_dict())
+    return "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in differences[:5])
 
 
 def prepare_run_folder(out: Path, config: Config, overwrite: bool) -> None:

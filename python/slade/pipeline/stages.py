@@ -8,6 +8,8 @@ A stage's id names it everywhere: in callbacks, ``RunResult.trainers`` and ``.me
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import re
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .._durable import remove_temporary_files, write_json
+from .._durable import remove_temporary_files, write_bytes, write_json
 from ..config import Config
 from ..nn import CoreModule, load_torchvision_weights
 from .interrupts import HeldInterrupts
@@ -57,7 +59,8 @@ def is_stage_id(name: str) -> bool:
 
 class StageFiles:
     """A stage's folder: ``checkpoint.safetensors`` (latest, while running),
-    ``final.safetensors`` (when finished) and ``history.json`` (per-step metrics)."""
+    ``final.safetensors`` (when finished), ``history.json`` (per-step metrics) and, with
+    ``log.csv``, ``history.csv`` (the same rows)."""
 
     def __init__(self, folder: str | os.PathLike | None) -> None:
         self.folder = Path(folder) if folder is not None else None
@@ -96,25 +99,48 @@ class StageFiles:
             return []
         return [r for r in json.loads(path.read_text()) if r["step"] <= upto]
 
-    def save(self, trainer: Any, history: list[dict], *, final: bool) -> None:
+    def save(self, trainer: Any, history: list[dict], *, final: bool, csv: bool = False) -> None:
+        """The history (also as CSV with ``csv``), then the checkpoint (``final``: the
+        final weights, and the latest checkpoint goes)."""
         if self.folder is None:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         # History first: it then always reaches at least the checkpoint's step.
         write_json(self.folder / "history.json", history)
+        if csv:
+            self.save_csv(history)
         checkpoint = self.folder / "checkpoint.safetensors"
         trainer.save(self.folder / "final.safetensors" if final else checkpoint)
         if final:
             checkpoint.unlink(missing_ok=True)
             checkpoint.with_suffix(".json").unlink(missing_ok=True)
 
-    def save_interrupted(self, trainer: Any, history: list[dict], start: int) -> None:
+    def save_csv(self, history: list[dict]) -> None:
+        """``history.csv``: the rows of ``history.json``."""
+        if self.folder is not None:
+            write_bytes(self.folder / "history.csv", history_csv(history))
+
+    def save_interrupted(
+        self, trainer: Any, history: list[dict], start: int, *, csv: bool = False
+    ) -> None:
         """A checkpoint at the interrupt when steps were taken since ``start`` and the history
         holds each of them; else the latest checkpoint stays (after an interrupt that came
         between a step and its row, a resume repeats the steps since that checkpoint)."""
         recorded = history[-1]["step"] if history else 0
         if start < trainer.step_count == recorded:
-            self.save(trainer, history, final=False)
+            self.save(trainer, history, final=False, csv=csv)
+
+
+def history_csv(history: list[dict]) -> bytes:
+    """History rows as CSV: a ``step`` column, then one column per metric in the order the
+    metrics first appear (a metric missing from a row is an empty cell). Floats are written
+    in their shortest exact form, so the cells read back as the rows' values."""
+    columns = list(dict.fromkeys(["step", *(key for row in history for key in row)]))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    return text.getvalue().encode()
 
 
 class Progress:
@@ -168,14 +194,18 @@ def train_loop(
     callback: Callback | None,
 ) -> Any:
     """Steps ``trainer.step_count + 1 .. steps`` of the stage with id ``stage``, with
-    checkpoints every ``config.checkpoint_every`` steps; returns the trainer with its
-    ``history`` (per-step metrics, also of the steps before a resume).
+    checkpoints every ``config.checkpoint_every`` steps (each with the history, also as
+    ``history.csv`` with ``config.log.csv``); returns the trainer with its ``history``
+    (per-step metrics, also of the steps before a resume).
 
     Ctrl-C during a step lets it finish and be recorded (history row, due checkpoint,
     callback), then raises KeyboardInterrupt after a checkpoint at that step."""
     start = trainer.step_count
     trainer.history = history = files.history(start)
+    csv = config.log.csv
     if start >= steps and files.finished():
+        if csv:
+            files.save_csv(history)
         return trainer
     bar = Progress(config.progress).bar(steps, min(start, steps), stage)
     with HeldInterrupts() as interrupts:
@@ -187,19 +217,19 @@ def train_loop(
                     with interrupts.held():
                         metrics = _record(step(batch), number, history, bar)
                         if number % config.checkpoint_every == 0 and number < steps:
-                            files.save(trainer, history, final=False)
+                            files.save(trainer, history, final=False, csv=csv)
                     if callback is not None:
                         callback(stage, number, metrics)
                     interrupts.raise_pending()
         except KeyboardInterrupt:
             with interrupts.held():
-                files.save_interrupted(trainer, history, start)
+                files.save_interrupted(trainer, history, start, csv=csv)
             raise
         finally:
             if bar is not None:
                 bar.close()
         with interrupts.held():
-            files.save(trainer, history, final=True)
+            files.save(trainer, history, final=True, csv=csv)
         interrupts.raise_pending()
     return trainer
 
