@@ -1,7 +1,10 @@
-"""Conversion of user inputs to torch tensors before they cross into the Rust core."""
+"""Conversion of user inputs to torch tensors and Python scalars before they cross into the
+Rust core, refusing values of the wrong type with a DtypeError that names the argument."""
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -31,3 +34,56 @@ def as_tensor(value: Any, name: str) -> torch.Tensor:
 
 def optional_tensor(value: Any, name: str) -> torch.Tensor | None:
     return None if value is None else as_tensor(value, name)
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    return type(value).__name__
+
+
+def as_int(value: Any, name: str) -> int:
+    """``value`` as an int: an int, a numpy integer or a one-element integer tensor; not a
+    bool, a float or a string. The range is the core's to check."""
+    if not isinstance(value, bool):
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    raise DtypeError(f"{name} must be an int, got {_kind(value)}")
+
+
+def optional_int(value: Any, name: str) -> int | None:
+    return None if value is None else as_int(value, name)
+
+
+def as_ints(values: Any, name: str) -> list[int]:
+    """A sequence of ints (a list, a tuple, a 1-D array or tensor) as a list."""
+    one_dim = not isinstance(values, (torch.Tensor, np.ndarray)) or values.ndim == 1
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable) or not one_dim:
+        raise DtypeError(f"{name} must be a sequence of ints (e.g. [1, 2, 4]), got {_kind(values)}")
+    return [as_int(v, f"{name}[{i}]") for i, v in enumerate(values)]
+
+
+def as_float(value: Any, name: str) -> float:
+    """``value`` as a float: a real number (numpy scalars and one-element tensors included),
+    not a bool or a string. Whether it is finite is the core's to check."""
+    if not isinstance(value, (bool, str, bytes)):
+        try:
+            return float(value)
+        except (TypeError, ValueError, RuntimeError):
+            pass
+    raise DtypeError(f"{name} must be a number, got {_kind(value)}")
+
+
+def as_bool(value: Any, name: str) -> bool:
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise DtypeError(f"{name} must be a bool (True or False), got {_kind(value)}")
+
+
+def as_str(value: Any, name: str) -> str:
+    """An option name; which names are valid is the core's to check."""
+    if isinstance(value, str):
+        return value
+    raise DtypeError(f"{name} must be a str (an option name), got {_kind(value)}")

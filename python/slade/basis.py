@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from . import _core
-from ._convert import as_tensor, optional_tensor
+from ._convert import as_int, as_tensor, optional_int, optional_tensor
 from .settings import BasisConfig
 
 _STATS = ("mu_pos", "var_pos", "mu_neg", "var_neg", "updates_pos", "updates_neg")
@@ -89,7 +89,12 @@ class FeatureBasis(torch.nn.Module):
         self.sd_weight = sd_weight
         self.regularizer = regularizer
         self.sd_statistics = sd_statistics
-        state = _core.basis_init(num_basis, dim, num_pseudo_classes, self._config())
+        state = _core.basis_init(
+            as_int(num_basis, "num_basis"),
+            as_int(dim, "dim"),
+            optional_int(num_pseudo_classes, "num_pseudo_classes"),
+            self._config(),
+        )
         weight = state["weight"]
         assert weight is not None, "basis_init returns the weight"
         self.weight = torch.nn.Parameter(weight.detach())

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 
 from . import _core
-from ._convert import as_tensor
+from ._convert import as_float, as_int, as_tensor
+from .errors import DtypeError
 
 
 class _KMeansFields(NamedTuple):
@@ -35,7 +37,25 @@ class KMeansResult(_KMeansFields):
 
 
 def _init_arg(init: Any) -> Any:
-    return init if isinstance(init, str) else as_tensor(init, "init")
+    if isinstance(init, str):
+        return init
+    if not isinstance(init, (torch.Tensor, np.ndarray)):
+        raise DtypeError(
+            'init must be "k-means++", "random" or a (k, dim) tensor of centroids, '
+            f"got {type(init).__name__}"
+        )
+    return as_tensor(init, "init")
+
+
+def _options(k: Any, iters: Any, seed: Any, init: Any, tol: Any) -> dict[str, Any]:
+    """The k-means arguments of the core, each of its type."""
+    return {
+        "k": as_int(k, "k"),
+        "iters": as_int(iters, "iters"),
+        "seed": as_int(seed, "seed"),
+        "init": _init_arg(init),
+        "tol": as_float(tol, "tol"),
+    }
 
 
 def kmeans(
@@ -76,8 +96,9 @@ def kmeans(
     Returns:
         ``KMeansResult(centroids, labels, inertia)`` (and ``.iterations``).
     """
+    options = _options(k, iters, seed, init, tol)
     centroids, labels, inertia, iterations = _core.kmeans(
-        as_tensor(x, "x"), k, iters=iters, seed=seed, init=_init_arg(init), tol=tol
+        as_tensor(x, "x"), options.pop("k"), **options
     )
     result = KMeansResult(centroids, labels, inertia)
     result.iterations = iterations
@@ -102,14 +123,8 @@ def cluster_labels(
     Returns:
         ``(N,)`` int64 labels in ``[0, k)`` on the embeddings' device.
     """
-    return _core.cluster_labels(
-        as_tensor(embeddings, "embeddings"),
-        k,
-        iters=iters,
-        seed=seed,
-        init=_init_arg(init),
-        tol=tol,
-    )
+    options = _options(k, iters, seed, init, tol)
+    return _core.cluster_labels(as_tensor(embeddings, "embeddings"), options.pop("k"), **options)
 
 
 def nmi(labels_a: Any, labels_b: Any) -> float:

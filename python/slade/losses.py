@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from . import _core
-from ._convert import as_tensor, optional_tensor
+from ._convert import as_float, as_tensor, optional_tensor
 from ._pairs import pairs_arg
 
 Pairs = Sequence[Any]
@@ -38,7 +38,7 @@ def _ranking_loss(
         as_tensor(embeddings, "embeddings"),
         optional_tensor(labels, "labels"),
         pairs=pairs_arg(pairs),
-        **settings,
+        **{name: as_float(value, name) for name, value in settings.items()},
     )
 
 
@@ -125,10 +125,10 @@ def multi_similarity_with_miner(
     return _core.multi_similarity_loss_with_miner(
         as_tensor(embeddings, "embeddings"),
         as_tensor(labels, "labels"),
-        epsilon=epsilon,
-        alpha=alpha,
-        beta=beta,
-        base=base,
+        epsilon=as_float(epsilon, "epsilon"),
+        alpha=as_float(alpha, "alpha"),
+        beta=as_float(beta, "beta"),
+        base=as_float(base, "base"),
     )
 
 

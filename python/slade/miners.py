@@ -13,8 +13,9 @@ from typing import Any
 import torch
 
 from . import _core
-from ._convert import as_tensor, optional_tensor
+from ._convert import as_bool, as_float, as_tensor, optional_tensor
 from .basis import FeatureBasis
+from .errors import DtypeError
 
 PairTuple = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -29,7 +30,9 @@ def multi_similarity(embeddings: Any, labels: Any, *, epsilon: float = 0.1) -> P
     orders them by similarity within a row).
     """
     return _core.multi_similarity_miner(
-        as_tensor(embeddings, "embeddings"), as_tensor(labels, "labels"), epsilon=epsilon
+        as_tensor(embeddings, "embeddings"),
+        as_tensor(labels, "labels"),
+        epsilon=as_float(epsilon, "epsilon"),
     )
 
 
@@ -67,15 +70,30 @@ def basis_pairs(
     Returns:
         ``(a1, p, a2, n)`` int64 tensors.
     """
+    if not isinstance(basis, FeatureBasis):
+        raise DtypeError(f"basis must be a slade.FeatureBasis, got {type(basis).__name__}")
     return _core.basis_pairs(
         basis._state(),
         basis._config(),
         as_tensor(emb_u, "emb_u"),
         optional_tensor(pseudo_u, "pseudo_u"),
-        t1,
-        t2,
-        require_pseudo_agreement,
+        _threshold(t1, "t1"),
+        _threshold(t2, "t2"),
+        as_bool(require_pseudo_agreement, "require_pseudo_agreement"),
     )
+
+
+def _threshold(value: Any, name: str) -> float | str:
+    """A threshold: a rule name (checked by the core) or a number."""
+    if isinstance(value, str):
+        return value
+    try:
+        return as_float(value, name)
+    except DtypeError:
+        raise DtypeError(
+            f'{name} must be a number or a rule name ("mu+", "mu-", "mid", "all", "auto"), '
+            f"got {type(value).__name__}"
+        ) from None
 
 
 __all__ = ["basis_pairs", "multi_similarity"]

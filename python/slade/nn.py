@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from . import _core
-from ._convert import as_tensor
+from ._convert import as_int, as_tensor
 from .errors import DtypeError
 from .settings import ModelConfig
 
@@ -86,7 +86,8 @@ class CoreModule:
         ``images`` is a tensor (any device; the result is on the same device) or an iterable
         of batches (e.g. a DataLoader yielding ``(images, labels)``).
         """
-        parts = [self._core.embed(b, batch_size) for b in batches_of(images, "images")]
+        size = as_int(batch_size, "batch_size")
+        parts = [self._core.embed(b, size) for b in batches_of(images, "images")]
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def to_torch(self) -> torch.nn.Module:

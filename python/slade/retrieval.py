@@ -12,7 +12,15 @@ from typing import Any
 import torch
 
 from . import _core
-from ._convert import as_tensor, optional_tensor
+from ._convert import (
+    as_bool,
+    as_int,
+    as_ints,
+    as_str,
+    as_tensor,
+    optional_int,
+    optional_tensor,
+)
 
 
 def knn(
@@ -38,7 +46,10 @@ def knn(
         distance are broken by the smaller reference index.
     """
     return _core.knn(
-        as_tensor(query, "query"), optional_tensor(reference, "reference"), k, engine
+        as_tensor(query, "query"),
+        optional_tensor(reference, "reference"),
+        as_int(k, "k"),
+        as_str(engine, "engine"),
     )
 
 
@@ -90,10 +101,10 @@ def retrieval_metrics(
         as_tensor(query_labels, "query_labels"),
         optional_tensor(reference, "reference"),
         optional_tensor(reference_labels, "reference_labels"),
-        k=k,
-        recall_at=list(recall_at),
-        avg_of_avgs=avg_of_avgs,
-        exclude_lone_queries=exclude_lone_queries,
-        engine=engine,
-        nmi=nmi,
+        k=optional_int(k, "k"),
+        recall_at=as_ints(recall_at, "recall_at"),
+        avg_of_avgs=as_bool(avg_of_avgs, "avg_of_avgs"),
+        exclude_lone_queries=as_bool(exclude_lone_queries, "exclude_lone_queries"),
+        engine=as_str(engine, "engine"),
+        nmi=as_bool(nmi, "nmi"),
     )

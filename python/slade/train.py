@@ -31,7 +31,7 @@ from .settings import (
 
 
 def _crops(crops: Any) -> list[torch.Tensor]:
-    if isinstance(crops, torch.Tensor) or not isinstance(crops, Sequence):
+    if isinstance(crops, (torch.Tensor, str, bytes)) or not isinstance(crops, Sequence):
         raise DtypeError(
             "crops must be a list of tensors [global_1, global_2, local_1, ...], "
             f"got {type(crops).__name__}"
