@@ -257,8 +257,9 @@ impl FeatureBasis {
         self.state.weight.size()[1] as usize
     }
 
-    /// Checks embeddings against the basis; returns them in the weight's dtype.
-    fn embeddings(&self, emb: &Tensor, name: &str) -> Result<Tensor> {
+    /// Checks embeddings against the basis (`name` in the messages); returns them in the
+    /// weight's dtype.
+    pub(crate) fn embeddings(&self, emb: &Tensor, name: &str) -> Result<Tensor> {
         validate::embeddings(emb, name)?;
         validate::same_device(emb, name, &self.state.weight, "the basis weight")?;
         let dim = emb.size()[1];

@@ -3,7 +3,7 @@
 //! inside the autograd graph, so gradients flow through the normalisation.
 
 use crate::error::Result;
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// `x / max(||x||_2, 1e-12)` row-wise (`torch.nn.functional.normalize`).
 pub fn normalize(x: &Tensor) -> Result<Tensor> {
@@ -21,6 +21,11 @@ pub fn cosine_similarity(x: &Tensor) -> Result<Tensor> {
 /// at zero distance is finite).
 pub fn euclidean_distance(x: &Tensor) -> Result<Tensor> {
     let f = normalize(x)?;
+    if f.device() == Device::Cpu && matches!(f.kind(), Kind::Half | Kind::BFloat16) {
+        // LibTorch has no CPU cdist for these dtypes: compute it in float32 and round back.
+        let wide = f.f_to_kind(Kind::Float)?;
+        return Ok(Tensor::f_cdist(&wide, &wide, 2.0, None)?.f_to_kind(f.kind())?);
+    }
     Ok(Tensor::f_cdist(&f, &f, 2.0, None)?)
 }
 
@@ -61,7 +66,6 @@ pub fn mean_of_positive(terms: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::Device;
 
     #[test]
     fn similarity_and_distance_of_normalised_rows() {

@@ -198,7 +198,7 @@ pub fn basis_pairs(
     t2: ThresholdRule,
     require_pseudo_agreement: bool,
 ) -> Result<PairIndices> {
-    let (n, _) = validate::embeddings(emb_u, "emb_u")?;
+    let n = basis.embeddings(emb_u, "emb_u")?.size()[0] as usize;
     let (mu_pos, mu_neg) = basis.running_means()?;
     let resolve = |rule: ThresholdRule, side: Side| -> Result<f64> {
         let Some(value) = rule.resolve(side, mu_pos, mu_neg) else {
@@ -215,7 +215,12 @@ pub fn basis_pairs(
     let (t1, t2) = (resolve(t1, Side::T1)?, resolve(t2, Side::T2)?);
     let pseudo = match pseudo_u {
         Some(p) => {
-            validate::labels(p, n, "pseudo_u", "emb_u")?;
+            if validate::labels(p, n, "pseudo_u", "emb_u")?.iter().any(|&l| l < 0) {
+                bail!(
+                    Value,
+                    "pseudo_u contains negative labels; pseudo labels are cluster ids >= 0"
+                );
+            }
             validate::same_device(p, "pseudo_u", emb_u, "emb_u")?;
             Some(p.f_to_kind(Kind::Int64)?)
         }

@@ -123,6 +123,9 @@ pub fn neighbours(
     with_distances: bool,
 ) -> Result<Neighbours> {
     let available = check_inputs(query, reference)?;
+    // Neighbours are read from values: no engine records gradients (the GEMM engine writes
+    // into preallocated blocks, which autograd refuses for inputs that require grad).
+    let _no_grad = tch::no_grad_guard();
     if k == 0 {
         bail!(Value, "k must be at least 1");
     }

@@ -76,10 +76,17 @@ pub fn retrieval_metrics(
     let relevant = relevant_counts(&q_labels, &r_labels, self_search);
     let max_r = relevant.iter().copied().max().unwrap_or(0);
     if max_r == 0 && options.exclude_lone_queries {
+        if self_search {
+            bail!(
+                Value,
+                "every label of query_labels occurs once, so no query has another sample of its \
+                 class to retrieve: every query is lone and the metrics are undefined"
+            );
+        }
         bail!(
             Value,
-            "no query has a reference with its label{}, so every query is lone and the metrics are undefined",
-            if self_search { " (other than itself)" } else { "" }
+            "no label of query_labels occurs in reference_labels, so every query is lone and \
+             the metrics are undefined"
         );
     }
     let max_recall = options.recall_at.iter().copied().max().unwrap_or(0);
