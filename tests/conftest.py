@@ -1,6 +1,8 @@
 """Shared pytest configuration.
 
 - The `cuda` marker skips tests when no CUDA device is present.
+- After a run that collected the bad-input matrix (tests/core/test_bad_inputs.py), the
+  terminal summary says how many cases it ran.
 - The fixtures `fashion_mnist_root` and `omniglot_root` give the real data sets DESIGN.md §3
   names, and fail (never skip) when they are absent, saying how to provide them:
   Fashion-MNIST from the Debian package dataset-fashion-mnist (installed by
@@ -48,6 +50,27 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+MATRIX_CASES = pytest.StashKey[list]()
+
+
+def pytest_collection_finish(session):
+    session.config.stash[MATRIX_CASES] = [
+        item
+        for item in session.items
+        if "test_bad_inputs.py::test_bad_input[" in item.nodeid
+    ]
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    cases = config.stash.get(MATRIX_CASES, [])
+    if cases:
+        cuda = sum(1 for item in cases if item.get_closest_marker("cuda"))
+        terminalreporter.write_line(
+            f"bad-input matrix: {len(cases)} cases, {cuda} of them on a CUDA device "
+            f"({'run' if torch.cuda.is_available() else 'skipped: no CUDA device'})"
+        )
 
 
 @pytest.fixture(scope="session")
