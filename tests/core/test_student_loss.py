@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import slade
+from checks import assert_releases_the_gil
 from reference_slade import (
     ReferenceBasis,
     ReferenceStudent,
@@ -312,6 +313,12 @@ def test_distributed_data_parallel_wraps_it(tmp_path):
         torch.testing.assert_close(loss_fn.W_a.grad, plain.W_a.grad, **TOL)
     finally:
         dist.destroy_process_group()
+
+
+def test_the_gil_is_released_during_the_objective():
+    loss_fn = slade.StudentLoss(DIM, NUM_BASIS, loss="multi_similarity", miner=True)
+    fl, labels, fu, pseudo = embeddings(n=1500)
+    assert_releases_the_gil(lambda: loss_fn(fl, labels, fu, pseudo))
 
 
 # ---- bad input -------------------------------------------------------------------------------
