@@ -5,12 +5,13 @@
 
 import torch  # noqa: F401  (must be imported before the extension)
 
-from . import _core, config, diagnostics, errors, losses, miners, settings
+from . import _core, config, diagnostics, errors, losses, miners, objectives, settings
 from .basis import FeatureBasis
 from .cluster import KMeansResult, kmeans, nmi
 from .config import Config
 from .errors import *  # noqa: F403  (every error class: errors.__all__, re-exported below)
 from .nn import EmbeddingModel, load_torchvision_weights
+from .objectives import StudentLoss, SwavLoss, TeacherLoss
 from .retrieval import knn, retrieval_metrics
 from .settings import (
     BasisConfig,
@@ -62,6 +63,10 @@ __all__ = [
     "diagnostics",
     "losses",
     "miners",
+    "objectives",
+    "StudentLoss",
+    "TeacherLoss",
+    "SwavLoss",
     "KMeansResult",
     "kmeans",
     "nmi",

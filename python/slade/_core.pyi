@@ -23,6 +23,9 @@ __all__ = [
     "_TeacherTrainer",
     "_StudentTrainer",
     "read_checkpoint_info",
+    "student_objective",
+    "teacher_objective",
+    "swav_objective",
     "contrastive_loss",
     "multi_similarity_loss",
     "multi_similarity_loss_with_miner",
@@ -260,3 +263,24 @@ def multi_similarity_miner(
     *,
     epsilon: float = 0.1,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]: ...
+
+def student_objective(
+    settings: dict[str, Any],
+    basis: _BasisState | None,
+    emb_labeled: torch.Tensor,
+    labels: torch.Tensor,
+    emb_unlabeled: torch.Tensor,
+    pseudo_labels: torch.Tensor,
+    true_labels: torch.Tensor | None,
+    training: bool,
+    warming_up: bool,
+) -> tuple[torch.Tensor, dict[str, float]]: ...
+def teacher_objective(
+    settings: dict[str, Any], embeddings: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, float]]: ...
+def swav_objective(
+    settings: dict[str, Any],
+    prototypes: torch.Tensor,
+    embeddings: list[torch.Tensor],
+    frozen: bool,
+) -> torch.Tensor: ...

@@ -35,6 +35,11 @@ class ConfigError(InvalidArgumentError):
     value outside the setting's range. Every bad setting is also an invalid argument."""
 
 
+class NotSupportedError(SladeError, NotImplementedError):
+    """A pytorch-metric-learning argument or feature that slade does not implement (a
+    non-default distance or reducer, ``ref_emb``, ...); the message names it."""
+
+
 class MissingFileError(SladeError, FileNotFoundError):
     """A file or folder slade needs does not exist."""
 
@@ -59,6 +64,7 @@ __all__ = [
     "NonFiniteError",
     "InvalidArgumentError",
     "ConfigError",
+    "NotSupportedError",
     "MissingFileError",
     "SladeIOError",
     "TorchError",
