@@ -75,8 +75,12 @@ def _metadata(path: Path) -> dict[str, str]:
 
 
 def is_torch_checkpoint(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a checkpoint of a Python-step trainer (a model of the user's)."""
-    return _metadata(Path(path)).get(_FORMAT_KEY) == FORMAT
+    """Whether ``path`` is a checkpoint of a Python-step trainer (a model of the user's);
+    False for an unreadable file, whose reader then says what is wrong."""
+    try:
+        return _metadata(Path(path)).get(_FORMAT_KEY) == FORMAT
+    except SladeIOError:
+        return False
 
 
 def read_info(path: str | os.PathLike) -> CheckpointInfo:

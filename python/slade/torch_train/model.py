@@ -204,9 +204,11 @@ def load_weights(
     strip_prefix: str | None = None,
 ) -> dict:
     """Copies ``weights`` into the module by name: all of its tensors, or with
-    ``backbone_only`` those outside the head (``embedding.*``, which is then left as it is).
-    With ``strict`` every tensor loaded into must be given and every given one must exist;
-    a missing ``num_batches_tracked`` is tolerated, as torch does. Shapes must match.
+    ``backbone_only`` those outside the head (``embedding.*``). Names under
+    ``ignore_prefixes`` (and the head's) are skipped on both sides: the module's are left as
+    they are. With ``strict`` every other tensor of the module must be given and every
+    given one must exist; a missing ``num_batches_tracked`` is tolerated, as torch does.
+    Shapes must match.
 
     Returns ``{"loaded": n, "missing": [...], "unexpected": [...], "ignored": [...]}``."""
     items = named_tensor_list(weights, "weights")
@@ -216,7 +218,7 @@ def load_weights(
     ignored = [k for k, _ in items if skip and k.startswith(skip)]
     given = {k: v for k, v in items if not (skip and k.startswith(skip))}
     own = module.state_dict()
-    targets = {k for k in own if not (backbone_only and k.startswith(HEAD_PREFIX))}
+    targets = {k for k in own if not (skip and k.startswith(skip))}
     missing = sorted(k for k in targets - set(given) if not k.endswith("num_batches_tracked"))
     unexpected = sorted(set(given) - targets)
     if strict and (missing or unexpected):
