@@ -5,7 +5,7 @@
 
 import torch  # noqa: F401  (must be imported before the extension)
 
-from . import _core, config, diagnostics, errors, losses, miners, objectives, settings
+from . import _core, config, diagnostics, errors, losses, miners, objectives, settings, torch_train
 from .basis import FeatureBasis
 from .cluster import KMeansResult, kmeans, nmi
 from .config import Config
@@ -21,6 +21,7 @@ from .settings import (
     StudentObjectiveConfig,
     SwavConfig,
 )
+from .torch_train import TorchStudentTrainer, TorchSwavTrainer, TorchTeacherTrainer
 from .train import StudentTrainer, SwavTrainer, TeacherTrainer
 
 __version__ = _core.__version__
@@ -88,5 +89,9 @@ __all__ = [
     "SwavTrainer",
     "TeacherTrainer",
     "StudentTrainer",
+    "torch_train",
+    "TorchTeacherTrainer",
+    "TorchStudentTrainer",
+    "TorchSwavTrainer",
     *errors.__all__,
 ]

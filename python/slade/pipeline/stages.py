@@ -21,6 +21,7 @@ from typing import Any
 from .._durable import remove_temporary_files, write_bytes, write_json
 from ..config import Config
 from ..nn import CoreModule, load_torchvision_weights
+from ..torch_train import TorchTrainer
 from .interrupts import HeldInterrupts
 
 #: ``callback(stage_id, step, metrics)`` after every training step; raising stops the run
@@ -267,8 +268,13 @@ def resume(trainer: Any, files: StageFiles) -> bool:
 def initialise(trainer: Any, source: Any, *, whole_model: bool = False) -> None:
     """Loads initial weights: ``None`` keeps the seeded random initialisation; a file or a
     state_dict is read as torchvision-style backbone weights; a slade model or trainer gives
-    its backbone (and, with ``whole_model``, its embedding head too)."""
+    its backbone (and, with ``whole_model``, its embedding head too). A trainer of a model of
+    your own loads them by its module's names (``load_backbone`` / ``load_model``)."""
     if source is None:
+        return
+    if isinstance(trainer, TorchTrainer):
+        load = trainer.load_model if whole_model else trainer.load_backbone
+        load(source)
         return
     if isinstance(source, CoreModule):
         if whole_model:
