@@ -23,6 +23,8 @@ __all__ = [
     "_TeacherTrainer",
     "_StudentTrainer",
     "read_checkpoint_info",
+    "optimizer_groups",
+    "lr_factor",
     "student_objective",
     "teacher_objective",
     "swav_objective",

@@ -308,15 +308,24 @@ def test_devices_and_arguments_are_checked():
     assert trainer.step_count == student.step_count == 0
 
 
-def test_weights_load_by_name_backbone_without_the_head():
+@pytest.mark.parametrize("form", ["trainer", "pt", "safetensors"])
+def test_weights_load_by_name_backbone_without_the_head(tmp_path, form):
     source, target = slade.TorchTeacherTrainer(Custom, seed=1), slade.TorchTeacherTrainer(Custom, seed=2)
+    assert_same_state(source, slade.TorchTeacherTrainer(Custom, seed=1))  # the factory, seeded
+    source.step(*images())  # weights and BatchNorm statistics of its own
+    weights = {"trainer": source, "pt": tmp_path / "w.pt", "safetensors": tmp_path / "w.safetensors"}[form]
+    if form == "pt":
+        torch.save(source.model.module.state_dict(), weights)
+    if form == "safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in source.model.module.state_dict().items()}, str(weights))
     head = target.model.module.embedding.weight.clone()
-    report = target.load_backbone(source)
+    report = target.load_backbone(weights)
     assert report["missing"] == [] and report["unexpected"] == []
     assert sorted(report["ignored"]) == ["embedding.bias", "embedding.weight"]
     assert torch.equal(target.model.module.embedding.weight, head)
     assert torch.equal(target.model.module.body[0].weight, source.model.module.body[0].weight)
+    assert torch.equal(target.model.module.body[1].running_var, source.model.module.body[1].running_var)
     with pytest.raises(slade.ShapeError, match="missing"):
         target.load_model({"embedding.weight": head})
-    same = slade.TorchTeacherTrainer(Custom, seed=1)
-    assert_same_state(source, same)  # a factory called under the same seed
