@@ -118,8 +118,7 @@ class TorchTrainer:
 
     def _parameter_names(self) -> dict[int, str]:
         """id(parameter) -> its name; model and objective names must not collide."""
-        model_names = {n for n, _ in self.model.module.state_dict().items()}
-        clashes = sorted(model_names & set(self.objective.state_dict()))
+        clashes = sorted(set(self.model.module.state_dict()) & set(self.objective.state_dict()))
         if clashes:
             raise ConfigError(
                 f"the model has tensors named {clashes}, as the objective's state: rename them"
