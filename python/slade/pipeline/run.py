@@ -19,7 +19,7 @@ from .evaluate import stage_metrics
 from .inputs import as_config
 from .pseudo_labels import PseudoLabels, pseudo_label
 from .report import write_plots
-from .results import RunResult
+from .results import RunResult, data_summary
 from .run_folder import check_run_folder, prepare_run_folder
 from .ssl import train_ssl
 from .stages import PSEUDO_LABELS, SSL, STUDENT, TEACHER, Callback, Stage
@@ -138,6 +138,7 @@ class _RunState:
             trainers=self.trainers,
             split=self.config.data.evaluate_on,
             metrics=self.metrics,
+            data=data_summary(self.data),
         )
 
 
