@@ -56,7 +56,14 @@ class InternalError(SladeError, RuntimeError):
     """A bug in slade; please report it with the message."""
 
 
+class SladeWarning(UserWarning):
+    """Something a run left out and reports: unreadable image files dropped at load time
+    (``data.skip_bad_files``), training steps skipped for NaN or Inf
+    (``optimizer.nonfinite="skip"``)."""
+
+
 __all__ = [
+    "SladeWarning",
     "SladeError",
     "ShapeError",
     "DtypeError",

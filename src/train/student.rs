@@ -608,8 +608,10 @@ impl Student {
         match validate::finite(f, "embeddings") {
             Err(SladeError::NonFinite(_)) => bail!(
                 NonFinite,
-                "the embeddings are NaN or Inf at step {step}; the parameters were not updated \
-                 (lower the learning rate, enable clip_grad_norm, or check the batch)"
+                "the embeddings are NaN or Inf in step {}; the parameters were not updated \
+                 (lower the learning rate, enable clip_grad_norm, check the batch, or set \
+                 optimizer.nonfinite=\"skip\" to skip such steps)",
+                step + 1
             ),
             other => other?,
         }

@@ -20,7 +20,7 @@ from .evaluate import stage_metrics
 from .inputs import as_config
 from .pseudo_labels import PseudoLabels, pseudo_label
 from .report import write_plots
-from .results import RunResult
+from .results import RunResult, data_summary
 from .run_folder import check_run_folder, prepare_run_folder
 from .run_log import RunLog, check_log
 from .ssl import train_ssl
@@ -166,6 +166,7 @@ class _RunState:
             trainers=self.trainers,
             split=self.config.data.evaluate_on,
             metrics=self.metrics,
+            data=data_summary(self.data),
         )
 
 
