@@ -237,3 +237,29 @@ def test_bad_models_are_clear_errors_naming_what_to_fix(fashion):
         slade.evaluate(object(), fashion, config=config)
     with pytest.raises(slade.InvalidArgumentError, match="pseudo_labels"):
         slade.train_student(fashion, torch.zeros(3, dtype=torch.int64), config, model=SmallNet)
+
+
+class NanAtThirdStep(SmallNet):
+    """NaN embeddings in its third training-mode forward pass."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        f = super().forward(x)
+        if self.training:
+            self.calls += 1
+            if self.calls == 3:
+                return f * float("nan")
+        return f
+
+
+@needs_fashion
+def test_a_nan_step_stops_naming_the_intact_checkpoint_or_is_skipped(tmp_path, fashion):
+    with pytest.raises(slade.NonFiniteError, match=r"teacher, step 3: .*\(step 2\), is intact"):
+        slade.train_teacher(fashion, tiny(), model=NanAtThirdStep, out=tmp_path / "raise")
+    assert slade.load_trainer(tmp_path / "raise" / "checkpoint.safetensors", model=NanAtThirdStep).step_count == 2
+    with pytest.warns(slade.SladeWarning, match="1 of 6 steps skipped"):
+        teacher = slade.train_teacher(fashion, tiny("teacher.optimizer.nonfinite=skip"), model=NanAtThirdStep)
+    assert [row["skipped"] for row in teacher.history] == [0, 0, 1, 0, 0, 0]

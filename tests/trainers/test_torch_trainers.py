@@ -5,6 +5,7 @@ Rust trainers' weights, torch's own schedulers, exact resume, Ctrl-C and bad inp
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import signal
 
@@ -274,6 +275,34 @@ def test_bad_models_are_clear_errors_and_change_nothing():
         assert trainer.step_count == 0
         for name, value in trainer.state_dict().items():
             assert torch.equal(value, before[name]), name
+
+
+@pytest.mark.parametrize("nonfinite", ["raise", "skip"])
+def test_nan_steps_are_refused_or_skipped_as_the_rust_trainer_does(nonfinite):
+    """After a huge update the next step's loss is NaN; a batch of NaN images too. "raise":
+    an error naming the step; "skip": the step counts (schedule included) without an
+    update. Either way the weights and BatchNorm statistics stay."""
+    optim = slade.OptimizerConfig(name="sgd", lr=1e30, momentum=0.0, warmup_steps=3, nonfinite=nonfinite)
+    rust = slade.TeacherTrainer(MODEL, optim, seed=1)
+    ours = slade.TorchTeacherTrainer(twin(rust), optim, seed=1, dim=16)
+    assert_same_metrics(rust.step(*images(seed=0)), ours.step(*images(seed=0)))
+    before = {k: v.clone() for k, v in ours.state_dict().items()}
+    nan_images = (images(seed=2)[0] * float("nan"), images(seed=2)[1])
+    for batch, what in ((images(seed=1), "embeddings"), (nan_images, "images")):
+        if nonfinite == "raise":
+            with pytest.raises(slade.NonFiniteError):
+                rust.step(*batch)
+            with pytest.raises(slade.NonFiniteError, match=f"{what} .*in step 2; the parameters were not updated"):
+                ours.step(*batch)
+            continue
+        expected, got = rust.step(*batch), ours.step(*batch)
+        assert got["skipped"] == expected["skipped"] == 1.0 and math.isnan(got["loss"])
+        shared = [k for k in expected if k.startswith("lr/")] + ["step"]
+        assert [got[k] for k in shared] == pytest.approx([expected[k] for k in shared])
+    assert ours.step_count == rust.step_count == (1 if nonfinite == "raise" else 3)
+    assert ours.learning_rates == pytest.approx(rust.learning_rates)
+    for name, value in ours.state_dict().items():
+        assert torch.equal(value, before[name]), name
 
 
 def test_a_non_finite_loss_restores_the_batchnorm_statistics():

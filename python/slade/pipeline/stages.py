@@ -25,6 +25,7 @@ from ..config import Config
 from ..errors import NonFiniteError, SladeWarning
 from ..nn import CoreModule, load_torchvision_weights
 from ..torch_train import TorchTrainer
+from ..torch_train.checkpoint import is_torch_checkpoint, read_info
 from .interrupts import HeldInterrupts
 
 #: ``callback(stage_id, step, metrics)`` after every training step; raising stops the run
@@ -147,7 +148,7 @@ class StageFiles:
         if checkpoint is None:
             return f"Nothing was saved (no output folder). To go on, {remedy}."
         if checkpoint.exists():
-            step = _core.read_checkpoint_info(os.fspath(checkpoint))[3]
+            step = checkpoint_step(checkpoint)
             where = (
                 f"The last good checkpoint, {checkpoint} (step {step}), is intact: running "
                 f"the same command again resumes from step {step}"
@@ -159,6 +160,14 @@ class StageFiles:
             )
         again = "and, the run being deterministic, meets this step again"
         return f"{where} {again}. To go on, {remedy}."
+
+
+def checkpoint_step(path: Path) -> int:
+    """The step a checkpoint holds (of a Rust trainer, or of a trainer of a model of the
+    user's)."""
+    if is_torch_checkpoint(path):
+        return read_info(path).step
+    return _core.read_checkpoint_info(os.fspath(path))[3]
 
 
 def history_csv(history: list[dict]) -> bytes:

@@ -88,7 +88,8 @@ def fresh(source: ModelSource) -> ModelSource:
 
 
 def check_embeddings(f: Any, rows: int, dim: int | None, step: int | None = None) -> torch.Tensor:
-    """The module's output, checked: a floating ``(rows, dim)`` tensor of finite values."""
+    """The module's output, checked: a floating ``(rows, dim)`` tensor of finite values
+    (``step``: the 1-based number of the training step they are for, for messages)."""
     if not isinstance(f, torch.Tensor):
         raise DtypeError(f"the model must return a tensor of embeddings, got {type(f).__name__}")
     if f.dim() != 2 or f.shape[0] != rows:
@@ -104,10 +105,12 @@ def check_embeddings(f: Any, rows: int, dim: int | None, step: int | None = None
     if not f.is_floating_point():
         raise DtypeError(f"the model's embeddings must be floating point, got {f.dtype}")
     if not bool(torch.isfinite(f.detach()).all()):
-        at = f" at step {step}; the parameters were not updated" if step is not None else ""
+        if step is None:
+            raise NonFiniteError("the embeddings are NaN or Inf (check the model and the images)")
         raise NonFiniteError(
-            f"the embeddings are NaN or Inf{at} (lower the learning rate, enable "
-            "clip_grad_norm, or check the model and the batch)"
+            f"the embeddings are NaN or Inf in step {step}; the parameters were not updated "
+            "(lower the learning rate, enable clip_grad_norm, check the batch, or set "
+            'optimizer.nonfinite="skip" to skip such steps)'
         )
     return f
 
@@ -143,7 +146,8 @@ class TorchModel:
         return module_device(self.module, torch.device("cpu"))
 
     def forward(self, images: torch.Tensor, step: int | None = None) -> torch.Tensor:
-        """Checked embeddings of a batch in the module's current mode."""
+        """Checked embeddings of a batch in the module's current mode (``step``: the
+        1-based training step, for messages)."""
         return check_embeddings(self.module(images), images.shape[0], self.dim, step)
 
     def embed(self, images: Any, batch_size: int = 256) -> torch.Tensor:

@@ -215,20 +215,50 @@ class TorchTrainer:
 
     # ---- the step
 
+    def _run(self, images: Mapping[str, torch.Tensor], compute: Callable[[], Any]) -> dict[str, float]:
+        """A whole step: ``images`` checked, ``compute()`` (forward pass and objective: the
+        loss and its metrics), backward, clipping, update, schedule. A step whose images,
+        embeddings, loss or gradients are NaN or Inf is never applied: it raises
+        NonFiniteError with the trainer as before it or, with ``optimizer.nonfinite="skip"``,
+        counts without an update (``skipped`` = 1; the buffers as before it)."""
+        for name, x in images.items():
+            check_images(x, name, self.device)
+        with self._step_scope() as undo:
+            metrics: dict[str, float] = {"loss": math.nan}
+            try:
+                self._check_finite(images)
+                loss, objective_metrics = compute()
+                metrics = {**objective_metrics, "loss": float(loss.detach())}
+                self._backward(loss, metrics["loss"])
+            except NonFiniteError:
+                if self.optim_config.nonfinite != "skip":
+                    raise
+                undo()
+                return self._advance(metrics, skipped=True)
+            return self._apply(metrics)
+
     @contextmanager
-    def _step_scope(self) -> Iterator[None]:
-        """Ctrl-C held until the step is done; the trainer's generators; on an error the
-        buffers and the objective's state restored and the gradients cleared."""
+    def _step_scope(self) -> Iterator[Callable[[], None]]:
+        """Ctrl-C held until the step is done; the trainer's generators; gives the undo of
+        what the forward pass changed (buffers, the objective's state; gradients cleared),
+        which an error runs too (the generators then as before the step)."""
         from ..pipeline.interrupts import HeldInterrupts
 
         saved = [(t, t.detach().clone()) for t in self._mutable_tensors()]
+
+        def undo() -> None:
+            with torch.no_grad():
+                for tensor, value in saved:
+                    tensor.copy_(value)
+            self.optimizer.zero_grad(set_to_none=False)
+
         with HeldInterrupts() as interrupts:
             with interrupts.held():
                 try:
                     with self._random():
-                        yield
+                        yield undo
                 except BaseException:
-                    self._restore(saved)
+                    undo()
                     raise
             interrupts.raise_pending()
 
@@ -237,12 +267,6 @@ class TorchTrainer:
         (BatchNorm statistics, running statistics, step counts), the objective's
         parameters (SwAV normalises its prototypes)."""
         return [*(t for _, t in self.named_buffers()), *self.objective.parameters()]
-
-    def _restore(self, saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        with torch.no_grad():
-            for tensor, value in saved:
-                tensor.copy_(value)
-        self.optimizer.zero_grad(set_to_none=False)
 
     @contextmanager
     def _random(self) -> Iterator[None]:
@@ -254,23 +278,43 @@ class TorchTrainer:
             yield
             self._rng = _rng_state(self.device)
 
-    def _update(self, loss: torch.Tensor, metrics: Mapping[str, float]) -> dict[str, float]:
-        """Backward, clipping, update, schedule; the step's metrics as the Rust step's."""
-        value = float(loss.detach())
+    def _not_finite(self, what: str) -> NonFiniteError:
+        return NonFiniteError(
+            f"{what} in step {self._step + 1}; the parameters were not updated (lower the "
+            'learning rate, enable clip_grad_norm, check the batch, or set optimizer.nonfinite="skip" '
+            "to skip such steps)"
+        )
+
+    def _check_finite(self, images: Mapping[str, torch.Tensor]) -> None:
+        for name, x in images.items():
+            if not bool(torch.isfinite(x).all()):
+                raise self._not_finite(f"{name} hold NaN or Inf")
+
+    def _backward(self, loss: torch.Tensor, value: float) -> None:
+        """Backward of a finite loss into zeroed gradients, which must come out finite."""
         if not math.isfinite(value):
-            raise NonFiniteError(
-                f"the {self._KIND} loss is {value} at step {self._step}; the parameters were "
-                "not updated (lower the learning rate, enable clip_grad_norm, or check the batch)"
-            )
+            raise self._not_finite(f"the {self._KIND} loss is {value}")
         self.optimizer.zero_grad(set_to_none=False)
         if loss.requires_grad:
             loss.backward()
-        out = {**metrics, "loss": value}
-        out.update({f"lr/{name}": lr for name, lr in self.learning_rates.items()})
+        grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+            raise self._not_finite(f"the {self._KIND} gradients are NaN or Inf")
+
+    def _apply(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Clipping and the update, then the step counted."""
         norm = clip(self.optimizer, self.optim_config.clip_grad_norm)
         if norm is not None:
-            out["grad_norm"] = norm
+            metrics["grad_norm"] = norm
         self.optimizer.step()
+        return self._advance(metrics, skipped=False)
+
+    def _advance(self, metrics: dict[str, float], *, skipped: bool) -> dict[str, float]:
+        """The step's metrics as the Rust step's (the rates this update used, ``skipped``
+        under ``nonfinite="skip"``); the step count and the schedule advance."""
+        out = {**metrics, **{f"lr/{name}": lr for name, lr in self.learning_rates.items()}}
+        if self.optim_config.nonfinite == "skip":
+            out["skipped"] = float(skipped)
         self._step += 1
         schedule(self.optimizer, self._optim_settings, self._step)
         out["step"] = float(self._step)
@@ -454,12 +498,13 @@ class TorchTeacherTrainer(TorchTrainer):
     def step(self, images: Any, labels: Any) -> dict[str, float]:
         """One training step on ``images`` with integer ``labels``; the metrics of
         :meth:`slade.TeacherTrainer.step`."""
-        images = check_images(images, "images", self.device)
-        with self._step_scope():
+
+        def compute() -> tuple[torch.Tensor, dict[str, float]]:
             self.model.module.train()
-            f = self.model.forward(images, self._step)
-            loss, metrics = self.objective(f, as_tensor(labels, "labels"))
-            return self._update(loss, metrics)
+            f = self.model.forward(images, self._step + 1)
+            return self.objective(f, as_tensor(labels, "labels"))
+
+        return self._run({"images": images}, compute)
 
     def _objective_settings(self) -> dict[str, Any]:
         return self.ranking_config.to_core()
@@ -530,25 +575,27 @@ class TorchStudentTrainer(TorchTrainer):
                 f"labeled_images are {tuple(xl.shape[1:])} but unlabeled_images are "
                 f"{tuple(xu.shape[1:])}; both go through the model in one batch"
             )
-        with self._step_scope():
+
+        def compute() -> tuple[torch.Tensor, dict[str, float]]:
             f = self._embeddings(torch.cat([xl, xu]))
             n = xl.shape[0]
             self.objective.train()
-            loss, metrics = self.objective(
+            return self.objective(
                 f[:n],
                 as_tensor(labels, "labels"),
                 f[n:],
                 as_tensor(pseudo_labels, "pseudo_labels"),
                 optional_tensor(true_labels, "true_labels"),
             )
-            return self._update(loss, metrics)
+
+        return self._run({"labeled_images": xl, "unlabeled_images": xu}, compute)
 
     def _embeddings(self, images: torch.Tensor) -> torch.Tensor:
         """One forward pass; during the warm-up in evaluation mode without gradients."""
         warming_up = self.objective.warming_up
         self.model.module.train(not warming_up)
         with torch.set_grad_enabled(not warming_up):
-            return self.model.forward(images, self._step)
+            return self.model.forward(images, self._step + 1)
 
     @property
     def basis(self) -> torch.Tensor | None:
@@ -618,12 +665,14 @@ class TorchSwavTrainer(TorchTrainer):
         :meth:`slade.SwavTrainer.step`."""
         if isinstance(crops, torch.Tensor) or not isinstance(crops, Sequence) or len(crops) < 2:
             raise ShapeError("crops must be a list of at least the two global crops [global_1, global_2, ...]")
-        views = [check_images(c, f"crops[{i}]", self.device) for i, c in enumerate(crops)]
-        with self._step_scope():
+        views = {f"crops[{i}]": check_images(c, f"crops[{i}]", self.device) for i, c in enumerate(crops)}
+
+        def compute() -> tuple[torch.Tensor, dict[str, float]]:
             self.model.module.train()
             self.objective.train()
-            loss = self.objective(self._embed_crops(views))
-            return self._update(loss, {})
+            return self.objective(self._embed_crops(list(views.values()))), {}
+
+        return self._run(views, compute)
 
     def _embed_crops(self, crops: list[torch.Tensor]) -> list[torch.Tensor]:
         """Embeddings of every crop; crops of one resolution that follow each other share a
@@ -634,7 +683,7 @@ class TorchSwavTrainer(TorchTrainer):
             end = start + 1
             while end < len(crops) and crops[end].shape[2:] == crops[start].shape[2:]:
                 end += 1
-            z = self.model.forward(torch.cat(crops[start:end]), self._step)
+            z = self.model.forward(torch.cat(crops[start:end]), self._step + 1)
             out.extend(z.split(crops[start].shape[0]))
             start = end
         return out
