@@ -8,8 +8,10 @@ the Rust objectives (:mod:`slade.objectives`), with the interface of the Rust tr
 A step is what the Rust step is: forward (training mode), the objective, backward, gradient
 clipping, the optimizer update and the schedule, with the optimizer groups and rules of the
 core's optimizer (:mod:`slade.torch_train.optim`). Ctrl-C during a step is held until the
-step is done; a step that fails (bad batch, NaN embeddings or loss) leaves the trainer as it
-was: buffers and the objective's state are restored, nothing is updated.
+step is done; a step that fails (a bad batch) leaves the trainer as it was: buffers and the
+objective's state are restored, nothing is updated. A step whose images, embeddings, loss or
+gradients are NaN or Inf is never applied either: it raises NonFiniteError or, with
+``optimizer.nonfinite="skip"``, counts as a skipped step (as the Rust trainers do).
 
 Randomness: the factory (when ``model`` is one) and the objective's initial parameters are
 drawn with torch's generators seeded with ``seed``; every step then runs with the trainer's
