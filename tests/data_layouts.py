@@ -349,3 +349,38 @@ def write_folders(root: Path, mode: str = "RGB", size: tuple[int, int] = (20, 16
         write_image(root / "unlabeled" / relative, n, size)
     (root / "unlabeled" / "notes.txt").write_text("not an image")
     return {"root": root, "layout": layout, "unlabeled": unlabeled}
+
+
+def written_images(root: Path, part: str) -> list[Path]:
+    """The files with the endings write_folders gives its images under ``root/part``, sorted."""
+    fixture_suffixes = (".png", ".jpg", ".jpeg", ".bmp")
+    return sorted(p for p in (root / part).rglob("*") if p.suffix in fixture_suffixes)
+
+
+def truncate(path: Path) -> Path:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def break_folders(root: Path) -> dict[str, Path]:
+    """A folders layout with one file broken each way, an empty class folder (holding only
+    a note) and a note beside images; returns the broken things by kind."""
+    write_folders(root)
+    not_an_image = root / "labeled" / "cat" / "x.jpg"
+    not_an_image.write_text("a caption, not a photograph")
+    (root / "labeled" / "dog" / "notes.txt").write_text("two dogs")
+    empty = root / "labeled" / "yak"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("to do: photograph yaks")
+    return {
+        "not_an_image": not_an_image,
+        "truncated": truncate(root / "unlabeled" / "deep" / "c.jpeg"),
+        "empty_file": _emptied(root / "test" / "gnu" / "1.png"),
+        "empty_folder": empty,
+    }
+
+
+def _emptied(path: Path) -> Path:
+    path.write_bytes(b"")
+    return path

@@ -184,7 +184,10 @@ class ReferenceStudent:
         else:
             self.model.train()
             f = self.model(x)
-        fl, fu = f[: len(xl)], f[len(xl) :]
+        return self.objective(f[: len(xl)], labels, f[len(xl) :], pseudo, true_labels)
+
+    def objective(self, fl, labels, fu, pseudo, true_labels=None):
+        """The objective on given labeled and unlabeled embeddings: (total, parts)."""
         parts = {"loss/rank_labeled": self.labeled(fl, labels)}
         total = parts["loss/rank_labeled"]
         if self.basis is None:

@@ -5,12 +5,13 @@
 
 import torch  # noqa: F401  (must be imported before the extension)
 
-from . import _core, config, diagnostics, errors, losses, miners, settings
+from . import _core, config, diagnostics, errors, losses, miners, objectives, settings, torch_train
 from .basis import FeatureBasis
 from .cluster import KMeansResult, kmeans, nmi
 from .config import Config
 from .errors import *  # noqa: F403  (every error class: errors.__all__, re-exported below)
 from .nn import EmbeddingModel, load_torchvision_weights
+from .objectives import StudentLoss, SwavLoss, TeacherLoss
 from .retrieval import knn, retrieval_metrics
 from .settings import (
     BasisConfig,
@@ -20,6 +21,7 @@ from .settings import (
     StudentObjectiveConfig,
     SwavConfig,
 )
+from .torch_train import TorchStudentTrainer, TorchSwavTrainer, TorchTeacherTrainer
 from .train import StudentTrainer, SwavTrainer, TeacherTrainer
 
 __version__ = _core.__version__
@@ -62,6 +64,10 @@ __all__ = [
     "diagnostics",
     "losses",
     "miners",
+    "objectives",
+    "StudentLoss",
+    "TeacherLoss",
+    "SwavLoss",
     "KMeansResult",
     "kmeans",
     "nmi",
@@ -83,5 +89,9 @@ __all__ = [
     "SwavTrainer",
     "TeacherTrainer",
     "StudentTrainer",
+    "torch_train",
+    "TorchTeacherTrainer",
+    "TorchStudentTrainer",
+    "TorchSwavTrainer",
     *errors.__all__,
 ]

@@ -23,6 +23,11 @@ __all__ = [
     "_TeacherTrainer",
     "_StudentTrainer",
     "read_checkpoint_info",
+    "optimizer_groups",
+    "lr_factor",
+    "student_objective",
+    "teacher_objective",
+    "swav_objective",
     "contrastive_loss",
     "multi_similarity_loss",
     "multi_similarity_loss_with_miner",
@@ -166,6 +171,10 @@ class _StudentTrainer(_Trainer):
     def threshold_rules(self) -> tuple[float | str, float | str]: ...
 
 def read_checkpoint_info(path: str) -> tuple[str, dict[str, Any], dict[str, Any], int]: ...
+def optimizer_groups(
+    settings: dict[str, Any], groups: list[str]
+) -> list[tuple[str, float, float]]: ...
+def lr_factor(settings: dict[str, Any], step: int) -> float: ...
 def kmeans(
     x: torch.Tensor,
     k: int,
@@ -260,3 +269,24 @@ def multi_similarity_miner(
     *,
     epsilon: float = 0.1,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]: ...
+
+def student_objective(
+    settings: dict[str, Any],
+    basis: _BasisState | None,
+    emb_labeled: torch.Tensor,
+    labels: torch.Tensor,
+    emb_unlabeled: torch.Tensor,
+    pseudo_labels: torch.Tensor,
+    true_labels: torch.Tensor | None,
+    training: bool,
+    warming_up: bool,
+) -> tuple[torch.Tensor, dict[str, float]]: ...
+def teacher_objective(
+    settings: dict[str, Any], embeddings: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, float]]: ...
+def swav_objective(
+    settings: dict[str, Any],
+    prototypes: torch.Tensor,
+    embeddings: list[torch.Tensor],
+    frozen: bool,
+) -> torch.Tensor: ...

@@ -93,6 +93,11 @@ class DataConfig:
         max_labeled, max_unlabeled, max_test: keep a seeded random subset of at most this
             many images of a part (``None``: all), for quick runs.
         num_workers: DataLoader worker processes for image files.
+        skip_bad_files: image-file protocols only: check every image file at load time
+            and leave out the unreadable ones and class folders without images, with a
+            warning and a count (``results.json`` → ``data.skipped``); False (default): the
+            first bad file stops the run with an error naming it
+            (:mod:`slade.data.bad_files`, which says what the check costs).
     """
 
     protocol: str = "fashion-mnist-ssl"
@@ -110,6 +115,7 @@ class DataConfig:
     max_unlabeled: int | None = None
     max_test: int | None = None
     num_workers: int = 0
+    skip_bad_files: bool = False
 
 
 @dataclass
@@ -418,6 +424,12 @@ class Config:
             "0 unless data.val_classes or data.val_groups > 0",
         )
         _check(d.num_workers >= 0, "data.num_workers", ">= 0")
+        _check(
+            not d.skip_bad_files or not protocol.in_memory,
+            "data.skip_bad_files",
+            f"False for {d.protocol}, whose images are decoded into memory when it loads "
+            "(a bad one stops the load, naming it)",
+        )
         _check(
             d.evaluate_on != "val" or held_out or protocol.own_val,
             "data.val_classes",

@@ -35,6 +35,11 @@ class ConfigError(InvalidArgumentError):
     value outside the setting's range. Every bad setting is also an invalid argument."""
 
 
+class NotSupportedError(SladeError, NotImplementedError):
+    """A pytorch-metric-learning argument or feature that slade does not implement (a
+    non-default distance or reducer, ``ref_emb``, ...); the message names it."""
+
+
 class MissingFileError(SladeError, FileNotFoundError):
     """A file or folder slade needs does not exist."""
 
@@ -51,7 +56,14 @@ class InternalError(SladeError, RuntimeError):
     """A bug in slade; please report it with the message."""
 
 
+class SladeWarning(UserWarning):
+    """Something a run left out and reports: unreadable image files dropped at load time
+    (``data.skip_bad_files``), training steps skipped for NaN or Inf
+    (``optimizer.nonfinite="skip"``)."""
+
+
 __all__ = [
+    "SladeWarning",
     "SladeError",
     "ShapeError",
     "DtypeError",
@@ -59,6 +71,7 @@ __all__ = [
     "NonFiniteError",
     "InvalidArgumentError",
     "ConfigError",
+    "NotSupportedError",
     "MissingFileError",
     "SladeIOError",
     "TorchError",

@@ -14,6 +14,13 @@ anchor-negative index tensors or ``(a, p, n)`` triplets, e.g. from
 is used. With ``pairs``, ``labels`` may be ``None``. As in PML, the contrastive and
 multi-similarity losses are zero for a pair tuple whose index tensors each hold at most one
 entry.
+
+The modules :class:`ContrastiveLoss`, :class:`MultiSimilarityLoss` and
+:class:`TripletMarginLoss` are drop-in replacements of PML's classes of those names: the
+same constructor arguments and call form ``loss(embeddings, labels, indices_tuple)``, on
+these functions. The objectives of the trainers on a user's embeddings
+(:class:`slade.StudentLoss`, :class:`slade.TeacherLoss`, :class:`slade.SwavLoss`) live in
+:mod:`slade.objectives`.
 """
 
 from __future__ import annotations
@@ -23,11 +30,15 @@ from typing import Any
 
 import torch
 
-from . import _core
+from . import _core, _pml
 from ._convert import as_float, as_tensor, optional_tensor
 from ._pairs import pairs_arg
+from .settings import RankingConfig
 
 Pairs = Sequence[Any]
+
+#: PML's TripletMarginLoss margin (the other defaults are RankingConfig's, read from the core).
+_TRIPLET_MARGIN = 0.05
 
 
 def _ranking_loss(
@@ -46,8 +57,8 @@ def contrastive(
     embeddings: Any,
     labels: Any = None,
     *,
-    pos_margin: float = 0.0,
-    neg_margin: float = 1.0,
+    pos_margin: float = RankingConfig.pos_margin,
+    neg_margin: float = RankingConfig.neg_margin,
     pairs: Pairs | None = None,
 ) -> torch.Tensor:
     """Contrastive loss (Hadsell et al. 2006; SLADE Sec. 3.1).
@@ -79,9 +90,9 @@ def multi_similarity(
     embeddings: Any,
     labels: Any = None,
     *,
-    alpha: float = 2.0,
-    beta: float = 50.0,
-    base: float = 0.5,
+    alpha: float = RankingConfig.alpha,
+    beta: float = RankingConfig.beta,
+    base: float = RankingConfig.base,
     pairs: Pairs | None = None,
 ) -> torch.Tensor:
     """Multi-similarity loss (Wang et al., CVPR 2019; SLADE Sec. 3.1).
@@ -111,10 +122,10 @@ def multi_similarity_with_miner(
     embeddings: Any,
     labels: Any,
     *,
-    epsilon: float = 0.1,
-    alpha: float = 2.0,
-    beta: float = 50.0,
-    base: float = 0.5,
+    epsilon: float = RankingConfig.epsilon,
+    alpha: float = RankingConfig.alpha,
+    beta: float = RankingConfig.beta,
+    base: float = RankingConfig.base,
 ) -> torch.Tensor:
     """The multi-similarity loss on the pairs of the multi-similarity miner, in one call.
 
@@ -136,7 +147,7 @@ def triplet_margin(
     embeddings: Any,
     labels: Any = None,
     *,
-    margin: float = 0.05,
+    margin: float = _TRIPLET_MARGIN,
     pairs: Pairs | None = None,
 ) -> torch.Tensor:
     """Triplet margin loss, the usual baseline.
@@ -151,4 +162,142 @@ def triplet_margin(
     return _ranking_loss(_core.triplet_margin_loss, embeddings, labels, pairs, margin=margin)
 
 
-__all__ = ["contrastive", "multi_similarity", "multi_similarity_with_miner", "triplet_margin"]
+class _PmlLoss(torch.nn.Module):
+    """The call form of PML's losses: ``loss(embeddings, labels=None, indices_tuple=None,
+    ref_emb=None, ref_labels=None)``; ``indices_tuple`` is a miner's output (``pairs`` of
+    the functions). ``ref_emb`` / ``ref_labels`` raise :class:`slade.NotSupportedError`."""
+
+    def forward(
+        self,
+        embeddings: Any,
+        labels: Any = None,
+        indices_tuple: Pairs | None = None,
+        ref_emb: Any = None,
+        ref_labels: Any = None,
+    ) -> torch.Tensor:
+        _pml.refuse_ref_emb(type(self).__name__, ref_emb, ref_labels)
+        return self._loss(embeddings, labels, indices_tuple)
+
+    def _loss(self, embeddings: Any, labels: Any, pairs: Pairs | None) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class ContrastiveLoss(_PmlLoss):
+    """:func:`contrastive` as a module:
+    ``pytorch_metric_learning.losses.ContrastiveLoss`` with its defaults.
+
+    ``L = mean_{>0} [d(a1, p) - pos_margin]_+ + mean_{>0} [neg_margin - d(a2, n)]_+``,
+    ``d`` the Euclidean distance of the L2-normalised embeddings.
+
+    Args:
+        pos_margin, neg_margin: as PML's.
+        **options: PML's ``distance`` (``LpDistance()`` only), ``reducer``
+            (``AvgNonZeroReducer()`` only), ``embedding_regularizer`` (None only),
+            ``embedding_reg_weight`` and ``collect_stats`` (False only); another value
+            raises :class:`slade.NotSupportedError` naming it.
+    """
+
+    def __init__(
+        self,
+        pos_margin: float = RankingConfig.pos_margin,
+        neg_margin: float = RankingConfig.neg_margin,
+        **options: Any,
+    ):
+        super().__init__()
+        _pml.check_options(
+            "ContrastiveLoss", options, distance=_pml.EUCLIDEAN, reducer="AvgNonZeroReducer"
+        )
+        self.pos_margin, self.neg_margin = float(pos_margin), float(neg_margin)
+
+    def _loss(self, embeddings: Any, labels: Any, pairs: Pairs | None) -> torch.Tensor:
+        return contrastive(
+            embeddings, labels, pos_margin=self.pos_margin, neg_margin=self.neg_margin, pairs=pairs
+        )
+
+    def extra_repr(self) -> str:
+        return f"pos_margin={self.pos_margin}, neg_margin={self.neg_margin}"
+
+
+class MultiSimilarityLoss(_PmlLoss):
+    """:func:`multi_similarity` as a module:
+    ``pytorch_metric_learning.losses.MultiSimilarityLoss`` with its defaults.
+
+    ``L = mean_i [1/alpha log(1 + sum_P e^{-alpha (S_ip - base)})
+    + 1/beta log(1 + sum_N e^{beta (S_in - base)})]``, ``S`` the cosine similarity.
+
+    Args:
+        alpha, beta, base: as PML's.
+        **options: PML's ``distance`` (``CosineSimilarity()`` only), ``reducer``
+            (``MeanReducer()`` only), ``embedding_regularizer`` (None only),
+            ``embedding_reg_weight`` and ``collect_stats`` (False only); another value
+            raises :class:`slade.NotSupportedError` naming it.
+    """
+
+    def __init__(
+        self,
+        alpha: float = RankingConfig.alpha,
+        beta: float = RankingConfig.beta,
+        base: float = RankingConfig.base,
+        **options: Any,
+    ):
+        super().__init__()
+        _pml.check_options(
+            "MultiSimilarityLoss", options, distance=_pml.COSINE, reducer="MeanReducer"
+        )
+        self.alpha, self.beta, self.base = float(alpha), float(beta), float(base)
+
+    def _loss(self, embeddings: Any, labels: Any, pairs: Pairs | None) -> torch.Tensor:
+        return multi_similarity(
+            embeddings, labels, alpha=self.alpha, beta=self.beta, base=self.base, pairs=pairs
+        )
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, beta={self.beta}, base={self.base}"
+
+
+class TripletMarginLoss(_PmlLoss):
+    """:func:`triplet_margin` as a module:
+    ``pytorch_metric_learning.losses.TripletMarginLoss`` with its defaults.
+
+    ``L = mean_{>0} [d(a, p) - d(a, n) + margin]_+`` over all triplets (or those of
+    ``indices_tuple``), ``d`` the Euclidean distance of the L2-normalised embeddings.
+
+    Args:
+        margin: as PML's.
+        swap, smooth_loss, triplets_per_anchor: PML's defaults only (False, False,
+            ``"all"``); another value raises :class:`slade.NotSupportedError`.
+        **options: as :class:`ContrastiveLoss`.
+    """
+
+    def __init__(
+        self,
+        margin: float = _TRIPLET_MARGIN,
+        swap: bool = False,
+        smooth_loss: bool = False,
+        triplets_per_anchor: int | str = "all",
+        **options: Any,
+    ):
+        super().__init__()
+        owner = "TripletMarginLoss"
+        _pml.require_default(owner, "swap", swap, False)
+        _pml.require_default(owner, "smooth_loss", smooth_loss, False)
+        _pml.require_default(owner, "triplets_per_anchor", triplets_per_anchor, "all")
+        _pml.check_options(owner, options, distance=_pml.EUCLIDEAN, reducer="AvgNonZeroReducer")
+        self.margin = float(margin)
+
+    def _loss(self, embeddings: Any, labels: Any, pairs: Pairs | None) -> torch.Tensor:
+        return triplet_margin(embeddings, labels, margin=self.margin, pairs=pairs)
+
+    def extra_repr(self) -> str:
+        return f"margin={self.margin}"
+
+
+__all__ = [
+    "ContrastiveLoss",
+    "MultiSimilarityLoss",
+    "TripletMarginLoss",
+    "contrastive",
+    "multi_similarity",
+    "multi_similarity_with_miner",
+    "triplet_margin",
+]

@@ -3,7 +3,8 @@
 Each returns pytorch-metric-learning's pair form ``(a1, p, a2, n)``: positive pairs
 ``(a1[i], p[i])`` and negative pairs ``(a2[i], n[i])``, int64 index tensors on the
 embeddings' device, usable as ``pairs=`` of every loss in :mod:`slade.losses` (and as
-PML's ``indices_tuple``). Miners record no gradients.
+PML's ``indices_tuple``). Miners record no gradients. :class:`MultiSimilarityMiner` is a
+drop-in replacement of PML's class of that name.
 """
 
 from __future__ import annotations
@@ -12,15 +13,18 @@ from typing import Any
 
 import torch
 
-from . import _core
+from . import _core, _pml
 from ._convert import as_bool, as_float, as_tensor, optional_tensor
 from .basis import FeatureBasis
 from .errors import DtypeError
+from .settings import RankingConfig
 
 PairTuple = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-def multi_similarity(embeddings: Any, labels: Any, *, epsilon: float = 0.1) -> PairTuple:
+def multi_similarity(
+    embeddings: Any, labels: Any, *, epsilon: float = RankingConfig.epsilon
+) -> PairTuple:
     """Multi-similarity miner (Wang et al., CVPR 2019, Sec. 3.3).
 
     With ``S`` the cosine similarity, a positive pair (i, j) is kept when
@@ -96,4 +100,35 @@ def _threshold(value: Any, name: str) -> float | str:
         ) from None
 
 
-__all__ = ["basis_pairs", "multi_similarity"]
+class MultiSimilarityMiner(torch.nn.Module):
+    """:func:`multi_similarity` as a module:
+    ``pytorch_metric_learning.miners.MultiSimilarityMiner`` with its defaults, called as
+    ``miner(embeddings, labels)`` and returning PML's tuple ``(a1, p, a2, n)``.
+
+    A positive pair (i, j) is kept when ``S_ij - epsilon < max_{k in N_i} S_ik``, a negative
+    pair (i, k) when ``S_ik + epsilon > min_{j in P_i} S_ij`` (``S`` the cosine similarity).
+
+    Args:
+        epsilon: as PML's.
+        **options: PML's ``distance`` (``CosineSimilarity()`` only) and ``collect_stats``
+            (False only); another value raises :class:`slade.NotSupportedError` naming it.
+    """
+
+    def __init__(self, epsilon: float = RankingConfig.epsilon, **options: Any):
+        super().__init__()
+        _pml.check_options("MultiSimilarityMiner", options, distance=_pml.COSINE, reducer=None)
+        self.epsilon = float(epsilon)
+
+    def forward(
+        self, embeddings: Any, labels: Any, ref_emb: Any = None, ref_labels: Any = None
+    ) -> PairTuple:
+        """The mined pairs; ``ref_emb`` / ``ref_labels`` raise
+        :class:`slade.NotSupportedError`."""
+        _pml.refuse_ref_emb("MultiSimilarityMiner", ref_emb, ref_labels)
+        return multi_similarity(embeddings, labels, epsilon=self.epsilon)
+
+    def extra_repr(self) -> str:
+        return f"epsilon={self.epsilon}"
+
+
+__all__ = ["MultiSimilarityMiner", "basis_pairs", "multi_similarity"]

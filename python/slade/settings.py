@@ -152,6 +152,13 @@ class OptimizerConfig(Settings):
         group_weight_decay: per-group weight decay, e.g. ``{"head": 0.0}``.
         momentum, nesterov: SGD only (our default momentum is 0.9; torch's is 0).
         betas, eps: Adam/AdamW only.
+        nonfinite: a step whose loss, gradients or images are NaN or Inf is never applied;
+            ``"raise"`` stops with :class:`~slade.errors.NonFiniteError` (the trainer as
+            before the step), ``"skip"`` counts it without an update (step count, schedule
+            and random generator advance; weights, optimizer state and BatchNorm statistics
+            stay) and its metrics hold ``skipped = 1`` (0 on the other steps). A skipped
+            step leaves NaN gradients between ``compute_gradients`` and ``apply_gradients``,
+            so that an all-reduce skips it in every process.
     """
 
     GROUP: ClassVar[str] = "optimizer"
@@ -175,6 +182,7 @@ class OptimizerConfig(Settings):
     step_size: int = _OPTIMIZER["step_size"]
     gamma: float = _OPTIMIZER["gamma"]
     clip_grad_norm: float | None = _OPTIMIZER["clip_grad_norm"]
+    nonfinite: str = _OPTIMIZER["nonfinite"]
 
     @classmethod
     def core_form(cls, values: Mapping[str, Any]) -> dict[str, Any]:

@@ -33,21 +33,23 @@ impl<'py> FromPyObject<'py> for ConfigArg {
     }
 }
 
+/// The Python module's tensors as a core basis state (the very tensors).
+pub(crate) fn state_of(state: StateArg) -> BasisState {
+    BasisState {
+        weight: state.weight.0,
+        pseudo_head: state.pseudo_head.map(|h| h.0),
+        mu_pos: state.mu_pos.0,
+        var_pos: state.var_pos.0,
+        mu_neg: state.mu_neg.0,
+        var_neg: state.var_neg.0,
+        updates_pos: state.updates_pos.0,
+        updates_neg: state.updates_neg.0,
+    }
+}
+
 /// A core basis over the Python module's tensors.
 pub(crate) fn basis_of(state: StateArg, config: ConfigArg) -> crate::Result<FeatureBasis> {
-    FeatureBasis::from_parts(
-        config.0,
-        BasisState {
-            weight: state.weight.0,
-            pseudo_head: state.pseudo_head.map(|h| h.0),
-            mu_pos: state.mu_pos.0,
-            var_pos: state.var_pos.0,
-            mu_neg: state.mu_neg.0,
-            var_neg: state.var_neg.0,
-            updates_pos: state.updates_pos.0,
-            updates_neg: state.updates_neg.0,
-        },
-    )
+    FeatureBasis::from_parts(config.0, state_of(state))
 }
 
 #[pyfunction]

@@ -7,6 +7,7 @@ mod error;
 mod losses;
 mod mining;
 mod nn;
+mod objectives;
 mod retrieval;
 mod settings;
 mod train;
@@ -30,6 +31,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     mining::register(m)?;
     retrieval::register(m)?;
     nn::register(m)?;
+    objectives::register(m)?;
     train::register(m)?;
     losses::register(m)?;
     settings::register(m)?;

@@ -14,6 +14,8 @@ use crate::nn::layers::Builder;
 use crate::nn::Model;
 use crate::settings::Settings;
 use crate::train::checkpoint;
+use crate::train::optim::OptimizerConfig;
+use crate::train::schedule::Schedule;
 use crate::train::ranking::RankingConfig;
 use crate::train::student::{Student, StudentBatch, StudentObjectiveConfig};
 use crate::train::swav::{Swav, SwavConfig};
@@ -319,10 +321,40 @@ fn read_checkpoint_info(
     Ok((info.kind, config, to_py(py, &info.objective)?, info.step))
 }
 
+/// The optimizer's parameter groups as the trainers set them up: (group, base learning rate,
+/// weight decay) for each of `groups`, from the optimizer settings (checked; a
+/// `group_lr` or `group_weight_decay` entry for a group not in `groups` is a ConfigError).
+#[pyfunction]
+fn optimizer_groups(
+    settings: &Bound<'_, PyAny>,
+    groups: Vec<String>,
+) -> PyResult<Vec<(String, f64, f64)>> {
+    let config: OptimizerConfig = parse_settings(settings, "")?;
+    let plan = guard(|| {
+        let rule = config.rule()?;
+        config.check_groups(&groups)?;
+        Ok(groups
+            .iter()
+            .map(|g| (g.clone(), config.lr_of(g), config.weight_decay_of(g, rule)))
+            .collect())
+    })?;
+    Ok(plan)
+}
+
+/// The schedule's learning-rate factor after `step` optimizer updates: update `step + 1`
+/// uses each group's base rate times it.
+#[pyfunction]
+fn lr_factor(settings: &Bound<'_, PyAny>, step: i64) -> PyResult<f64> {
+    let config: OptimizerConfig = parse_settings(settings, "")?;
+    Ok(guard(|| Ok(Schedule::from_config(&config)?.factor(step)))?)
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PySwavTrainer>()?;
     m.add_class::<PyTeacherTrainer>()?;
     m.add_class::<PyStudentTrainer>()?;
     m.add_function(wrap_pyfunction!(read_checkpoint_info, m)?)?;
+    m.add_function(wrap_pyfunction!(optimizer_groups, m)?)?;
+    m.add_function(wrap_pyfunction!(lr_factor, m)?)?;
     Ok(())
 }

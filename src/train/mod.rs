@@ -21,7 +21,7 @@ use crate::nn::layers::Builder;
 use crate::nn::store::{detached_copy, LoadOptions, LoadReport, ParamStore};
 use crate::nn::{Model, ModelConfig, BACKBONE_GROUP, HEAD_GROUP};
 use crate::settings::{within, Settings};
-use optim::{Optimizer, OptimizerConfig};
+use optim::{NonFiniteSteps, Optimizer, OptimizerConfig};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use schedule::Schedule;
@@ -185,7 +185,27 @@ pub struct Trainer<O: Objective> {
     step: i64,
     rng: ChaCha8Rng,
     /// compute_gradients ran and apply_gradients has not.
-    pending: Option<Metrics>,
+    pending: Option<Pending>,
+}
+
+/// A step between `compute_gradients` and `apply_gradients`.
+struct Pending {
+    metrics: Metrics,
+    /// What the forward pass may have changed, as it was before (see `Trainer::snapshot`).
+    saved: Vec<(Tensor, Tensor)>,
+    rng: ChaCha8Rng,
+    /// The loss was finite (false only under `NonFiniteSteps::Skip`).
+    finite_loss: bool,
+}
+
+/// Copies the saved values back into the tensors `Trainer::snapshot` took them from.
+fn restore(saved: &[(Tensor, Tensor)]) -> Result<()> {
+    tch::no_grad(|| -> Result<()> {
+        for (value, tensor) in saved {
+            tensor.shallow_clone().f_copy_(value)?;
+        }
+        Ok(())
+    })
 }
 
 impl<O: Objective> Trainer<O> {
@@ -346,33 +366,72 @@ impl<O: Objective> Trainer<O> {
     }
 
     /// Forward, loss and backward: the gradients are left in the parameters' `.grad` (zeroed
-    /// first). On error, the trainer is as it was before the call.
+    /// first). On error, the trainer is as it was before the call. A NaN or Inf loss is an
+    /// error (`NonFinite`), or under `NonFiniteSteps::Skip` a step to skip: no backward, the
+    /// buffers restored, every gradient NaN (an all-reduce then skips it everywhere), and
+    /// `apply_gradients` counts it without an update.
     pub fn compute_gradients(&mut self, batch: &O::Batch) -> Result<Metrics> {
-        self.objective.check_batch(&self.model, batch)?;
+        self.pending = None;
+        match self.objective.check_batch(&self.model, batch) {
+            // NaN or Inf images would make the loss so: a step to skip
+            Err(crate::SladeError::NonFinite(_)) if self.skips_nonfinite() => {
+                return self.skip_without_forward()
+            }
+            other => other?,
+        }
         if let Some(frozen) = self.objective.backbone_frozen(self.step) {
             if frozen != self.model.is_backbone_frozen() {
                 self.model.set_backbone_frozen(frozen)?;
             }
         }
         let saved = self.snapshot()?;
+        let rng = self.rng.clone();
         // Autograd on even when the caller runs under torch.no_grad().
-        let result = tch::with_grad(|| self.forward_backward(batch));
-        if result.is_err() {
-            tch::no_grad(|| -> Result<()> {
-                for (value, mut tensor) in saved {
-                    tensor.f_copy_(&value)?;
+        match tch::with_grad(|| self.forward_backward(batch)) {
+            Ok((metrics, finite_loss)) => {
+                if !finite_loss {
+                    restore(&saved)?;
+                    self.optimizer.poison_grads()?;
                 }
-                Ok(())
-            })?;
-            self.optimizer.zero_grad()?;
-            self.pending = None;
+                self.pending = Some(Pending { metrics: metrics.clone(), saved, rng, finite_loss });
+                Ok(metrics)
+            }
+            Err(err) => {
+                self.undo(&saved, rng)?;
+                Err(err)
+            }
         }
-        result
     }
 
-    fn forward_backward(&mut self, batch: &O::Batch) -> Result<Metrics> {
+    /// A step skipped before its forward pass: every gradient NaN, nothing else changed.
+    fn skip_without_forward(&mut self) -> Result<Metrics> {
+        self.optimizer.poison_grads()?;
+        let metrics = Metrics::from([("loss".to_string(), f64::NAN)]);
+        let rng = self.rng.clone();
+        self.pending =
+            Some(Pending { metrics: metrics.clone(), saved: Vec::new(), rng, finite_loss: false });
+        Ok(metrics)
+    }
+
+    /// Puts back what a dropped step changed: buffers, objective parameters, the random
+    /// generator, and zeroes the gradients.
+    fn undo(&mut self, saved: &[(Tensor, Tensor)], rng: ChaCha8Rng) -> Result<()> {
+        restore(saved)?;
+        self.rng = rng;
+        self.optimizer.zero_grad()
+    }
+
+    fn skips_nonfinite(&self) -> bool {
+        self.config.optimizer.nonfinite == NonFiniteSteps::Skip
+    }
+
+    /// The metrics and whether the loss was finite (a non-finite one only returns under
+    /// `NonFiniteSteps::Skip`, without a backward pass).
+    fn forward_backward(&mut self, batch: &O::Batch) -> Result<(Metrics, bool)> {
         self.optimizer.zero_grad()?;
         let autocast = self.scaler.is_some();
+        let skips = self.skips_nonfinite() && !autocast;
+        let number = self.step + 1;
         let mut ctx = StepContext {
             model: &self.model,
             params: &self.params,
@@ -380,18 +439,29 @@ impl<O: Objective> Trainer<O> {
             rng: &mut self.rng,
         };
         let objective = &mut self.objective;
-        let (loss, mut metrics) = tch::autocast(autocast, || objective.loss(&mut ctx, batch))?;
+        let outcome = tch::autocast(autocast, || objective.loss(&mut ctx, batch));
+        let (loss, mut metrics) = match outcome {
+            // e.g. the student's check of its embeddings, before any loss exists
+            Err(crate::SladeError::NonFinite(_)) if skips => {
+                return Ok((Metrics::from([("loss".to_string(), f64::NAN)]), false))
+            }
+            other => other?,
+        };
         if loss.numel() != 1 {
             bail!(Internal, "{} loss is not a scalar: shape {:?}", O::KIND, loss.size());
         }
         let value = loss.f_double_value(&[])?;
-        if !value.is_finite() && self.scaler.is_none() {
+        metrics.insert("loss".into(), value);
+        if !value.is_finite() && !autocast {
+            if skips {
+                return Ok((metrics, false));
+            }
             bail!(
                 NonFinite,
-                "the {} loss is {value} at step {}; the parameters were not updated \
-                 (lower the learning rate, enable clip_grad_norm, or check the batch)",
-                O::KIND,
-                self.step
+                "the {} loss is {value} in step {number}; the parameters were not updated \
+                 (lower the learning rate, enable clip_grad_norm, check the batch, or set \
+                 optimizer.nonfinite=\"skip\" to skip such steps)",
+                O::KIND
             );
         }
         let scaled = match &self.scaler {
@@ -401,27 +471,33 @@ impl<O: Objective> Trainer<O> {
         if scaled.requires_grad() {
             scaled.f_backward()?;
         }
-        metrics.insert("loss".into(), value);
-        self.pending = Some(metrics.clone());
-        Ok(metrics)
+        Ok((metrics, true))
     }
 
     /// Removes the loss scale, clips, updates the parameters, advances the step count and the
-    /// schedule. Needs a preceding `compute_gradients`.
+    /// schedule. Needs a preceding `compute_gradients`. Without loss scaling, a step whose
+    /// loss or gradients are NaN or Inf is not applied: its buffers are restored and it fails
+    /// with `NonFinite` (the step does not count), or under `NonFiniteSteps::Skip` it counts
+    /// with "skipped" = 1. Under fp16 loss scaling, the scaler skips such updates (counted
+    /// the same way) in either mode.
     pub fn apply_gradients(&mut self) -> Result<Metrics> {
-        let Some(mut metrics) = self.pending.take() else {
+        let Some(pending) = self.pending.take() else {
             bail!(Value, "apply_gradients needs gradients: call compute_gradients(batch) first");
         };
+        let mut metrics = pending.metrics;
         let skip = self.objective.frozen_parameters(self.step);
         for group in self.optimizer.groups() {
             metrics.insert(format!("lr/{}", group.name), group.lr);
         }
-        let mut finite = true;
-        if let Some(scaler) = &mut self.scaler {
-            finite = self.optimizer.scale_grads(1.0 / scaler.scale, &skip)?;
-            metrics.insert("loss_scale".into(), scaler.scale);
-            scaler.update(!finite);
-        }
+        let finite = match &mut self.scaler {
+            Some(scaler) => {
+                let finite = self.optimizer.scale_grads(1.0 / scaler.scale, &skip)?;
+                metrics.insert("loss_scale".into(), scaler.scale);
+                scaler.update(!finite);
+                finite
+            }
+            None => pending.finite_loss && self.optimizer.grads_finite(&skip)?,
+        };
         if finite {
             if let Some(max_norm) = self.config.optimizer.clip_grad_norm {
                 if let Some(norm) = self.optimizer.clip_grad_norm(max_norm, &skip)? {
@@ -429,8 +505,10 @@ impl<O: Objective> Trainer<O> {
                 }
             }
             self.optimizer.step(&skip)?;
+        } else if self.scaler.is_none() {
+            self.drop_update(&pending.saved, pending.rng)?;
         }
-        if self.scaler.is_some() {
+        if self.scaler.is_some() || self.skips_nonfinite() {
             metrics.insert("skipped".into(), if finite { 0.0 } else { 1.0 });
         }
         self.step += 1;
@@ -444,6 +522,24 @@ impl<O: Objective> Trainer<O> {
         self.objective.after_update(&mut ctx)?;
         metrics.insert("step".into(), self.step as f64);
         Ok(metrics)
+    }
+
+    /// A step with NaN or Inf gradients: restores what its forward pass changed, then fails
+    /// (`NonFiniteSteps::Raise`, the random generator put back too) or lets it be skipped.
+    fn drop_update(&mut self, saved: &[(Tensor, Tensor)], rng: ChaCha8Rng) -> Result<()> {
+        if self.skips_nonfinite() {
+            restore(saved)?;
+            return self.optimizer.zero_grad();
+        }
+        self.undo(saved, rng)?;
+        bail!(
+            NonFinite,
+            "the {} gradients are NaN or Inf in step {}; the parameters were not updated \
+             (lower the learning rate, enable clip_grad_norm, or set optimizer.nonfinite=\"skip\" \
+             to skip such steps)",
+            O::KIND,
+            self.step + 1
+        )
     }
 
     /// One whole training step: `compute_gradients` then `apply_gradients`.
@@ -490,17 +586,42 @@ mod tests {
     }
 
     fn trainer(optimizer: &str) -> Trainer<Regression> {
+        trainer_with(optimizer, NonFiniteSteps::Raise)
+    }
+
+    fn trainer_with(optimizer: &str, nonfinite: NonFiniteSteps) -> Trainer<Regression> {
         let config = TrainerConfig {
             model: ModelConfig { dim: 8, ..Default::default() },
             optimizer: OptimizerConfig {
                 name: optimizer.parse().unwrap(),
                 lr: 0.05,
+                warmup_steps: 4,
+                nonfinite,
                 ..Default::default()
             },
             precision: Precision::Fp32,
             seed: 3,
         };
         Trainer::new(config, Device::Cpu, |_, _| Ok(Regression)).unwrap()
+    }
+
+    /// Copies of every parameter and buffer.
+    fn state_of(t: &Trainer<Regression>) -> Vec<(String, Tensor)> {
+        let mut all = t.named_parameters();
+        all.extend(t.named_buffers());
+        all.into_iter().map(|(n, x)| (n, x.copy())).collect()
+    }
+
+    fn assert_state_is(t: &Trainer<Regression>, before: &[(String, Tensor)]) {
+        for ((name, now), (_, then)) in state_of(t).iter().zip(before) {
+            assert!(now.equal(then), "{name} changed");
+        }
+    }
+
+    /// A batch whose loss is NaN although its images are fine (the targets are NaN).
+    fn nan_loss_batch() -> (Tensor, Tensor) {
+        let (x, y) = batch();
+        (x, y * f64::NAN)
     }
 
     fn batch() -> (Tensor, Tensor) {
@@ -540,6 +661,87 @@ mod tests {
         let nan = (batch().0 * f64::NAN, batch().1);
         assert!(matches!(t.step(&nan), Err(crate::SladeError::NonFinite(_))));
         assert_eq!(t.step_count(), 0);
+    }
+
+    #[test]
+    fn a_nan_loss_fails_naming_the_step_and_changes_nothing() {
+        let mut t = trainer("adam");
+        t.step(&batch()).unwrap();
+        let before = state_of(&t);
+        let err = t.step(&nan_loss_batch()).unwrap_err();
+        assert!(
+            matches!(&err, crate::SladeError::NonFinite(m) if m.contains("in step 2")),
+            "{err}"
+        );
+        assert_eq!(t.step_count(), 1);
+        assert_state_is(&t, &before);
+        assert!(!t.step(&batch()).unwrap().contains_key("skipped"));
+    }
+
+    #[test]
+    fn skip_mode_counts_a_nan_step_without_touching_weights_or_batchnorm() {
+        let mut t = trainer_with("adam", NonFiniteSteps::Skip);
+        assert_eq!(t.step(&batch()).unwrap()["skipped"], 0.0);
+        let before = state_of(&t);
+        let lr_before = t.learning_rates();
+        let metrics = t.compute_gradients(&nan_loss_batch()).unwrap();
+        assert!(metrics["loss"].is_nan());
+        for (name, p) in t.named_parameters() {
+            let g = p.grad();
+            assert!(g.defined() && g.isnan().all().int64_value(&[]) == 1, "{name}: grad not NaN");
+        }
+        let metrics = t.apply_gradients().unwrap();
+        assert_eq!((metrics["skipped"], metrics["step"]), (1.0, 2.0));
+        assert_eq!(t.step_count(), 2);
+        assert_state_is(&t, &before);
+        assert!(t.learning_rates()[0].1 > lr_before[0].1, "the warm-up schedule advances");
+        for (name, p) in t.named_parameters() {
+            assert_eq!(p.grad().abs().sum(Kind::Float).double_value(&[]), 0.0, "{name}");
+        }
+        assert_eq!(t.step(&batch()).unwrap()["skipped"], 0.0);
+        let moved = state_of(&t);
+        assert!(moved.iter().zip(&before).any(|((_, a), (_, b))| !a.equal(b)));
+    }
+
+    #[test]
+    fn skip_mode_skips_a_batch_of_nan_images_and_raise_mode_names_them() {
+        let nan_images = (batch().0 * f64::NAN, batch().1);
+        let mut raising = trainer("adam");
+        let err = raising.step(&nan_images).unwrap_err();
+        assert!(matches!(&err, crate::SladeError::NonFinite(m) if m.contains("images")), "{err}");
+        let mut t = trainer_with("adam", NonFiniteSteps::Skip);
+        let before = state_of(&t);
+        assert_eq!(t.step(&nan_images).unwrap()["skipped"], 1.0);
+        assert_eq!(t.step_count(), 1);
+        assert_state_is(&t, &before);
+    }
+
+    #[test]
+    fn nan_gradients_from_elsewhere_are_not_applied() {
+        // As when an all-reduce brings another process's skipped step.
+        for mode in [NonFiniteSteps::Raise, NonFiniteSteps::Skip] {
+            let mut t = trainer_with("sgd", mode);
+            let before = state_of(&t);
+            t.compute_gradients(&batch()).unwrap();
+            let weight = t.model().store().get("embedding.weight").unwrap().tensor.grad();
+            let _ = weight.shallow_clone().fill_(f64::INFINITY);
+            let result = t.apply_gradients();
+            assert_state_is(&t, &before);
+            match mode {
+                NonFiniteSteps::Raise => {
+                    let err = result.unwrap_err();
+                    assert!(
+                        err.to_string().contains("gradients are NaN or Inf in step 1"),
+                        "{err}"
+                    );
+                    assert_eq!(t.step_count(), 0);
+                }
+                NonFiniteSteps::Skip => {
+                    assert_eq!(result.unwrap()["skipped"], 1.0);
+                    assert_eq!(t.step_count(), 1);
+                }
+            }
+        }
     }
 
     #[test]

@@ -55,6 +55,8 @@ pub struct OptimizerConfig {
     pub gamma: f64,
     /// Clip the total gradient 2-norm to this value (None: no clipping).
     pub clip_grad_norm: Option<f64>,
+    /// What a step whose loss or gradients are NaN or Inf does (see `NonFiniteSteps`).
+    pub nonfinite: NonFiniteSteps,
 }
 
 impl Default for OptimizerConfig {
@@ -77,6 +79,7 @@ impl Default for OptimizerConfig {
             step_size: 1000,
             gamma: 0.1,
             clip_grad_norm: None,
+            nonfinite: NonFiniteSteps::Raise,
         }
     }
 }
@@ -87,6 +90,19 @@ crate::named_choice! {
         Sgd = "sgd",
         Adam = "adam",
         Adamw = "adamw",
+    }
+}
+
+crate::named_choice! {
+    /// What a step whose loss or gradients are NaN or Inf does. Either way the update is not
+    /// applied and the BatchNorm running statistics (every buffer) the step's forward pass
+    /// touched are restored.
+    pub enum NonFiniteSteps ("nonfinite") {
+        /// The step fails with `SladeError::NonFinite`; the trainer is as before it.
+        Raise = "raise",
+        /// The step counts (step count, schedule, random generator advance) without an
+        /// update, and its metrics hold "skipped" = 1 (0 on the other steps).
+        Skip = "skip",
     }
 }
 
@@ -318,6 +334,40 @@ impl Optimizer {
                 finite &= g.f_isfinite()?.f_all()?.f_int64_value(&[])? != 0;
             }
             Ok(finite)
+        })
+    }
+
+    /// Whether every active gradient is finite (one device synchronisation).
+    pub fn grads_finite(&self, skip: &HashSet<String>) -> Result<bool> {
+        tch::no_grad(|| -> Result<bool> {
+            let flags = self
+                .active(skip)
+                .map(|(_, _, p)| Ok(p.grad().f_isfinite()?.f_all()?))
+                .collect::<Result<Vec<_>>>()?;
+            if flags.is_empty() {
+                return Ok(true);
+            }
+            Ok(Tensor::f_stack(&flags, 0)?.f_all()?.f_int64_value(&[])? != 0)
+        })
+    }
+
+    /// Sets the gradient of every parameter that requires one to NaN (creating it where
+    /// none exists yet), so that an all-reduce of the gradients carries a skipped step to
+    /// every process.
+    pub fn poison_grads(&self) -> Result<()> {
+        self.zero_grad()?;
+        let params = self.groups.iter().flat_map(|g| g.params.iter().map(|(_, p)| p));
+        let wanted: Vec<&Tensor> = params.filter(|p| p.requires_grad()).collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        tch::with_grad(|| -> Result<()> {
+            let sums = wanted
+                .iter()
+                .map(|p| p.f_sum(Kind::Float))
+                .collect::<std::result::Result<Vec<_>, tch::TchError>>()?;
+            Tensor::f_stack(&sums, 0)?.f_sum(Kind::Float)?.f_mul_scalar(f64::NAN)?.f_backward()?;
+            Ok(())
         })
     }
 

@@ -32,6 +32,9 @@
 //! and the embedding head is not updated, so only the basis (W_a, and H for the CE
 //! regularisers) trains. In fp16 mode only the network runs under autocast; losses, basis
 //! and mining run in float32.
+//!
+//! Steps 2-5 are [`StudentObjective`], callable on its own on the embeddings of any model
+//! (`slade.StudentLoss`); [`Student`] is it on the embeddings of step 1.
 
 use super::ranking::{pair_counts, read_scalars, RankingConfig, RankingLoss};
 use super::teacher::check_labeled;
@@ -206,11 +209,312 @@ pub struct StudentBatch {
     pub true_labels: Option<Tensor>,
 }
 
-/// The student objective: its settings and the feature basis (absent for "pseudo_only").
-pub struct Student {
+/// The embeddings of a student batch with their labels: what [`StudentObjective::loss`]
+/// takes. Labels of any integer dtype on any device (moved as PML does).
+pub struct StudentEmbeddings<'a> {
+    pub labeled: &'a Tensor,
+    pub labels: &'a Tensor,
+    pub unlabeled: &'a Tensor,
+    pub pseudo_labels: &'a Tensor,
+    /// Hidden true labels of the unlabeled samples, for `mining = "oracle"` only.
+    pub true_labels: Option<&'a Tensor>,
+}
+
+/// The names of the labeled and the unlabeled embeddings in errors of
+/// [`StudentObjective::loss`].
+const EMBEDDING_NAMES: [&str; 2] = ["emb_labeled", "emb_unlabeled"];
+
+/// The student objective on given embeddings: its settings, ranking loss and feature basis
+/// (absent for "pseudo_only"). [`Student`] runs it on the embeddings of its model; it also
+/// runs on embeddings of any model (the Python `slade.StudentLoss`).
+pub struct StudentObjective {
     config: StudentObjectiveConfig,
     ranking: RankingLoss,
     basis: Option<FeatureBasis>,
+}
+
+impl StudentObjective {
+    /// The objective over existing basis state (used in place: the running statistics are
+    /// updated in the owner's tensors). Checks the settings and that the state matches
+    /// them: a basis of `num_basis` rows for every variant but "pseudo_only" (none for it),
+    /// and a pseudo head of `num_pseudo_classes` rows for the CE regularisers.
+    pub fn from_parts(config: StudentObjectiveConfig, basis: Option<BasisState>) -> Result<Self> {
+        config.validate()?;
+        let ranking = RankingLoss::from_config(&config.ranking)?;
+        let basis = match (config.variant, basis) {
+            (Variant::PseudoOnly, None) => None,
+            (Variant::PseudoOnly, Some(_)) => {
+                bail!(
+                    Value,
+                    "variant \"pseudo_only\" has no feature basis, but a basis state was given"
+                )
+            }
+            (variant, None) => {
+                bail!(Value, "variant \"{variant}\" needs a feature basis, but none was given")
+            }
+            (_, Some(state)) => Some(Self::basis_over(&config, state)?),
+        };
+        Ok(StudentObjective { config, ranking, basis })
+    }
+
+    fn basis_over(config: &StudentObjectiveConfig, state: BasisState) -> Result<FeatureBasis> {
+        let basis = FeatureBasis::from_parts(config.basis_config(), state)?;
+        let rows = basis.num_basis() as i64;
+        if config.num_basis != Some(rows) {
+            bail!(
+                Value,
+                "the basis weight has {rows} rows but num_basis is {:?}; they must match",
+                config.num_basis
+            );
+        }
+        if let (Some(head), Some(k)) = (&basis.state.pseudo_head, config.num_pseudo_classes) {
+            if head.size()[0] != k {
+                bail!(
+                    Value,
+                    "the pseudo_head has {} rows but num_pseudo_classes is {k}; they must match",
+                    head.size()[0]
+                );
+            }
+        }
+        Ok(basis)
+    }
+
+    pub fn settings(&self) -> &StudentObjectiveConfig {
+        &self.config
+    }
+
+    pub fn variant(&self) -> Variant {
+        self.config.variant
+    }
+
+    /// The feature basis (None for "pseudo_only").
+    pub fn basis(&self) -> Option<&FeatureBasis> {
+        self.basis.as_ref()
+    }
+
+    /// The (T1, T2) rules in use ("auto" resolved).
+    pub fn threshold_rules(&self) -> (ThresholdRule, ThresholdRule) {
+        (self.config.t1.on_side(Side::T1), self.config.t2.on_side(Side::T2))
+    }
+
+    /// Whether the update after `step` updates belongs to the basis warm-up.
+    pub fn warming_up(&self, step: i64) -> bool {
+        step < self.config.basis_warmup
+    }
+
+    /// The objective and its metrics on `emb` (labeled rows `emb.labeled`, unlabeled rows
+    /// `emb.unlabeled`, any floating dtype, one device, the basis' dim), checked first;
+    /// errors name the argument. `train` updates the running statistics. `warming_up`
+    /// detaches the embeddings, so that only the basis receives gradients (the warm-up's
+    /// "backbone frozen, head not updated"); the metrics then hold `warmup` = 1.
+    pub fn loss(
+        &self,
+        emb: &StudentEmbeddings,
+        train: bool,
+        warming_up: bool,
+    ) -> Result<(Tensor, Metrics)> {
+        self.check_embeddings(emb.labeled, emb.unlabeled)?;
+        let n = [emb.labeled.size()[0], emb.unlabeled.size()[0]];
+        self.check_labels(emb.labels, emb.pseudo_labels, emb.true_labels, n, EMBEDDING_NAMES)?;
+        let device = emb.labeled.device();
+        let labels = emb.labels.f_to_device(device)?.f_to_kind(Kind::Int64)?;
+        let pseudo = emb.pseudo_labels.f_to_device(device)?.f_to_kind(Kind::Int64)?;
+        let (fl, fu) = if warming_up {
+            (emb.labeled.f_detach()?, emb.unlabeled.f_detach()?)
+        } else {
+            (emb.labeled.shallow_clone(), emb.unlabeled.shallow_clone())
+        };
+        let (loss, mut metrics) = self.terms(&fl, &labels, &fu, &pseudo, emb.true_labels, train)?;
+        metrics.insert("warmup".into(), if warming_up { 1.0 } else { 0.0 });
+        Ok((loss, metrics))
+    }
+
+    /// Checks the labeled and unlabeled embeddings: 2-D floating, on one device with the
+    /// basis, of the basis' dim, finite (read last, so that a device error comes first).
+    fn check_embeddings(&self, labeled: &Tensor, unlabeled: &Tensor) -> Result<()> {
+        let names = EMBEDDING_NAMES;
+        validate::matrix(labeled, names[0])?;
+        validate::matrix(unlabeled, names[1])?;
+        validate::same_device(unlabeled, names[1], labeled, names[0])?;
+        validate::same_dim(unlabeled, names[1], labeled, names[0])?;
+        if let Some(basis) = &self.basis {
+            validate::same_device(labeled, names[0], &basis.state.weight, "the basis W_a")?;
+            let dim = labeled.size()[1];
+            if dim as usize != basis.dim() {
+                bail!(
+                    Shape,
+                    "the embeddings have dim {dim} but the feature basis has dim {}; build the \
+                     loss with the model's embedding dim",
+                    basis.dim()
+                );
+            }
+        }
+        validate::finite(labeled, names[0])?;
+        validate::finite(unlabeled, names[1])
+    }
+
+    /// Checks the labels of `n[0]` labeled and the pseudo (and true) labels of `n[1]`
+    /// unlabeled samples, whose tensors `of` names.
+    fn check_labels(
+        &self,
+        labels: &Tensor,
+        pseudo_labels: &Tensor,
+        true_labels: Option<&Tensor>,
+        n: [i64; 2],
+        of: [&str; 2],
+    ) -> Result<()> {
+        validate::label_tensor(labels, n[0] as usize, "labels", of[0])?;
+        let pseudo = validate::labels(pseudo_labels, n[1] as usize, "pseudo_labels", of[1])?;
+        if let Some(&bad) = pseudo.iter().find(|&&l| l < 0) {
+            bail!(Value, "pseudo_labels contains {bad}; pseudo labels are cluster ids >= 0");
+        }
+        if let Some(truth) = true_labels {
+            validate::labels(truth, pseudo.len(), "true_labels", of[1])?;
+        }
+        let Some(basis) = &self.basis else {
+            return Ok(());
+        };
+        let labels = validate::labels(labels, n[0] as usize, "labels", of[0])?;
+        validate::label_range(
+            &labels,
+            basis.num_basis(),
+            "labels",
+            "num_basis, one basis vector per labeled class; map the labels to 0..num_basis-1",
+        )?;
+        if let Some(head) = &basis.state.pseudo_head {
+            validate::label_range(
+                &pseudo,
+                head.size()[0] as usize,
+                "pseudo_labels",
+                "num_pseudo_classes",
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The loss terms of the labeled embeddings `fl` with `labels` and the unlabeled `fu`
+    /// with `pseudo` (labels int64 on the embeddings' device, inputs checked).
+    fn terms(
+        &self,
+        fl: &Tensor,
+        labels: &Tensor,
+        fu: &Tensor,
+        pseudo: &Tensor,
+        true_labels: Option<&Tensor>,
+        train: bool,
+    ) -> Result<(Tensor, Metrics)> {
+        let mut scalars: Vec<(String, Tensor)> = Vec::new();
+        let mut metrics = Metrics::new();
+
+        let (rank_labeled, labeled_masks) = self.ranking.labeled(fl, labels)?;
+        let (pos, neg) = pair_counts(&labeled_masks)?;
+        scalars.push(("loss/rank_labeled".into(), rank_labeled.shallow_clone()));
+        scalars.push(("pairs/labeled_positive".into(), pos));
+        scalars.push(("pairs/labeled_negative".into(), neg));
+        let mut total = rank_labeled;
+
+        let unlabeled_masks = match &self.basis {
+            None => PairMasks::from_labels(pseudo)?,
+            Some(basis) => {
+                let basis_loss = basis.loss(Some((fl, labels)), Some((fu, pseudo)), train)?;
+                for (name, value) in &basis_loss.parts {
+                    scalars.push((format!("loss/{name}"), value.shallow_clone()));
+                }
+                scalars.push(("loss/basis".into(), basis_loss.total.shallow_clone()));
+                total = total.f_add(&basis_loss.total.f_mul_scalar(self.config.lambda2)?)?;
+                let st = &basis.state;
+                for (name, t) in [
+                    ("mu_pos", &st.mu_pos),
+                    ("var_pos", &st.var_pos),
+                    ("mu_neg", &st.mu_neg),
+                    ("var_neg", &st.var_neg),
+                ] {
+                    scalars.push((format!("basis/{name}"), t.shallow_clone()));
+                }
+                if self.config.variant == Variant::BasisMining {
+                    self.mined_pairs(basis, fu, pseudo, true_labels, &mut scalars, &mut metrics)?
+                } else {
+                    PairMasks::from_labels(pseudo)?
+                }
+            }
+        };
+        let rank_unlabeled = self.ranking.on_masks(fu, &unlabeled_masks)?;
+        let (pos, neg) = pair_counts(&unlabeled_masks)?;
+        scalars.push(("loss/rank_unlabeled".into(), rank_unlabeled.shallow_clone()));
+        scalars.push(("pairs/positive".into(), pos));
+        scalars.push(("pairs/negative".into(), neg));
+        total = total.f_add(&rank_unlabeled.f_mul_scalar(self.config.lambda1)?)?;
+        read_scalars(&mut metrics, scalars)?;
+        Ok((total, metrics))
+    }
+
+    /// The unlabeled pairs of "basis_mining": T1/T2 from the running statistics, basis
+    /// mining, then the research bound of `self.mining`; records thresholds and counts.
+    fn mined_pairs(
+        &self,
+        basis: &FeatureBasis,
+        fu: &Tensor,
+        pseudo: &Tensor,
+        true_labels: Option<&Tensor>,
+        scalars: &mut Vec<(String, Tensor)>,
+        metrics: &mut Metrics,
+    ) -> Result<PairMasks> {
+        let (mu_pos, mu_neg) = basis.running_means()?;
+        let t1 = self.config.t1.resolve(Side::T1, mu_pos, mu_neg);
+        let t2 = self.config.t2.resolve(Side::T2, mu_pos, mu_neg);
+        for (name, t) in [("threshold/t1", t1), ("threshold/t2", t2)] {
+            if let Some(value) = t {
+                metrics.insert(name.into(), value);
+            }
+        }
+        let similarity = tch::no_grad(|| basis.similarity(&fu.f_detach()?))?;
+        let mined = basis_pair_masks(
+            &similarity,
+            Some(pseudo),
+            t1,
+            t2,
+            self.config.require_pseudo_agreement,
+        )?;
+        let all = PairMasks::from_labels(pseudo)?;
+        let (pos, neg) = pair_counts(&all)?;
+        scalars.push(("pairs/pseudo_positive".into(), pos));
+        scalars.push(("pairs/pseudo_negative".into(), neg));
+        self.bound(mined, all, true_labels)
+    }
+
+    /// The pairs of `self.mining` given the basis-mined ones and `all` pseudo pairs.
+    fn bound(
+        &self,
+        mined: PairMasks,
+        all: PairMasks,
+        true_labels: Option<&Tensor>,
+    ) -> Result<PairMasks> {
+        let _guard = tch::no_grad_guard();
+        match self.config.mining {
+            Mining::Basis => Ok(mined),
+            Mining::Oracle => {
+                let Some(truth) = true_labels else {
+                    bail!(Value, "mining \"oracle\" needs the true_labels of the unlabeled batch");
+                };
+                let truth = truth.f_to_device(all.pos.device())?.f_to_kind(Kind::Int64)?;
+                let same = truth.f_unsqueeze(1)?.f_eq_tensor(&truth.f_unsqueeze(0)?)?;
+                Ok(PairMasks {
+                    pos: all.pos.f_logical_and(&same)?,
+                    neg: all.neg.f_logical_and(&same.f_logical_not()?)?,
+                })
+            }
+            Mining::Random => Ok(PairMasks {
+                pos: random_subset(&all.pos, &mined.pos)?,
+                neg: random_subset(&all.neg, &mined.neg)?,
+            }),
+        }
+    }
+}
+
+/// The student trainer's objective: [`StudentObjective`] on the embeddings of the model,
+/// which embeds the labeled and the unlabeled images in one forward pass.
+pub struct Student {
+    objective: StudentObjective,
 }
 
 impl Student {
@@ -223,20 +527,19 @@ impl Student {
         model: &Model,
     ) -> Result<Self> {
         config.validate()?;
-        let ranking = RankingLoss::from_config(&config.ranking)?;
         let basis = if config.variant == Variant::PseudoOnly {
             None
         } else {
             Some(Self::register_basis(&config, builder, model)?)
         };
-        Ok(Student { config, ranking, basis })
+        Ok(Student { objective: StudentObjective::from_parts(config, basis)? })
     }
 
     fn register_basis(
         config: &StudentObjectiveConfig,
         builder: &mut Builder,
         model: &Model,
-    ) -> Result<FeatureBasis> {
+    ) -> Result<BasisState> {
         let Some(b) = config.num_basis else {
             bail!(
                 Config,
@@ -265,7 +568,7 @@ impl Student {
         let mut buffer = |name: &str, kind: Kind| -> Result<Tensor> {
             builder.buffer(BASIS_PREFIX, name, Tensor::f_zeros([], opts(kind))?)
         };
-        let state = BasisState {
+        Ok(BasisState {
             weight,
             pseudo_head,
             mu_pos: buffer("mu_pos", Kind::Float)?,
@@ -274,26 +577,30 @@ impl Student {
             var_neg: buffer("var_neg", Kind::Float)?,
             updates_pos: buffer("updates_pos", Kind::Int64)?,
             updates_neg: buffer("updates_neg", Kind::Int64)?,
-        };
-        FeatureBasis::from_parts(config.basis_config(), state)
+        })
+    }
+
+    /// The objective on given embeddings, over this trainer's basis.
+    pub fn objective(&self) -> &StudentObjective {
+        &self.objective
     }
 
     pub fn settings(&self) -> &StudentObjectiveConfig {
-        &self.config
+        self.objective.settings()
     }
 
     pub fn variant(&self) -> Variant {
-        self.config.variant
+        self.objective.variant()
     }
 
     /// The feature basis (None for "pseudo_only").
     pub fn basis(&self) -> Option<&FeatureBasis> {
-        self.basis.as_ref()
+        self.objective.basis()
     }
 
     /// The (T1, T2) rules in use ("auto" resolved).
     pub fn threshold_rules(&self) -> (ThresholdRule, ThresholdRule) {
-        (self.config.t1.on_side(Side::T1), self.config.t2.on_side(Side::T2))
+        self.objective.threshold_rules()
     }
 
     /// The loss terms of the embeddings `f` (float32, labeled rows first) at update `step`.
@@ -301,8 +608,10 @@ impl Student {
         match validate::finite(f, "embeddings") {
             Err(SladeError::NonFinite(_)) => bail!(
                 NonFinite,
-                "the embeddings are NaN or Inf at step {step}; the parameters were not updated \
-                 (lower the learning rate, enable clip_grad_norm, or check the batch)"
+                "the embeddings are NaN or Inf in step {}; the parameters were not updated \
+                 (lower the learning rate, enable clip_grad_norm, check the batch, or set \
+                 optimizer.nonfinite=\"skip\" to skip such steps)",
+                step + 1
             ),
             other => other?,
         }
@@ -313,96 +622,8 @@ impl Student {
         let fu = f.f_narrow(0, n_labeled, n_unlabeled)?;
         let labels = batch.labels.f_to_device(device)?.f_to_kind(Kind::Int64)?;
         let pseudo = batch.pseudo_labels.f_to_device(device)?.f_to_kind(Kind::Int64)?;
-        let mut scalars: Vec<(String, Tensor)> = Vec::new();
-        let mut metrics = Metrics::new();
-
-        let (rank_labeled, labeled_masks) = self.ranking.labeled(&fl, &labels)?;
-        let (pos, neg) = pair_counts(&labeled_masks)?;
-        scalars.push(("loss/rank_labeled".into(), rank_labeled.shallow_clone()));
-        scalars.push(("pairs/labeled_positive".into(), pos));
-        scalars.push(("pairs/labeled_negative".into(), neg));
-        let mut total = rank_labeled;
-
-        let unlabeled_masks = match &self.basis {
-            None => PairMasks::from_labels(&pseudo)?,
-            Some(basis) => {
-                let basis_loss = basis.loss(Some((&fl, &labels)), Some((&fu, &pseudo)), true)?;
-                for (name, value) in &basis_loss.parts {
-                    scalars.push((format!("loss/{name}"), value.shallow_clone()));
-                }
-                scalars.push(("loss/basis".into(), basis_loss.total.shallow_clone()));
-                total = total.f_add(&basis_loss.total.f_mul_scalar(self.config.lambda2)?)?;
-                let st = &basis.state;
-                for (name, t) in [
-                    ("mu_pos", &st.mu_pos),
-                    ("var_pos", &st.var_pos),
-                    ("mu_neg", &st.mu_neg),
-                    ("var_neg", &st.var_neg),
-                ] {
-                    scalars.push((format!("basis/{name}"), t.shallow_clone()));
-                }
-                if self.config.variant == Variant::BasisMining {
-                    let (mu_pos, mu_neg) = basis.running_means()?;
-                    let t1 = self.config.t1.resolve(Side::T1, mu_pos, mu_neg);
-                    let t2 = self.config.t2.resolve(Side::T2, mu_pos, mu_neg);
-                    for (name, t) in [("threshold/t1", t1), ("threshold/t2", t2)] {
-                        if let Some(value) = t {
-                            metrics.insert(name.into(), value);
-                        }
-                    }
-                    let similarity = tch::no_grad(|| basis.similarity(&fu.f_detach()?))?;
-                    let mined = basis_pair_masks(
-                        &similarity,
-                        Some(&pseudo),
-                        t1,
-                        t2,
-                        self.config.require_pseudo_agreement,
-                    )?;
-                    let all = PairMasks::from_labels(&pseudo)?;
-                    let (pos, neg) = pair_counts(&all)?;
-                    scalars.push(("pairs/pseudo_positive".into(), pos));
-                    scalars.push(("pairs/pseudo_negative".into(), neg));
-                    self.bound(mined, all, batch)?
-                } else {
-                    PairMasks::from_labels(&pseudo)?
-                }
-            }
-        };
-        let rank_unlabeled = self.ranking.on_masks(&fu, &unlabeled_masks)?;
-        let (pos, neg) = pair_counts(&unlabeled_masks)?;
-        scalars.push(("loss/rank_unlabeled".into(), rank_unlabeled.shallow_clone()));
-        scalars.push(("pairs/positive".into(), pos));
-        scalars.push(("pairs/negative".into(), neg));
-        total = total.f_add(&rank_unlabeled.f_mul_scalar(self.config.lambda1)?)?;
-        read_scalars(&mut metrics, scalars)?;
-        Ok((total, metrics))
-    }
-
-    /// The pairs of `self.mining` given the basis-mined ones and `all` pseudo pairs.
-    fn bound(&self, mined: PairMasks, all: PairMasks, batch: &StudentBatch) -> Result<PairMasks> {
-        let _guard = tch::no_grad_guard();
-        match self.config.mining {
-            Mining::Basis => Ok(mined),
-            Mining::Oracle => {
-                let Some(truth) = &batch.true_labels else {
-                    bail!(Value, "mining \"oracle\" needs the true_labels of the unlabeled batch");
-                };
-                let truth = truth.f_to_device(all.pos.device())?.f_to_kind(Kind::Int64)?;
-                let same = truth.f_unsqueeze(1)?.f_eq_tensor(&truth.f_unsqueeze(0)?)?;
-                Ok(PairMasks {
-                    pos: all.pos.f_logical_and(&same)?,
-                    neg: all.neg.f_logical_and(&same.f_logical_not()?)?,
-                })
-            }
-            Mining::Random => Ok(PairMasks {
-                pos: random_subset(&all.pos, &mined.pos)?,
-                neg: random_subset(&all.neg, &mined.neg)?,
-            }),
-        }
-    }
-
-    fn warming_up(&self, step: i64) -> bool {
-        step < self.config.basis_warmup
+        let truth = batch.true_labels.as_ref();
+        self.objective.terms(&fl, &labels, &fu, &pseudo, truth, true)
     }
 }
 
@@ -412,7 +633,7 @@ impl Objective for Student {
     const GROUPS: &'static [&'static str] = &[BASIS_GROUP];
 
     fn config(&self) -> serde_json::Value {
-        serde_json::to_value(&self.config).expect("plain settings serialise")
+        serde_json::to_value(self.settings()).expect("plain settings serialise")
     }
 
     fn check_batch(&self, model: &Model, batch: &StudentBatch) -> Result<()> {
@@ -427,47 +648,19 @@ impl Objective for Student {
                  go through the backbone in one batch, so they must have one size"
             );
         }
-        let pseudo = validate::labels(
+        self.objective.check_labels(
+            &batch.labels,
             &batch.pseudo_labels,
-            unlabeled.size()[0] as usize,
-            "pseudo_labels",
-            "unlabeled_images",
-        )?;
-        if let Some(&bad) = pseudo.iter().find(|&&l| l < 0) {
-            bail!(Value, "pseudo_labels contains {bad}; pseudo labels are cluster ids >= 0");
-        }
-        if let Some(truth) = &batch.true_labels {
-            validate::labels(truth, pseudo.len(), "true_labels", "unlabeled_images")?;
-        }
-        if let Some(basis) = &self.basis {
-            let labels = validate::labels(
-                &batch.labels,
-                labeled.size()[0] as usize,
-                "labels",
-                "labeled_images",
-            )?;
-            validate::label_range(
-                &labels,
-                basis.num_basis(),
-                "labels",
-                "num_basis, one basis vector per labeled class; map the labels to 0..num_basis-1",
-            )?;
-            if let Some(head) = &basis.state.pseudo_head {
-                validate::label_range(
-                    &pseudo,
-                    head.size()[0] as usize,
-                    "pseudo_labels",
-                    "num_pseudo_classes",
-                )?;
-            }
-        }
-        Ok(())
+            batch.true_labels.as_ref(),
+            [labeled.size()[0], unlabeled.size()[0]],
+            ["labeled_images", "unlabeled_images"],
+        )
     }
 
     fn loss(&mut self, ctx: &mut StepContext, batch: &StudentBatch) -> Result<(Tensor, Metrics)> {
         let images = Tensor::f_cat(&[&batch.labeled_images, &batch.unlabeled_images], 0)?;
         let f = ctx.model.forward_t(&images, true)?;
-        let (step, warming_up) = (ctx.step, self.warming_up(ctx.step));
+        let (step, warming_up) = (ctx.step, self.objective.warming_up(ctx.step));
         tch::autocast(false, || {
             let (loss, mut metrics) = self.terms(&f.f_to_kind(Kind::Float)?, batch, step)?;
             metrics.insert("warmup".into(), if warming_up { 1.0 } else { 0.0 });
@@ -476,7 +669,7 @@ impl Objective for Student {
     }
 
     fn frozen_parameters(&self, step: i64) -> HashSet<String> {
-        if self.warming_up(step) {
+        if self.objective.warming_up(step) {
             ["weight", "bias"].iter().map(|leaf| format!("{HEAD_PREFIX}.{leaf}")).collect()
         } else {
             HashSet::new()
@@ -484,7 +677,7 @@ impl Objective for Student {
     }
 
     fn backbone_frozen(&self, step: i64) -> Option<bool> {
-        (self.config.basis_warmup > 0).then(|| self.warming_up(step))
+        (self.settings().basis_warmup > 0).then(|| self.objective.warming_up(step))
     }
 }
 
@@ -538,6 +731,70 @@ mod tests {
             pseudo_labels: pseudo,
             true_labels: None,
         }
+    }
+
+    fn objective_on(config: StudentObjectiveConfig) -> (StudentObjective, Tensor) {
+        tch::manual_seed(3);
+        let basis = FeatureBasis::new(4, 8, None, config.basis_config(), Device::Cpu).unwrap();
+        let weight = basis.state.weight.shallow_clone();
+        (StudentObjective::from_parts(config, Some(basis.state)).unwrap(), weight)
+    }
+
+    #[test]
+    fn warm_up_on_given_embeddings_trains_only_the_basis() {
+        let (objective, weight) = objective_on(config("basis_mining"));
+        let opts = (Kind::Float, Device::Cpu);
+        let fl = Tensor::randn([12, 8], opts).set_requires_grad(true);
+        let fu = Tensor::randn([12, 8], opts).set_requires_grad(true);
+        let labels = Tensor::arange(4, (Kind::Int64, Device::Cpu)).repeat([3]);
+        let pseudo = Tensor::arange(3, (Kind::Int, Device::Cpu)).repeat([4]);
+        let emb = StudentEmbeddings {
+            labeled: &fl,
+            labels: &labels,
+            unlabeled: &fu,
+            pseudo_labels: &pseudo,
+            true_labels: None,
+        };
+        for warming_up in [true, false] {
+            let (loss, metrics) = objective.loss(&emb, true, warming_up).unwrap();
+            assert_eq!(metrics["warmup"], if warming_up { 1.0 } else { 0.0 });
+            let grads = Tensor::run_backward(&[&loss], &[&weight, &fl], false, true);
+            assert!(grads[0].abs().sum(Kind::Float).double_value(&[]) > 0.0);
+            let reaches_fl =
+                grads[1].defined() && grads[1].abs().sum(Kind::Float).double_value(&[]) > 0.0;
+            assert_eq!(reaches_fl, !warming_up);
+        }
+    }
+
+    #[test]
+    fn objective_on_given_embeddings_names_bad_arguments() {
+        let (objective, _) = objective_on(config("basis"));
+        let opts = (Kind::Float, Device::Cpu);
+        let (fl, fu) = (Tensor::randn([12, 8], opts), Tensor::randn([12, 8], opts));
+        let labels = Tensor::arange(4, (Kind::Int64, Device::Cpu)).repeat([3]);
+        let pseudo = Tensor::arange(3, (Kind::Int64, Device::Cpu)).repeat([4]);
+        let err = |labeled: &Tensor, unlabeled: &Tensor, pseudo: &Tensor| {
+            let emb = StudentEmbeddings {
+                labeled,
+                labels: &labels,
+                unlabeled,
+                pseudo_labels: pseudo,
+                true_labels: None,
+            };
+            objective.loss(&emb, true, false).expect_err("an error").to_string()
+        };
+        assert!(err(&fl.view([12, 2, 4]), &fu, &pseudo).contains("emb_labeled must be a 2-D"));
+        assert!(err(&fl, &fu.narrow(1, 0, 6), &pseudo).contains("emb_unlabeled has dim 6"));
+        assert!(err(&fl.narrow(1, 0, 6), &fu.narrow(1, 0, 6), &pseudo)
+            .contains("feature basis has dim 8"));
+        assert!(err(&fl, &(&fu / 0.0), &pseudo).contains("emb_unlabeled contains"));
+        assert!(err(&fl, &fu, &pseudo.narrow(0, 0, 5)).contains("pseudo_labels has 5 entries"));
+        let mismatch = StudentObjective::from_parts(
+            StudentObjectiveConfig { num_basis: Some(5), ..config("basis") },
+            Some(FeatureBasis::new(4, 8, None, BasisConfig::default(), Device::Cpu).unwrap().state),
+        );
+        assert!(mismatch.err().expect("an error").to_string().contains("num_basis"));
+        assert!(StudentObjective::from_parts(config("basis"), None).is_err());
     }
 
     #[test]

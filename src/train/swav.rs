@@ -18,6 +18,7 @@ use crate::nn::layers::{l2_normalize, Builder};
 use crate::nn::store::uniform;
 use crate::nn::Model;
 use crate::settings::{invalid, Settings};
+use crate::validate;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use tch::{Kind, Tensor};
@@ -139,6 +140,72 @@ pub fn swapped_prediction_loss(
     Ok(total.expect("two codes").f_div_scalar(2.0)?)
 }
 
+/// The SwAV loss of the crops' embeddings (one `B x dim` tensor per crop, the two global
+/// crops first): the prototypes are L2-normalised in place (no gradient), then scores
+/// s = z C^T, codes from Sinkhorn-Knopp on the two global crops, and the swapped
+/// prediction over every crop. Inputs are not checked (see [`swav_loss_on`]).
+pub fn swav_loss(
+    config: &SwavConfig,
+    prototypes: &Tensor,
+    embeddings: &[Tensor],
+) -> Result<Tensor> {
+    tch::no_grad(|| -> Result<()> {
+        let normalised = l2_normalize(prototypes)?;
+        prototypes.shallow_clone().f_copy_(&normalised)?;
+        Ok(())
+    })?;
+    let scores = embeddings
+        .iter()
+        .map(|z| Ok(z.f_matmul(&prototypes.f_tr()?)?))
+        .collect::<Result<Vec<_>>>()?;
+    let (eps, iters) = (config.epsilon, config.sinkhorn_iterations);
+    let codes = [sinkhorn(&scores[0], eps, iters)?, sinkhorn(&scores[1], eps, iters)?];
+    swapped_prediction_loss(&scores, &codes, config.temperature)
+}
+
+/// [`swav_loss`] on given embeddings, checked first (errors name `embeddings[i]` and
+/// `prototypes`): at least two crops, each a finite `B x dim` floating matrix of the same
+/// `B`, on the prototypes' device and of their dim. `frozen` detaches the prototypes in
+/// the scores, so that they receive no gradient (`freeze_prototypes_steps`).
+pub fn swav_loss_on(
+    config: &SwavConfig,
+    prototypes: &Tensor,
+    embeddings: &[Tensor],
+    frozen: bool,
+) -> Result<Tensor> {
+    config.validate()?;
+    validate::matrix(prototypes, "prototypes")?;
+    if embeddings.len() < 2 {
+        bail!(
+            Value,
+            "embeddings must hold the embeddings of at least the two global crops, got {}",
+            embeddings.len()
+        );
+    }
+    let rows = embeddings[0].size()[0];
+    for (i, z) in embeddings.iter().enumerate() {
+        let name = format!("embeddings[{i}]");
+        let (n, _) = validate::matrix(z, &name)?;
+        validate::same_device(z, &name, prototypes, "prototypes")?;
+        validate::same_dim(z, &name, prototypes, "prototypes")?;
+        if n as i64 != rows {
+            bail!(
+                Shape,
+                "every crop must hold the same images: embeddings[0] has {rows} rows but {name} \
+                 has {n}"
+            );
+        }
+    }
+    for (i, z) in embeddings.iter().enumerate() {
+        validate::finite(z, &format!("embeddings[{i}]"))?;
+    }
+    if frozen {
+        // The detached view shares the storage: the normalisation still lands in place.
+        return swav_loss(config, &prototypes.f_detach()?, embeddings);
+    }
+    swav_loss(config, prototypes, embeddings)
+}
+
 /// The SwAV objective: its settings and the prototype matrix.
 pub struct Swav {
     config: SwavConfig,
@@ -221,19 +288,8 @@ impl Objective for Swav {
     }
 
     fn loss(&mut self, ctx: &mut StepContext, crops: &[Tensor]) -> Result<(Tensor, Metrics)> {
-        tch::no_grad(|| -> Result<()> {
-            let normalised = l2_normalize(&self.prototypes)?;
-            self.prototypes.shallow_clone().f_copy_(&normalised)?;
-            Ok(())
-        })?;
         let embeddings = Self::embed_crops(ctx.model, crops)?;
-        let scores = embeddings
-            .iter()
-            .map(|z| Ok(z.f_matmul(&self.prototypes.f_tr()?)?))
-            .collect::<Result<Vec<_>>>()?;
-        let (eps, iters) = (self.config.epsilon, self.config.sinkhorn_iterations);
-        let codes = [sinkhorn(&scores[0], eps, iters)?, sinkhorn(&scores[1], eps, iters)?];
-        let loss = swapped_prediction_loss(&scores, &codes, self.config.temperature)?;
+        let loss = swav_loss(&self.config, &self.prototypes, &embeddings)?;
         Ok((loss, Metrics::new()))
     }
 

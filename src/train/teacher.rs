@@ -48,6 +48,31 @@ impl Teacher {
     pub fn settings(&self) -> &RankingConfig {
         &self.config
     }
+
+    /// L_rank and its metrics on given `embeddings` (N x D, floating, finite) and `labels`
+    /// (N, any integer dtype, any device), checked first; errors name the argument.
+    pub fn loss_on(&self, embeddings: &Tensor, labels: &Tensor) -> Result<(Tensor, Metrics)> {
+        let (n, _) = validate::embeddings(embeddings, "embeddings")?;
+        validate::label_tensor(labels, n, "labels", "embeddings")?;
+        self.terms(embeddings, labels)
+    }
+
+    /// L_rank of the embeddings `f` with `labels`, and its metrics.
+    fn terms(&self, f: &Tensor, labels: &Tensor) -> Result<(Tensor, Metrics)> {
+        let labels = labels.f_to_device(f.device())?.f_to_kind(Kind::Int64)?;
+        let (loss, masks) = self.ranking.labeled(f, &labels)?;
+        let (pos, neg) = pair_counts(&masks)?;
+        let mut metrics = Metrics::new();
+        read_scalars(
+            &mut metrics,
+            vec![
+                ("loss/rank".into(), loss.shallow_clone()),
+                ("pairs/positive".into(), pos),
+                ("pairs/negative".into(), neg),
+            ],
+        )?;
+        Ok((loss, metrics))
+    }
 }
 
 impl Objective for Teacher {
@@ -64,22 +89,7 @@ impl Objective for Teacher {
 
     fn loss(&mut self, ctx: &mut StepContext, batch: &LabeledBatch) -> Result<(Tensor, Metrics)> {
         let f = ctx.model.forward_t(&batch.images, true)?;
-        tch::autocast(false, || {
-            let f = f.f_to_kind(Kind::Float)?;
-            let labels = batch.labels.f_to_device(f.device())?.f_to_kind(Kind::Int64)?;
-            let (loss, masks) = self.ranking.labeled(&f, &labels)?;
-            let (pos, neg) = pair_counts(&masks)?;
-            let mut metrics = Metrics::new();
-            read_scalars(
-                &mut metrics,
-                vec![
-                    ("loss/rank".into(), loss.shallow_clone()),
-                    ("pairs/positive".into(), pos),
-                    ("pairs/negative".into(), neg),
-                ],
-            )?;
-            Ok((loss, metrics))
-        })
+        tch::autocast(false, || self.terms(&f.f_to_kind(Kind::Float)?, &batch.labels))
     }
 }
 

@@ -17,6 +17,7 @@ NEEDS = {
     "quickstart.ipynb": "fashion_mnist_root",
     "paper_ablations.ipynb": "omniglot_root",
     "deploy.ipynb": "fashion_mnist_root",
+    "own_model.ipynb": "fashion_mnist_root",
 }
 
 
@@ -64,6 +65,10 @@ def test_notebook_runs_in_quick_settings(name, tmp_path, monkeypatch, request):
         ]
         assert len(images) == 3
         assert (tmp_path / "out" / "results.json").is_file()
+    elif name == "own_model.ipynb":
+        assert "'student_round1': 'TorchStudentTrainer'" in text and "ResNet-18 teacher, weights from a file" in text
+        assert "same weights to 1e-5: True" in text
+        assert (tmp_path / "out" / "small" / "results.json").is_file()
     elif name == "deploy.ipynb":
         assert "same embeddings without slade" in text and "of its class" in text
         outputs = [o for c in notebook.cells for o in c.get("outputs", [])]

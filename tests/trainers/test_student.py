@@ -416,6 +416,17 @@ def test_failed_step_restores_the_basis_statistics():
         assert torch.equal(v, before[k]), k
 
 
+def test_a_skipped_step_keeps_weights_and_basis_statistics_and_counts():
+    optim = slade.OptimizerConfig(name="sgd", lr=1e30, momentum=0.0, nonfinite="skip")
+    trainer = student(optim=optim)
+    assert trainer.step(*make_batch(seed=0))["skipped"] == 0.0  # a huge update
+    before = {k: v.clone() for k, v in trainer.state_dict().items()}
+    metrics = trainer.step(*make_batch(seed=1))  # its embeddings are not finite
+    assert metrics["skipped"] == 1.0 and trainer.step_count == 2
+    for k, v in trainer.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
 def test_bad_inputs_raise_clear_errors_and_change_nothing():
     trainer = student(regularizer="local_ce", num_pseudo_classes=5)
     xl, y, xu, p = make_batch()

@@ -114,6 +114,29 @@ def test_short_run_decreases_the_loss():
     assert trainer.step_count == 12
 
 
+def test_nonfinite_skip_takes_good_steps_as_raise_does_and_skips_a_nan_one():
+    def trainer(nonfinite, lr=1e-3):
+        return slade.TeacherTrainer(MODEL, slade.OptimizerConfig(lr=lr, nonfinite=nonfinite))
+
+    raising, skipping = trainer("raise"), trainer("skip")
+    for step in range(3):
+        assert "skipped" not in raising.step(*make_batch(seed=step))
+        assert skipping.step(*make_batch(seed=step))["skipped"] == 0.0
+    assert_same_state(raising, skipping)
+    # An absurd learning rate: the second loss is NaN.
+    raising, skipping = trainer("raise", 1e30), trainer("skip", 1e30)
+    for t in (raising, skipping):
+        t.step(*make_batch(seed=0))
+    before = {k: v.clone() for k, v in skipping.state_dict().items()}
+    with pytest.raises(slade.NonFiniteError, match="loss is NaN in step 2"):
+        raising.step(*make_batch(seed=1))
+    metrics = skipping.step(*make_batch(seed=1))
+    assert metrics["skipped"] == 1.0 and np.isnan(metrics["loss"])
+    assert (raising.step_count, skipping.step_count) == (1, 2)
+    for k, v in skipping.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
 def _trainer(**kw):
     return slade.TeacherTrainer(
         MODEL,

@@ -93,17 +93,48 @@ def parse_int(path: Path, number: int, expected: str, line: str, token: str) -> 
         raise parse_error(path, number, expected, line) from None
 
 
+#: What a message about an unreadable image file tells the user to do.
+BAD_IMAGE_ADVICE = (
+    "replace or remove the file, or load the data with skip_bad_files=True "
+    "(data.skip_bad_files=true in a config) to leave unreadable images out"
+)
+
+
 def load_image(path: Path, mode: str, listed_in: Path | None = None) -> Image.Image:
-    """Opens and decodes an image file, converted to ``mode`` ("RGB" or "L")."""
+    """Opens and decodes an image file, converted to ``mode`` ("RGB" or "L"); a missing or
+    unreadable file raises an error naming it and what to do."""
     try:
-        with Image.open(path) as image:
-            image.load()
-            return image.convert(mode)
+        return _decode(path, mode)
     except FileNotFoundError:
         source = f" (listed in {listed_in})" if listed_in is not None else ""
-        raise MissingFileError(f"image file not found: {path}{source}") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-        raise SladeIOError(f"cannot decode the image {path}: {err}") from err
+        raise MissingFileError(
+            f"image file not found: {path}{source}; {BAD_IMAGE_ADVICE}"
+        ) from None
+    except _DECODE_ERRORS as err:
+        raise SladeIOError(
+            f"cannot decode the image {path}: {err}; {BAD_IMAGE_ADVICE}"
+        ) from err
+
+
+def image_problem(path: Path, mode: str) -> str | None:
+    """Why :func:`load_image` cannot read ``path`` ("not found", the decoder's complaint),
+    or None when it can."""
+    try:
+        _decode(path, mode)
+    except FileNotFoundError:
+        return "not found"
+    except _DECODE_ERRORS as err:
+        return str(err) or type(err).__name__
+    return None
+
+
+_DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError)
+
+
+def _decode(path: Path, mode: str) -> Image.Image:
+    with Image.open(path) as image:
+        image.load()
+        return image.convert(mode)
 
 
 def decode_image_bytes(data: bytes, mode: str, name: str) -> Image.Image:

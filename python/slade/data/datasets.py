@@ -26,6 +26,7 @@ from PIL import Image
 
 from ..errors import ConfigError, MissingFileError, SladeIOError
 from ._files import (
+    IMAGE_EXTENSIONS,
     PathLike,
     decode_image_bytes,
     file_signature,
@@ -803,28 +804,45 @@ def _source_signature(source: Path) -> tuple:
 class ImageFolderDataset(ImageFileDataset):
     """``root/<class>/**/<image>``: one folder per class, as torchvision's ImageFolder.
 
-    Classes are the sub-folder names in sorted order; images are found recursively.
+    Classes are the sub-folder names in sorted order; images are found recursively (files
+    without an image ending, e.g. ``notes.txt``, are not read). A class folder without
+    image files is an error naming it; with ``skip_empty`` it is left out and listed in
+    ``empty_folders``.
     """
 
     def __init__(
-        self, root: PathLike, transform: Transform | None = None, mode: str = "RGB"
+        self,
+        root: PathLike,
+        transform: Transform | None = None,
+        mode: str = "RGB",
+        skip_empty: bool = False,
     ) -> None:
         base = require_dir(Path(root).expanduser(), "image folder (<class>/<image> layout)")
         self.root = base
         class_dirs = sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
-        if not class_dirs:
+        found = [(folder, image_files_under(folder)) for folder in class_dirs]
+        self.empty_folders = [folder for folder, files in found if not files]
+        if self.empty_folders and not skip_empty:
+            raise _empty_class_folder(self.empty_folders[0])
+        found = [(folder, files) for folder, files in found if files]
+        if not found:
             raise MissingFileError(
-                f"{base} holds no class folders: expected {base}/<class>/<image>"
+                f"{base} holds no class folders with images: expected {base}/<class>/<image>"
             )
-        paths: list[Path] = []
-        labels: list[int] = []
-        for label, folder in enumerate(class_dirs):
-            files = image_files_under(folder)
-            if not files:
-                raise MissingFileError(f"class folder {folder} holds no image files")
-            paths.extend(files)
-            labels.extend([label] * len(files))
-        super().__init__(paths, labels, [d.name for d in class_dirs], transform, mode=mode)
+        paths = [path for _, files in found for path in files]
+        labels = [label for label, (_, files) in enumerate(found) for _ in files]
+        classes = [folder.name for folder, _ in found]
+        super().__init__(paths, labels, classes, transform, mode=mode)
+
+
+def _empty_class_folder(folder: Path) -> MissingFileError:
+    others = sorted(p.name for p in folder.rglob("*") if p.is_file())[:3]
+    holds = f" (it holds {', '.join(others)}, not image files)" if others else ""
+    return MissingFileError(
+        f"class folder {folder} holds no image files{holds}; expected images ending in "
+        f"{', '.join(IMAGE_EXTENSIONS)}: add images, remove the folder, or load the data with "
+        "skip_bad_files=True (data.skip_bad_files=true in a config) to leave it out"
+    )
 
 
 def unlabeled_images(

@@ -28,7 +28,7 @@ Protocols:
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ import numpy as np
 from ..errors import ConfigError, InvalidArgumentError, MissingFileError, SladeIOError
 from . import transforms as presets
 from ._files import PathLike
+from .bad_files import BadFile, SkippedFiles, without_bad_files
 from .base import (
     ImageDataset,
     UnlabeledDataset,
@@ -99,6 +100,8 @@ class SemiSupervisedData:
             (labeled, unlabeled) and on the evaluation parts (val, test, gallery). Use
             ``unlabeled.with_transform(data.eval_transform)`` to embed the unlabeled images
             for pseudo labelling.
+        skipped: the image files and class folders a loader with ``skip_bad_files`` left
+            out (:mod:`slade.data.bad_files`); None when it did not check.
     """
 
     name: str
@@ -109,6 +112,7 @@ class SemiSupervisedData:
     gallery: ImageDataset | None = None
     train_transform: Callable[[Any], Any] | None = None
     eval_transform: Callable[[Any], Any] | None = None
+    skipped: SkippedFiles | None = None
 
     @property
     def num_labeled_classes(self) -> int:
@@ -121,7 +125,8 @@ class SemiSupervisedData:
         return self.unlabeled.hidden_labels
 
     def counts(self) -> dict[str, dict[str, int | None]]:
-        """Images and classes of each part (the unlabeled classes counted from hidden labels)."""
+        """Images and classes of each part (the unlabeled classes counted from hidden labels),
+        and the files and folders left out (``skipped``) when a loader checked them."""
         out: dict[str, dict[str, int | None]] = {}
         for part in ("labeled", "val", "test", "gallery"):
             dataset = getattr(self, part)
@@ -135,6 +140,8 @@ class SemiSupervisedData:
             "images": len(self.unlabeled),
             "classes": int(hidden.unique().numel()) if hidden is not None else None,
         }
+        if self.skipped is not None:
+            out["skipped"] = dict(self.skipped.counts())
         return out
 
 
@@ -187,6 +194,8 @@ def _assemble(
     gallery: ImageDataset | None = None,
     val_groups: int = 0,
     group_key: str | None = None,
+    skip_bad_files: bool = False,
+    empty_folders: Sequence[BadFile] = (),
 ) -> SemiSupervisedData:
     if (
         isinstance(val_classes, bool)
@@ -212,7 +221,7 @@ def _assemble(
         labeled, val = split_groups(labeled, labeled.extras[group_key], val_groups, seed)
     train_t = _resolve(train_transform, lambda: presets.train_transform(style))
     eval_t = _resolve(eval_transform, lambda: presets.eval_transform(style))
-    return SemiSupervisedData(
+    data = SemiSupervisedData(
         name=name,
         labeled=labeled.with_transform(train_t),
         unlabeled=unlabeled.with_transform(train_t),
@@ -222,6 +231,7 @@ def _assemble(
         train_transform=train_t,
         eval_transform=eval_t,
     )
+    return without_bad_files(data, empty_folders) if skip_bad_files else data
 
 
 def fashion_mnist_ssl(
@@ -316,6 +326,7 @@ def folders(
     seed: int = 0,
     train_transform: TransformArg = PRESET,
     eval_transform: TransformArg = PRESET,
+    skip_bad_files: bool = False,
 ) -> SemiSupervisedData:
     """Protocol ``folders``: your own images in the layout::
 
@@ -326,7 +337,8 @@ def folders(
 
     ``style`` picks the transform presets and the colour mode: ``"natural"`` (RGB) or
     ``"grayscale"`` (L). Without ``val/``, ``val_classes`` carves validation classes out of
-    the labeled ones.
+    the labeled ones. An empty class folder is an error, and an unreadable image one when
+    it is read; ``skip_bad_files`` leaves both out (:mod:`slade.data.bad_files`).
     """
     base = Path(root).expanduser()
     layout = (
@@ -339,18 +351,29 @@ def folders(
                 f"folders layout: {base / part} not found; expected {layout} (ROOT = {base})"
             )
     mode = "L" if presets.check_style(style) == "grayscale" else "RGB"
-    val = ImageFolderDataset(base / "val", mode=mode) if (base / "val").is_dir() else None
+    parts = {
+        part: ImageFolderDataset(base / part, mode=mode, skip_empty=skip_bad_files)
+        for part in ("labeled", "test", "val")
+        if (base / part).is_dir()
+    }
+    empty = [
+        BadFile(str(folder), "holds no image files")
+        for part in parts.values()
+        for folder in part.empty_folders
+    ]
     return _assemble(
         "folders",
-        ImageFolderDataset(base / "labeled", mode=mode),
+        parts["labeled"],
         UnlabeledDataset(unlabeled_images(base / "unlabeled", mode=mode), labels_known=False),
-        ImageFolderDataset(base / "test", mode=mode),
+        parts["test"],
         style=style,
         train_transform=train_transform,
         eval_transform=eval_transform,
         val_classes=val_classes,
         seed=seed,
-        val=val,
+        val=parts.get("val"),
+        skip_bad_files=skip_bad_files,
+        empty_folders=empty,
     )
 
 
@@ -372,6 +395,7 @@ def cub_nabirds(
     seed: int = 0,
     train_transform: TransformArg = PRESET,
     eval_transform: TransformArg = PRESET,
+    skip_bad_files: bool = False,
 ) -> SemiSupervisedData:
     """Paper pairing ``cub-nabirds``: CUB-200-2011 classes 1-100 labeled, NABirds unlabeled,
     CUB classes 101-200 test.
@@ -379,7 +403,8 @@ def cub_nabirds(
     NABirds shares many species with CUB. ``exclude_cub_species`` removes NABirds images
     whose class name matches (ignoring case, punctuation and parenthesised plumage notes)
     a CUB test species (``"test"``) or any CUB species (``"all"``); by default (``None``)
-    the whole pool is kept.
+    the whole pool is kept. ``skip_bad_files`` leaves unreadable images out, as in
+    :func:`folders` (also in the other paper pairings).
     """
     labeled = CUB200(cub_root, "train")
     test = CUB200(cub_root, "test")
@@ -406,6 +431,7 @@ def cub_nabirds(
         eval_transform=eval_transform,
         val_classes=val_classes,
         seed=seed,
+        skip_bad_files=skip_bad_files,
     )
 
 
@@ -418,6 +444,7 @@ def cars_compcars(
     seed: int = 0,
     train_transform: TransformArg = PRESET,
     eval_transform: TransformArg = PRESET,
+    skip_bad_files: bool = False,
 ) -> SemiSupervisedData:
     """Paper pairing ``cars-compcars``: Cars-196 classes 1-98 labeled, CompCars (web-nature
     images, ``compcars_split`` as :class:`CompCars`, hidden labels = car models) unlabeled,
@@ -432,6 +459,7 @@ def cars_compcars(
         eval_transform=eval_transform,
         val_classes=val_classes,
         seed=seed,
+        skip_bad_files=skip_bad_files,
     )
 
 
@@ -444,6 +472,7 @@ def inshop_fashion200k(
     seed: int = 0,
     train_transform: TransformArg = PRESET,
     eval_transform: TransformArg = PRESET,
+    skip_bad_files: bool = False,
 ) -> SemiSupervisedData:
     """Paper pairing ``inshop-fashion200k``: In-shop train items labeled, Fashion200k
     unlabeled (hidden labels = products), In-shop query (``test``) against gallery."""
@@ -458,6 +487,7 @@ def inshop_fashion200k(
         val_classes=val_classes,
         seed=seed,
         gallery=InShop(inshop_root, "gallery"),
+        skip_bad_files=skip_bad_files,
     )
 
 

@@ -66,6 +66,8 @@ def _loader_options(config: Config, entry: Any) -> dict[str, Any]:
     if d.val_groups:
         options["val_groups"] = d.val_groups
         options.setdefault("seed", config.seed)
+    if d.skip_bad_files:
+        options["skip_bad_files"] = True
     style = options.setdefault("style", data_style(config)) if entry.style is None else entry.style
     for key, value in entry.defaults(style, d.image_size, d.shift).items():
         options.setdefault(key, value)

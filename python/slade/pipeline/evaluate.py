@@ -29,7 +29,8 @@ def evaluate(
     """Retrieval metrics of a model on the test (or validation) split.
 
     Args:
-        model: a trainer or :class:`slade.EmbeddingModel`, or a checkpoint path.
+        model: a trainer or :class:`slade.EmbeddingModel`, a ``torch.nn.Module`` of your
+            own (images to embeddings), or a checkpoint path.
         data: a :class:`slade.data.SemiSupervisedData` (its ``test`` images, against its
             ``gallery`` when it has one) or a labeled dataset; ``None`` loads ``config.data``.
         config: batch size, Recall@K, NMI (``eval``) and the data section.

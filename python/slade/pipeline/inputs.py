@@ -1,5 +1,5 @@
 """The arguments stages take, checked: configs (a Config, a preset name or a dict) and
-models (a trainer, a model or a checkpoint path)."""
+models (a trainer, a model, a module of your own or a checkpoint path)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .. import _core, train
 from ..config import Config, preset
-from ..errors import ConfigError, DtypeError, MissingFileError
+from ..errors import ConfigError, DtypeError, InvalidArgumentError, MissingFileError
 from ..nn import CoreModule
+from ..torch_train import TorchModel, TorchTrainer, load_torch_trainer
+from ..torch_train.checkpoint import is_torch_checkpoint, read_info
 
 
 def as_config(config: Config | str | Mapping | None) -> Config:
@@ -29,11 +33,20 @@ def as_config(config: Config | str | Mapping | None) -> Config:
     )
 
 
-def load_trainer(path: str | os.PathLike, *, device: Any = "cpu") -> Any:
-    """The trainer a checkpoint (``.safetensors`` written by ``save``) was saved from."""
+def load_trainer(path: str | os.PathLike, *, model: Any = None, device: Any = "cpu") -> Any:
+    """The trainer a checkpoint (``.safetensors`` written by ``save``) was saved from; one of
+    a model of your own needs ``model``, the module or factory it was trained from."""
     path = Path(path)
     if not path.exists():
         raise MissingFileError(f"no such checkpoint: {path}")
+    if is_torch_checkpoint(path):
+        if model is None:
+            raise InvalidArgumentError(
+                f"{path} is a checkpoint of a model of your own "
+                f"({read_info(path).model}): pass the module or a factory that builds it, "
+                "slade.load_trainer(path, model=...)"
+            )
+        return load_torch_trainer(path, model, device=device)
     kind = _core.read_checkpoint_info(os.fspath(path))[0]
     classes = {"swav": "SwavTrainer", "teacher": "TeacherTrainer", "student": "StudentTrainer"}
     cls = getattr(train, classes.get(kind, ""), None)
@@ -43,12 +56,15 @@ def load_trainer(path: str | os.PathLike, *, device: Any = "cpu") -> Any:
 
 
 def as_model(source: Any, device: Any = "cpu") -> Any:
-    """A slade trainer or model as it is; a checkpoint path loaded onto ``device``."""
-    if isinstance(source, CoreModule):
+    """A slade trainer or model as it is; a ``torch.nn.Module`` of your own as a
+    :class:`~slade.torch_train.TorchModel`; a checkpoint path loaded onto ``device``."""
+    if isinstance(source, (CoreModule, TorchTrainer, TorchModel)):
         return source
+    if isinstance(source, torch.nn.Module):
+        return TorchModel(source)
     if isinstance(source, (str, os.PathLike)):
         return load_trainer(source, device=device)
     raise DtypeError(
-        "expected a slade trainer or model (e.g. from train_teacher) or a checkpoint path, "
-        f"got {type(source).__name__}"
+        "expected a slade trainer or model (e.g. from train_teacher), a torch.nn.Module or a "
+        f"checkpoint path, got {type(source).__name__}"
     )

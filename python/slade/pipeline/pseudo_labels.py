@@ -96,11 +96,12 @@ def pseudo_label(
 
     - ``pseudo_label(embeddings, k, iters=20, seed=0, init="k-means++", tol=0.0)`` with a
       tensor or array: :func:`slade.cluster.cluster_labels`, returns the ``(N,)`` labels.
-    - ``pseudo_label(teacher, data, k=None, config=..., out=...)`` with a trainer, model or
-      checkpoint path: embeds ``data.unlabeled`` (a SemiSupervisedData, or any dataset of
-      images) with the model, clusters the L2-normalised embeddings into ``k`` clusters
-      (default ``config.pseudo_labels.k``; iterations, init, tol and batch size from the same
-      section, seeded by the run seed) and returns :class:`PseudoLabels`, with NMI and
+    - ``pseudo_label(teacher, data, k=None, config=..., out=...)`` with a trainer, model,
+      ``torch.nn.Module`` of your own or checkpoint path: embeds ``data.unlabeled`` (a
+      SemiSupervisedData, or any dataset of images) with the model, clusters the
+      L2-normalised embeddings into ``k`` clusters (default ``config.pseudo_labels.k``;
+      iterations, init, tol and batch size from the same section, seeded by the run seed)
+      and returns :class:`PseudoLabels`, with NMI and
       purity against the hidden labels when known. With ``out``, the labels are saved there
       and a later call with the same ``out`` reads them instead of clustering again.
     """

@@ -38,6 +38,7 @@ class RunResult:
         split: the split the metrics are on.
         metrics: the metrics of every trained model by stage id (``teacher``,
             ``student_round1``, ...).
+        data: images and classes of each part of the data (:func:`data_summary`).
     """
 
     teacher: dict[str, float]
@@ -50,6 +51,7 @@ class RunResult:
     trainers: dict[str, Any] = field(default_factory=dict, repr=False)
     split: str = "test"
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
 
     def table(self) -> str:
         """Teacher and each round's student, then the pseudo labels, rows named by stage id."""
@@ -64,11 +66,23 @@ class RunResult:
             "rounds": self.rounds,
             "split": self.split,
             "seconds": self.seconds,
+            "data": self.data,
             "config": self.config.to_dict(),
         }
 
     def __str__(self) -> str:
         return self.table()
+
+
+def data_summary(data: Any) -> dict[str, Any]:
+    """Images and classes of each part (``data.counts()``) and, where a loader with
+    ``skip_bad_files`` checked the files, ``skipped``: how many files and class folders it
+    left out and every one of them with its problem."""
+    summary: dict[str, Any] = data.counts() if hasattr(data, "counts") else {}
+    skipped = getattr(data, "skipped", None)
+    if skipped is not None:
+        summary["skipped"] = skipped.to_dict()
+    return summary
 
 
 def results_table(

@@ -13,13 +13,14 @@ from typing import Any
 
 from .._durable import write_json
 from ..config import Config, preset
+from ..torch_train.model import fresh
 from .data_loading import data_or_load
 from .diagnose import diagnose
 from .evaluate import stage_metrics
 from .inputs import as_config
 from .pseudo_labels import PseudoLabels, pseudo_label
 from .report import write_plots
-from .results import RunResult
+from .results import RunResult, data_summary
 from .run_folder import check_run_folder, prepare_run_folder
 from .run_log import RunLog, check_log
 from .ssl import train_ssl
@@ -36,6 +37,7 @@ def run(
     out: str | os.PathLike | None = None,
     overwrite: bool = False,
     callback: Callback | None = None,
+    model: Any = None,
 ) -> RunResult:
     """The whole method: [SSL] -> teacher -> (pseudo labels -> student) x rounds -> report.
 
@@ -52,6 +54,13 @@ def run(
             its latest checkpoint.
         overwrite: delete an earlier run's files in ``out`` first (and its TensorBoard events).
         callback: ``callback(stage_id, step, metrics)`` after every training step.
+        model: a ``torch.nn.Module`` of your own, or a callable returning one, instead of
+            ``config.model``'s network (whose ``in_channels`` and ``dim`` then describe the
+            module's input images and embeddings): every training stage trains a fresh one,
+            the factory's result (called with torch's generators seeded with
+            ``config.seed``) or a copy of the module as given, the step running in Python
+            (:mod:`slade.torch_train`). ``student.init = "teacher"`` starts the student from
+            the teacher's weights, otherwise it starts where the teacher started.
 
     With ``config.log`` the run also writes TensorBoard event files, ``history.csv`` files or
     a Weights & Biases run (:mod:`slade.pipeline.run_log`; README, "Logging").
@@ -68,7 +77,7 @@ def run(
     if folder is not None:
         prepare_run_folder(folder, config, overwrite)
     with RunLog.open(config, folder, overwrite) as log:
-        state = _RunState(config, data, folder, log.callback(callback), log)
+        state = _RunState(config, data, folder, log.callback(callback), log, model)
         return _run_stages(state)
 
 
@@ -111,6 +120,7 @@ class _RunState:
     out: Path | None
     callback: Callback | None
     log: RunLog
+    model: Any = None  # a module of the user's or its factory; None: config.model's network
     init: Any = None  # the SwAV trainer, when the ssl stage ran
     teacher_id: str = TEACHER  # the current teacher: the teacher, then each round's student
     trainers: dict[str, Any] = field(default_factory=dict)
@@ -119,6 +129,10 @@ class _RunState:
     pseudo_labels: dict[str, PseudoLabels] = field(default_factory=dict)
     rounds: list[dict[str, Any]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+
+    def fresh_model(self) -> Any:
+        """What a training stage trains: None (config.model's network) or a fresh module."""
+        return None if self.model is None else fresh(self.model)
 
     @contextmanager
     def timed(self, key: str) -> Iterator[None]:
@@ -152,13 +166,18 @@ class _RunState:
             trainers=self.trainers,
             split=self.config.data.evaluate_on,
             metrics=self.metrics,
+            data=data_summary(self.data),
         )
 
 
 def _ssl(state: _RunState, stage: Stage) -> None:
     with state.timed(stage.id):
         state.init = train_ssl(
-            state.data, state.config, out=stage.folder(state.out), callback=state.callback
+            state.data,
+            state.config,
+            out=stage.folder(state.out),
+            callback=state.callback,
+            model=state.fresh_model(),
         )
     state.trainers[stage.id] = state.init
     state.log.history(stage.id, state.init.history)
@@ -172,6 +191,7 @@ def _teacher(state: _RunState, stage: Stage) -> None:
             init=state.init,
             out=stage.folder(state.out),
             callback=state.callback,
+            model=state.fresh_model(),
         )
     state.trained(stage, teacher)
 
@@ -199,6 +219,7 @@ def _student(state: _RunState, stage: Stage) -> None:
             out=stage.folder(state.out),
             callback=state.callback,
             round=stage.round,
+            model=state.fresh_model(),
         )
     metrics = state.trained(stage, student)
     with state.timed(f"{stage.id}/diagnose"):

@@ -20,9 +20,11 @@ from .._images import (
 )
 from ..config import Config, stage_trainer_arguments
 from ..errors import ConfigError
+from ..torch_train import TorchSwavTrainer
 from .data_loading import data_or_load
 from .inputs import as_config
 from .stages import SSL, Callback, stage_files, train_loop
+from .teacher import own_model_arguments
 
 
 def train_ssl(
@@ -32,6 +34,7 @@ def train_ssl(
     init: Any = None,
     out: str | os.PathLike | None = None,
     callback: Callback | None = None,
+    model: Any = None,
 ) -> Any:
     """Self-supervised fine-tuning with SwAV on labeled + unlabeled images (Sec 3.1).
 
@@ -43,14 +46,18 @@ def train_ssl(
         out: this stage's folder (checkpoints, ``history.json``); ``None`` saves nothing.
             With files from an earlier call there, the stage resumes or is skipped.
         callback: ``callback("ssl", step, metrics)`` after each step.
+        model: a ``torch.nn.Module`` of your own or a callable returning one, as for
+            :func:`train_teacher` (it must take the local crops' size too); the step then
+            runs in Python (:class:`slade.TorchSwavTrainer`).
 
     Returns:
-        The :class:`slade.SwavTrainer` (``.history`` holds the per-step metrics).
+        The :class:`slade.SwavTrainer` (:class:`slade.TorchSwavTrainer` with ``model``);
+        ``.history`` holds the per-step metrics.
     """
     config = as_config(config)
     data = data_or_load(data, config)
     s = config.ssl
-    trainer = _swav_trainer(config)
+    trainer = _swav_trainer(config, model)
     files = stage_files(trainer, out, init if init is not None else s.weights)
     source = _ssl_images(data, config)
     count = len(source)
@@ -73,16 +80,11 @@ def train_ssl(
     return train_loop(SSL, trainer, files, s.steps, batches, step, config, callback)
 
 
-def _swav_trainer(config: Config) -> Any:
+def _swav_trainer(config: Config, model: Any) -> Any:
     s = config.ssl
-    return train.SwavTrainer(
-        **stage_trainer_arguments(config, s),
-        num_prototypes=s.num_prototypes,
-        temperature=s.temperature,
-        epsilon=s.epsilon,
-        sinkhorn_iterations=s.sinkhorn_iterations,
-        freeze_prototypes_steps=s.freeze_prototypes_steps,
-    )
+    if model is not None:
+        return TorchSwavTrainer(model, **own_model_arguments(config, s), swav=s)
+    return train.SwavTrainer(**stage_trainer_arguments(config, s), swav=s)
 
 
 def _ssl_images(data: Any, config: Config) -> TensorImages | TransformImages:

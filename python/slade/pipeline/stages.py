@@ -13,14 +13,19 @@ import io
 import json
 import os
 import re
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import _core
 from .._durable import remove_temporary_files, write_bytes, write_json
 from ..config import Config
+from ..errors import NonFiniteError, SladeWarning
 from ..nn import CoreModule, load_torchvision_weights
+from ..torch_train import TorchTrainer
+from ..torch_train.checkpoint import is_torch_checkpoint, read_info
 from .interrupts import HeldInterrupts
 
 #: ``callback(stage_id, step, metrics)`` after every training step; raising stops the run
@@ -130,6 +135,40 @@ class StageFiles:
         if start < trainer.step_count == recorded:
             self.save(trainer, history, final=False, csv=csv)
 
+    def rerun_note(self, stage: str) -> str:
+        """What running the same command again after a failed step of ``stage`` does (it
+        resumes from the latest checkpoint, which the failed step left as it was), and what
+        to change instead."""
+        section = stage.split("_round")[0]
+        remedy = (
+            f"change {section}.optimizer (a lower lr, clip_grad_norm, or nonfinite=skip to "
+            "skip such steps) in another output folder or overwriting this one (--overwrite)"
+        )
+        checkpoint = self.checkpoint
+        if checkpoint is None:
+            return f"Nothing was saved (no output folder). To go on, {remedy}."
+        if checkpoint.exists():
+            step = checkpoint_step(checkpoint)
+            where = (
+                f"The last good checkpoint, {checkpoint} (step {step}), is intact: running "
+                f"the same command again resumes from step {step}"
+            )
+        else:
+            where = (
+                "No checkpoint of this stage was written yet: running the same command again "
+                f"starts {stage} from step 1"
+            )
+        again = "and, the run being deterministic, meets this step again"
+        return f"{where} {again}. To go on, {remedy}."
+
+
+def checkpoint_step(path: Path) -> int:
+    """The step a checkpoint holds (of a Rust trainer, or of a trainer of a model of the
+    user's)."""
+    if is_torch_checkpoint(path):
+        return read_info(path).step
+    return _core.read_checkpoint_info(os.fspath(path))[3]
+
 
 def history_csv(history: list[dict]) -> bytes:
     """History rows as CSV: a ``step`` column, then one column per metric in the order the
@@ -215,7 +254,9 @@ def train_loop(
                 for number in range(start + 1, steps + 1):
                     batch = next(source)
                     with interrupts.held():
-                        metrics = _record(step(batch), number, history, bar)
+                        metrics = _record(
+                            _finite_step(step, batch, stage, number, files), number, history, bar
+                        )
                         if number % config.checkpoint_every == 0 and number < steps:
                             files.save(trainer, history, final=False, csv=csv)
                     if callback is not None:
@@ -231,7 +272,36 @@ def train_loop(
         with interrupts.held():
             files.save(trainer, history, final=True, csv=csv)
         interrupts.raise_pending()
+    _warn_skipped(stage, history)
     return trainer
+
+
+def _finite_step(
+    step: Callable[[Any], Mapping[str, float]],
+    batch: Any,
+    stage: str,
+    number: int,
+    files: StageFiles,
+) -> Mapping[str, float]:
+    """``step(batch)``; a NaN or Inf there is a NonFiniteError naming the stage, the step
+    (as the history counts it) and where a rerun starts."""
+    try:
+        return step(batch)
+    except NonFiniteError as err:
+        raise NonFiniteError(f"{stage}, step {number}: {err}. {files.rerun_note(stage)}") from err
+
+
+def _warn_skipped(stage: str, history: list[dict]) -> None:
+    """Warns how many steps of the stage were skipped (``optimizer.nonfinite="skip"``, or
+    the fp16 loss scaler's skipped updates)."""
+    skipped = sum(1 for row in history if row.get("skipped"))
+    if skipped:
+        warnings.warn(
+            f"{stage}: {skipped} of {len(history)} steps skipped (NaN or Inf loss, gradients "
+            "or images; the rows with skipped = 1 in its history)",
+            SladeWarning,
+            stacklevel=3,
+        )
 
 
 def _record(metrics: Mapping[str, float], number: int, history: list[dict], bar: Any) -> dict:
@@ -267,8 +337,13 @@ def resume(trainer: Any, files: StageFiles) -> bool:
 def initialise(trainer: Any, source: Any, *, whole_model: bool = False) -> None:
     """Loads initial weights: ``None`` keeps the seeded random initialisation; a file or a
     state_dict is read as torchvision-style backbone weights; a slade model or trainer gives
-    its backbone (and, with ``whole_model``, its embedding head too)."""
+    its backbone (and, with ``whole_model``, its embedding head too). A trainer of a model of
+    your own loads them by its module's names (``load_backbone`` / ``load_model``)."""
     if source is None:
+        return
+    if isinstance(trainer, TorchTrainer):
+        load = trainer.load_model if whole_model else trainer.load_backbone
+        load(source)
         return
     if isinstance(source, CoreModule):
         if whole_model:

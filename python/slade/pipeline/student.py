@@ -12,13 +12,15 @@ from .. import train
 from .._images import STAGE_CODES, StepBatches, derive_seed, training_images
 from ..config import Config, stage_trainer_arguments
 from ..errors import ConfigError, InvalidArgumentError
+from ..torch_train import TorchStudentTrainer
 from .data_loading import data_or_load
 from .inputs import as_config, as_model
 from .pseudo_labels import PseudoLabels
 from .stages import Callback, StageFiles, stage_files, student_id, train_loop
+from .teacher import own_model_arguments
 
 
-def _student_trainer(config: Config, num_basis: int, k: int) -> Any:
+def _student_trainer(config: Config, num_basis: int, k: int, model: Any) -> Any:
     s = config.student
     if s.num_basis is not None and s.num_basis < num_basis and s.variant != "pseudo_only":
         raise ConfigError(
@@ -26,12 +28,14 @@ def _student_trainer(config: Config, num_basis: int, k: int) -> Any:
             f"classes ({num_basis}): L_CE needs one basis vector per labeled class"
         )
     pseudo_classes = s.num_pseudo_classes if s.num_pseudo_classes is not None else k
-    return train.StudentTrainer(
-        **stage_trainer_arguments(config, s),
+    objective: dict[str, Any] = dict(
         objective=s,
         num_basis=s.num_basis if s.num_basis is not None else num_basis,
         num_pseudo_classes=pseudo_classes if s.regularizer != "sd" else None,
     )
+    if model is not None:
+        return TorchStudentTrainer(model, **own_model_arguments(config, s), **objective)
+    return train.StudentTrainer(**stage_trainer_arguments(config, s), **objective)
 
 
 def _hidden(data: Any) -> torch.Tensor:
@@ -54,6 +58,7 @@ def train_student(
     out: str | os.PathLike | None = None,
     callback: Callback | None = None,
     round: int = 1,
+    model: Any = None,
 ) -> Any:
     """The student (Sec 3.3): per step an m-per-class batch of labeled images and an
     m-per-pseudo-class batch of unlabeled images.
@@ -70,14 +75,20 @@ def train_student(
         out: this stage's folder; resumes or skips as for :func:`train_ssl`.
         callback: ``callback("student_round<round>", step, metrics)`` after each step.
         round: the self-training round (seeds the batches of this round's student).
+        model: a ``torch.nn.Module`` of your own (trained in place) or a callable returning
+            one, as for :func:`train_teacher` (a factory called with the same seed gives the
+            student the teacher's initial weights); the step then runs in Python
+            (:class:`slade.TorchStudentTrainer`). With ``student.init = "teacher"`` the
+            teacher (trained on the same kind of module) gives its weights.
 
     Returns:
-        The :class:`slade.StudentTrainer` (``.history`` holds the per-step metrics).
+        The :class:`slade.StudentTrainer` (:class:`slade.TorchStudentTrainer` with
+        ``model``); ``.history`` holds the per-step metrics.
     """
     config = as_config(config)
     data = data_or_load(data, config)
     pseudo, k = _pseudo_labels(pseudo_labels, len(data.unlabeled))
-    trainer = _student_trainer(config, data.num_labeled_classes, k)
+    trainer = _student_trainer(config, data.num_labeled_classes, k, model)
     files = _student_files(trainer, config, out, init, teacher)
     batches, step = _batches(trainer, data, pseudo, config, round), _step(trainer)
     stage = student_id(round)

@@ -9,13 +9,25 @@ from typing import Any
 from .. import train
 from .._images import STAGE_CODES, StepBatches, derive_seed, training_images
 from ..config import Config, stage_trainer_arguments
+from ..torch_train import TorchTeacherTrainer
 from .data_loading import data_or_load
 from .inputs import as_config
 from .stages import TEACHER, Callback, stage_files, train_loop
 
 
-def _teacher_trainer(config: Config) -> Any:
+def own_model_arguments(config: Config, section: Any) -> dict[str, Any]:
+    """What a stage's trainer of a model of your own takes from the config: those of
+    :func:`~slade.config.stage_trainer_arguments` but the model config, whose ``dim`` the
+    module's embeddings must have."""
+    arguments = stage_trainer_arguments(config, section)
+    arguments["dim"] = arguments.pop("model_config").dim
+    return arguments
+
+
+def _teacher_trainer(config: Config, model: Any) -> Any:
     t = config.teacher
+    if model is not None:
+        return TorchTeacherTrainer(model, **own_model_arguments(config, t), ranking=t)
     return train.TeacherTrainer(**stage_trainer_arguments(config, t), ranking=t)
 
 
@@ -26,6 +38,7 @@ def train_teacher(
     init: Any = None,
     out: str | os.PathLike | None = None,
     callback: Callback | None = None,
+    model: Any = None,
 ) -> Any:
     """The teacher: ranking loss on m-per-class batches of labeled images (Sec 3.1).
 
@@ -36,14 +49,19 @@ def train_teacher(
             state_dict; default ``config.ssl.weights``, else the seeded random initialisation.
         out: this stage's folder; resumes or skips as for :func:`train_ssl`.
         callback: ``callback("teacher", step, metrics)`` after each step.
+        model: a ``torch.nn.Module`` of your own (trained in place) or a callable returning
+            one (called with torch's generators seeded with ``config.seed``), mapping images
+            to ``(N, config.model.dim)`` embeddings; the step then runs in Python
+            (:class:`slade.TorchTeacherTrainer`). ``init`` is then loaded by its names.
 
     Returns:
-        The :class:`slade.TeacherTrainer` (``.history`` holds the per-step metrics).
+        The :class:`slade.TeacherTrainer` (:class:`slade.TorchTeacherTrainer` with
+        ``model``); ``.history`` holds the per-step metrics.
     """
     config = as_config(config)
     data = data_or_load(data, config)
     t = config.teacher
-    trainer = _teacher_trainer(config)
+    trainer = _teacher_trainer(config, model)
     files = stage_files(trainer, out, init if init is not None else config.ssl.weights)
     from ..data import MPerClassSampler
 
