@@ -207,7 +207,8 @@ class ContrastiveLoss(_PmlLoss):
         _pml.check_options(
             "ContrastiveLoss", options, distance=_pml.EUCLIDEAN, reducer="AvgNonZeroReducer"
         )
-        self.pos_margin, self.neg_margin = float(pos_margin), float(neg_margin)
+        self.pos_margin = as_float(pos_margin, "pos_margin")
+        self.neg_margin = as_float(neg_margin, "neg_margin")
 
     def _loss(self, embeddings: Any, labels: Any, pairs: Pairs | None) -> torch.Tensor:
         return contrastive(
@@ -244,7 +245,8 @@ class MultiSimilarityLoss(_PmlLoss):
         _pml.check_options(
             "MultiSimilarityLoss", options, distance=_pml.COSINE, reducer="MeanReducer"
         )
-        self.alpha, self.beta, self.base = float(alpha), float(beta), float(base)
+        self.alpha, self.beta = as_float(alpha, "alpha"), as_float(beta, "beta")
+        self.base = as_float(base, "base")
 
     def _loss(self, embeddings: Any, labels: Any, pairs: Pairs | None) -> torch.Tensor:
         return multi_similarity(
@@ -283,7 +285,7 @@ class TripletMarginLoss(_PmlLoss):
         _pml.require_default(owner, "smooth_loss", smooth_loss, False)
         _pml.require_default(owner, "triplets_per_anchor", triplets_per_anchor, "all")
         _pml.check_options(owner, options, distance=_pml.EUCLIDEAN, reducer="AvgNonZeroReducer")
-        self.margin = float(margin)
+        self.margin = as_float(margin, "margin")
 
     def _loss(self, embeddings: Any, labels: Any, pairs: Pairs | None) -> torch.Tensor:
         return triplet_margin(embeddings, labels, margin=self.margin, pairs=pairs)

@@ -117,7 +117,7 @@ class MultiSimilarityMiner(torch.nn.Module):
     def __init__(self, epsilon: float = RankingConfig.epsilon, **options: Any):
         super().__init__()
         _pml.check_options("MultiSimilarityMiner", options, distance=_pml.COSINE, reducer=None)
-        self.epsilon = float(epsilon)
+        self.epsilon = as_float(epsilon, "epsilon")
 
     def forward(
         self, embeddings: Any, labels: Any, ref_emb: Any = None, ref_labels: Any = None
