@@ -33,6 +33,7 @@ from slade import (
     DtypeError,
     InvalidArgumentError,
     NonFiniteError,
+    NotSupportedError,
     ShapeError,
     SladeError,
 )
@@ -535,6 +536,46 @@ def trainer_untouched() -> None:
         assert torch.equal(value, want[key]), key
 
 
+def module_rows(
+    cls: type, params: dict[str, list[Case]], settings: dict[str, Any], miner: bool = False
+) -> list[Target]:
+    """A PML drop-in module: its constructor's settings (refused when the module is
+    called) and its forward's arguments."""
+    refused = [Raises("tensor", const(embeddings()), NotSupportedError, "not supported")]
+    labels_cases = int_labels(required=miner, negative=names_only())
+    if not miner:
+        labels_cases.append(Raises("None", const(None), InvalidArgumentError, "pairs"))
+    return [
+        Target(
+            cls.__name__,
+            lambda **args: cls(**args)(embeddings(), labels()),
+            lambda: dict(settings),
+            params,
+            covers=cls.__init__,
+        ),
+        Target(
+            f"{cls.__name__}.forward",
+            lambda **args: cls(**settings)(**args),
+            lambda: {"embeddings": embeddings(), "labels": labels()},
+            {
+                "embeddings": float_rows(
+                    cols=False, device=False, low="exact" if miner else "close"
+                )
+                + [on_cuda(rtol=None if miner else 1e-4)],
+                "labels": labels_cases,
+                "ref_emb": refused,
+                "ref_labels": [
+                    Raises("tensor", const(labels()), NotSupportedError, "not supported")
+                ],
+            },
+            rtol=0.0 if miner else GEMM,
+            covers=cls.forward,
+            # Checked as the functions' pairs, whose messages name them "pairs".
+            unchecked=() if miner else ("indices_tuple",),
+        ),
+    ]
+
+
 def trainer_rows(method: str) -> list[Target]:
     def run(factory: Callable[[], Any], args: dict[str, Any]) -> Any:
         LAST.update(trainer=factory(), factory=factory)
@@ -651,6 +692,33 @@ TABLE: list[Target] = [
             "base": finite_number(),
         },
         rtol=GEMM,
+    ),
+    *module_rows(
+        slade.losses.ContrastiveLoss,
+        {"pos_margin": finite_number(), "neg_margin": finite_number()},
+        {"pos_margin": 0.1, "neg_margin": 0.9},
+    ),
+    *module_rows(
+        slade.losses.MultiSimilarityLoss,
+        {
+            "alpha": finite_number(positive=True),
+            "beta": finite_number(positive=True),
+            "base": finite_number(),
+        },
+        {"alpha": 2.0, "beta": 10.0, "base": 0.5},
+    ),
+    *module_rows(
+        slade.losses.TripletMarginLoss,
+        {
+            "margin": finite_number(),
+            "swap": [Raises("True", const(True), NotSupportedError, "not supported")],
+            "smooth_loss": [Raises("True", const(True), NotSupportedError, "not supported")],
+            "triplets_per_anchor": [Raises("5", const(5), NotSupportedError, "not supported")],
+        },
+        {"margin": 0.2},
+    ),
+    *module_rows(
+        slade.miners.MultiSimilarityMiner, {"epsilon": finite_number()}, {"epsilon": 0.5}, True
     ),
     Target(
         "miners.multi_similarity",
@@ -1023,7 +1091,7 @@ def names_argument(message: str, name: str) -> bool:
 @pytest.mark.parametrize(("target", "argument", "case"), CASES)
 def test_bad_input(target: Target, argument: str, case: Case) -> None:
     args = target.good()
-    good = args[argument]
+    good = args.get(argument)  # None for an argument left at its default
     if isinstance(case, Raises):
         args[argument] = case.make(good)
         with pytest.raises(case.error) as info:
@@ -1087,6 +1155,14 @@ def test_the_table_covers_every_public_function_and_argument() -> None:
             getattr(t, method)
             for t in (slade.TeacherTrainer, slade.StudentTrainer, slade.SwavTrainer)
         ]
+    for module in (slade.losses, slade.miners):
+        public += [
+            method
+            for name in module.__all__
+            if isinstance(getattr(module, name), type)
+            for method in (getattr(module, name).__init__, getattr(module, name).forward)
+        ]
+    public = [f for f in public if not isinstance(f, type)]
     missing_rows = [f.__qualname__ for f in public if f not in arguments]
     assert not missing_rows, f"no rows for {missing_rows}"
     for function, names in arguments.items():
