@@ -86,9 +86,9 @@ def test_the_pipeline_builds_trainers_with_its_sections_values():
          "teacher.alpha=3", "student.t1=mu-", "student.t2=0.2", "student.regularizer=local_ce",
          "student.optimizer.basis_lr=0.01"],
     )
-    teacher = _teacher_trainer(config)
+    teacher = _teacher_trainer(config, None)
     assert teacher.ranking_config == RankingConfig(loss="multi_similarity", miner=True, alpha=3.0)
-    student = _student_trainer(config, num_basis=5, k=7)
+    student = _student_trainer(config, num_basis=5, k=7, model=None)
     expected = StudentObjectiveConfig.from_core(config.student.to_core())
     expected = dataclasses.replace(expected, num_pseudo_classes=7)
     assert student.student_config == expected
