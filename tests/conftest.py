@@ -94,3 +94,16 @@ def omniglot_root() -> Path:
             "release, github.com/brendenlake/omniglot, python/)"
         )
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, fashion_mnist_root) -> Path:
+    """A finished tiny fashion-mnist-ssl run (teacher, pseudo labels, student; 3 steps
+    each), for the tests that start from a trained checkpoint."""
+    from processes import TINY_RUN
+    from slade.cli import main
+
+    out = tmp_path_factory.mktemp("tiny-run")
+    options = ["teacher.steps=3", "student.steps=3", "eval.plots=false"]
+    assert main(["run", *TINY_RUN, *options, "--out", str(out)]) == 0
+    return out
