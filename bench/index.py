@@ -1,0 +1,211 @@
+"""Exact gallery search: slade.Index.search against faiss's IndexFlatL2 on the same data.
+
+For each gallery (default 100,000 x 128, 1,000,000 x 128 and 100,000 x 512; 1,000 queries,
+k = 10; unit-norm embeddings around 1,000 centres) each side runs in a fresh process: it
+builds its index, searches once to warm up, then keeps the best of --repeats searches, and
+records the resident memory its index holds and the peak it adds while searching (the
+high-water mark that ``ru_maxrss`` reports, reset through /proc/self/clear_refs before the
+searches). The parent then checks that both found the same neighbours: rows that differ
+are classified with float64 distances as exact ties or as faiss's float32 rounding. Prints
+both sides per gallery and, last, `speedup: X.XX` (faiss's time / ours, geometric mean).
+
+    python bench/index.py
+    python bench/index.py --sizes 100000x128 --device cuda
+    python bench/index.py --engine gemm      # slade.knn with that engine instead of Index.search
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import slade
+
+MIB = 2**20
+
+
+def embeddings(n: int, dim: int, seed: int) -> torch.Tensor:
+    """Unit-norm points around 1,000 fixed centres (cosine ~0.7 to their centre)."""
+    centres = torch.randn(1000, dim, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(seed)
+    x = centres[torch.randint(0, 1000, (n,), generator=g)]
+    x = torch.nn.functional.normalize(x, dim=1)
+    x += torch.randn(n, dim, generator=g) / dim**0.5
+    return torch.nn.functional.normalize(x, dim=1)
+
+
+def resident() -> int:
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmRSS:"))
+    return int(line.split()[1]) * 1024
+
+
+def reset_peak() -> bool:
+    """Resets the resident high-water mark (Linux >= 4.0); False where that is refused."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def child(side: str, n: int, dim: int, args: argparse.Namespace, out: Path) -> None:
+    """One side of one gallery in this (fresh) process; writes its neighbours and figures."""
+    cuda = args.device.startswith("cuda")
+    baseline = resident()
+    gallery, queries = embeddings(n, dim, seed=1), embeddings(args.queries, dim, seed=2)
+    if side == "slade":
+        index = slade.Index(device=args.device)
+        index.add(gallery)
+        gallery_on_device = index.embeddings
+
+        def search():
+            if args.engine == "auto":
+                result = index.search(queries, args.k)
+            else:
+                result = slade.knn(queries, gallery_on_device, k=args.k, engine=args.engine)
+            if cuda:
+                torch.cuda.synchronize()
+            return [t.cpu().numpy() for t in result]
+    else:
+        import faiss
+
+        flat = faiss.IndexFlatL2(dim)
+        flat.add(gallery.numpy())
+        q = queries.numpy()
+
+        def search():
+            squared, indices = flat.search(q, args.k)
+            return [np.sqrt(squared), indices]
+
+    del gallery
+    gc.collect()
+    held = resident() - baseline
+    search()
+    before = resident()
+    was_reset = reset_peak()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        device_before = torch.cuda.memory_allocated()
+    times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        distances, indices = search()
+        times.append(time.perf_counter() - start)
+    np.save(out / f"{side}_indices.npy", indices)
+    np.save(out / f"{side}_distances.npy", distances)
+    figures = {
+        "seconds": min(times),
+        "held_mib": held / MIB,
+        "search_peak_mib": (peak() - before) / MIB,
+        "peak_was_reset": was_reset,
+    }
+    if cuda and side == "slade":
+        figures["device_peak_mib"] = (torch.cuda.max_memory_allocated() - device_before) / MIB
+    (out / f"{side}.json").write_text(json.dumps(figures))
+
+
+def compare(n: int, dim: int, args: argparse.Namespace, out: Path) -> str:
+    """How many rows agree; rows that differ classified by float64 distances."""
+    ours, theirs = (np.load(out / f"{side}_indices.npy") for side in ("slade", "faiss"))
+    differing = np.flatnonzero((ours != theirs).any(axis=1))
+    same_sets = sum(set(ours[i]) == set(theirs[i]) for i in differing)
+    text = f"{len(ours) - len(differing)}/{len(ours)} rows identical"
+    if len(differing) == 0:
+        return text
+    gallery = embeddings(n, dim, seed=1).double().numpy()
+    queries = embeddings(args.queries, dim, seed=2).double().numpy()
+    ties = ours_nearer = 0
+    worst = 0.0
+    for i in differing:
+        d_ours = ((gallery[ours[i]] - queries[i]) ** 2).sum(1)
+        d_theirs = ((gallery[theirs[i]] - queries[i]) ** 2).sum(1)
+        if np.array_equal(np.sort(d_ours), np.sort(d_theirs)):
+            ties += 1
+        elif (np.sort(d_ours) <= np.sort(d_theirs)).all():
+            ours_nearer += 1
+            worst = max(worst, float((np.sort(d_theirs) - np.sort(d_ours)).max()))
+    others = len(differing) - ties - ours_nearer
+    return (
+        f"{text}, {same_sets} more with the same set in another order; of the "
+        f"{len(differing)} differing rows {ties} are exact distance ties, {ours_nearer} have "
+        f"faiss's float32 distances misorder near-ties (slade's neighbours nearer by at most "
+        f"{worst:.1e} in squared distance), {others} other"
+    )
+
+
+def run_side(side: str, size: str, args: argparse.Namespace, out: Path) -> dict:
+    command = [sys.executable, __file__, "--child", side, "--sizes", size, "--out", str(out)]
+    command += ["--queries", str(args.queries), "--k", str(args.k), "--repeats", str(args.repeats)]
+    command += ["--device", args.device, "--engine", args.engine]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{side} on {size} failed:\n{done.stdout}{done.stderr}")
+    return json.loads((out / f"{side}.json").read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", nargs="+", default=["100000x128", "1000000x128", "100000x512"])
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=5, help="searches timed (best kept)")
+    parser.add_argument("--device", default="cpu", help="slade's device (faiss-cpu stays on CPU)")
+    parser.add_argument("--engine", default="auto", help="auto: Index.search; else slade.knn")
+    parser.add_argument("--child", choices=["slade", "faiss"], help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    sizes = [tuple(int(v) for v in size.split("x")) for size in args.sizes]
+    if args.child:
+        child(args.child, *sizes[0], args, Path(args.out))
+        return
+
+    import faiss
+
+    ours_name = "slade Index.search" if args.engine == "auto" else f"slade.knn {args.engine}"
+    print(
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads), faiss {faiss.__version__}"
+        f" ({faiss.omp_get_max_threads()} threads); {args.queries} queries, k = {args.k}, "
+        f"best of {args.repeats}; slade on {args.device}, faiss IndexFlatL2 on cpu"
+    )
+    ratios = []
+    for (n, dim), size in zip(sizes, args.sizes):
+        with tempfile.TemporaryDirectory() as folder:
+            out = Path(folder)
+            ours, theirs = (run_side(side, size, args, out) for side in ("slade", "faiss"))
+            agreement = compare(n, dim, args, out)
+        ratios.append(theirs["seconds"] / ours["seconds"])
+        print(f"gallery {n:,} x {dim} (embeddings {n * dim * 4 / MIB:.0f} MiB):")
+        for name, fig in ((ours_name, ours), ("faiss IndexFlatL2", theirs)):
+            device = (
+                f", device peak +{fig['device_peak_mib']:.1f} MiB"
+                if "device_peak_mib" in fig
+                else ""
+            )
+            reset = "" if fig["peak_was_reset"] else " (peak not reset: includes the build)"
+            print(
+                f"  {name:20s} {fig['seconds']:7.3f} s   index holds {fig['held_mib']:7.1f} MiB   "
+                f"search peak +{fig['search_peak_mib']:.1f} MiB{reset}{device}"
+            )
+        print(f"  neighbours: {agreement}")
+        print(f"  time slade / faiss: {ours['seconds'] / theirs['seconds']:.2f}")
+    print(f"speedup: {math.exp(sum(math.log(r) for r in ratios) / len(ratios)):.2f}")
+
+
+if __name__ == "__main__":
+    main()
