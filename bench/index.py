@@ -12,14 +12,17 @@ both sides per gallery and, last, `speedup: X.XX` (faiss's time / ours, geometri
     python bench/index.py
     python bench/index.py --sizes 100000x128 --device cuda
     python bench/index.py --engine gemm      # slade.knn with that engine instead of Index.search
+    python bench/index.py --threads 1        # both sides on one core (torch, rayon, faiss)
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import json
 import math
+import os
 import resource
 import subprocess
 import sys
@@ -45,6 +48,17 @@ def embeddings(n: int, dim: int, seed: int) -> torch.Tensor:
     return torch.nn.functional.normalize(x, dim=1)
 
 
+def cpu_model() -> str:
+    with open("/proc/cpuinfo") as info:
+        return next((line.split(":", 1)[1].strip() for line in info if "model name" in line), "?")
+
+
+def release() -> None:
+    """Frees garbage and hands freed heap memory back to the system, so RSS counts what is held."""
+    gc.collect()
+    ctypes.CDLL(None).malloc_trim(0)
+
+
 def resident() -> int:
     with open("/proc/self/status") as status:
         line = next(line for line in status if line.startswith("VmRSS:"))
@@ -64,39 +78,53 @@ def peak() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def child(side: str, n: int, dim: int, args: argparse.Namespace, out: Path) -> None:
-    """One side of one gallery in this (fresh) process; writes its neighbours and figures."""
-    cuda = args.device.startswith("cuda")
-    baseline = resident()
-    gallery, queries = embeddings(n, dim, seed=1), embeddings(args.queries, dim, seed=2)
+def searcher(side: str, gallery: torch.Tensor, queries: torch.Tensor, args: argparse.Namespace):
+    """Builds one side's index of `gallery`; returns its search of `queries` (numpy results)."""
     if side == "slade":
         index = slade.Index(device=args.device)
         index.add(gallery)
-        gallery_on_device = index.embeddings
+        on_device = index.embeddings
 
         def search():
             if args.engine == "auto":
                 result = index.search(queries, args.k)
             else:
-                result = slade.knn(queries, gallery_on_device, k=args.k, engine=args.engine)
-            if cuda:
-                torch.cuda.synchronize()
+                result = slade.knn(queries, on_device, k=args.k, engine=args.engine)
             return [t.cpu().numpy() for t in result]
-    else:
-        import faiss
 
-        flat = faiss.IndexFlatL2(dim)
-        flat.add(gallery.numpy())
-        q = queries.numpy()
+        return search
+    import faiss
 
-        def search():
-            squared, indices = flat.search(q, args.k)
-            return [np.sqrt(squared), indices]
+    flat = faiss.IndexFlatL2(gallery.shape[1])
+    flat.add(gallery.numpy())
+    q = queries.numpy()
 
+    def search():
+        squared, indices = flat.search(q, args.k)
+        return [np.sqrt(squared), indices]
+
+    return search
+
+
+def child(side: str, n: int, dim: int, args: argparse.Namespace, out: Path) -> None:
+    """One side of one gallery in this (fresh) process; writes its neighbours and figures."""
+    import faiss
+
+    cuda = args.device.startswith("cuda")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        faiss.omp_set_num_threads(args.threads)
+    queries = embeddings(args.queries, dim, seed=2)
+    searcher(side, embeddings(4096, dim, seed=3), queries, args)()  # libraries and thread pools
+    release()
+    baseline = resident()
+    gallery = embeddings(n, dim, seed=1)
+    search = searcher(side, gallery, queries, args)
     del gallery
-    gc.collect()
+    release()
     held = resident() - baseline
     search()
+    release()
     before = resident()
     was_reset = reset_peak()
     if cuda:
@@ -105,14 +133,13 @@ def child(side: str, n: int, dim: int, args: argparse.Namespace, out: Path) -> N
     times = []
     for _ in range(args.repeats):
         start = time.perf_counter()
-        distances, indices = search()
+        indices = search()[1]
         times.append(time.perf_counter() - start)
     np.save(out / f"{side}_indices.npy", indices)
-    np.save(out / f"{side}_distances.npy", distances)
     figures = {
         "seconds": min(times),
         "held_mib": held / MIB,
-        "search_peak_mib": (peak() - before) / MIB,
+        "search_peak_mib": max(0, peak() - before) / MIB,
         "peak_was_reset": was_reset,
     }
     if cuda and side == "slade":
@@ -153,7 +180,12 @@ def run_side(side: str, size: str, args: argparse.Namespace, out: Path) -> dict:
     command = [sys.executable, __file__, "--child", side, "--sizes", size, "--out", str(out)]
     command += ["--queries", str(args.queries), "--k", str(args.k), "--repeats", str(args.repeats)]
     command += ["--device", args.device, "--engine", args.engine]
-    done = subprocess.run(command, capture_output=True, text=True)
+    command += ["--threads", str(args.threads)]
+    env = dict(os.environ)
+    if args.threads:  # the thread pools read these when they start
+        for name in ("OMP_NUM_THREADS", "RAYON_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            env[name] = str(args.threads)
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise SystemExit(f"{side} on {size} failed:\n{done.stdout}{done.stderr}")
     return json.loads((out / f"{side}.json").read_text())
@@ -167,6 +199,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="searches timed (best kept)")
     parser.add_argument("--device", default="cpu", help="slade's device (faiss-cpu stays on CPU)")
     parser.add_argument("--engine", default="auto", help="auto: Index.search; else slade.knn")
+    parser.add_argument("--threads", type=int, default=0, help="threads per side (0: default)")
     parser.add_argument("--child", choices=["slade", "faiss"], help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -178,11 +211,15 @@ def main() -> None:
     import faiss
 
     ours_name = "slade Index.search" if args.engine == "auto" else f"slade.knn {args.engine}"
+    threads = (
+        args.threads or f"{torch.get_num_threads()} (torch), {faiss.omp_get_max_threads()} (faiss)"
+    )
     print(
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads), faiss {faiss.__version__}"
-        f" ({faiss.omp_get_max_threads()} threads); {args.queries} queries, k = {args.k}, "
+        f"torch {torch.__version__}, faiss {faiss.__version__}, threads {threads}; "
+        f"{args.queries} queries, k = {args.k}, "
         f"best of {args.repeats}; slade on {args.device}, faiss IndexFlatL2 on cpu"
     )
+    print(f"{cpu_model()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     ratios = []
     for (n, dim), size in zip(sizes, args.sizes):
         with tempfile.TemporaryDirectory() as folder:
@@ -204,6 +241,7 @@ def main() -> None:
             )
         print(f"  neighbours: {agreement}")
         print(f"  time slade / faiss: {ours['seconds'] / theirs['seconds']:.2f}")
+    print(f"load average {os.getloadavg()[0]:.1f}")
     print(f"speedup: {math.exp(sum(math.log(r) for r in ratios) / len(ratios)):.2f}")
 
 
