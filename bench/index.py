@@ -1,7 +1,7 @@
 """Exact gallery search: slade.Index.search against faiss's IndexFlatL2 on the same data.
 
 For each gallery (default 100,000 x 128, 1,000,000 x 128 and 100,000 x 512; 1,000 queries,
-k = 10; unit-norm embeddings around 1,000 centres):
+k = 10; unit-norm embeddings around 1,000 centres, 1% of the gallery duplicated):
 - time: one process builds both indexes and alternates their searches (a warm-up round,
   then --repeats rounds), keeping each side's best time;
 - memory: each side in a fresh process records the resident memory its index holds and the
@@ -49,6 +49,14 @@ def embeddings(n: int, dim: int, seed: int) -> torch.Tensor:
     x = torch.nn.functional.normalize(x, dim=1)
     x += torch.randn(n, dim, generator=g) / dim**0.5
     return torch.nn.functional.normalize(x, dim=1)
+
+
+def gallery_of(n: int, dim: int) -> torch.Tensor:
+    """The gallery; its last 1% of rows are exact copies of its first (images added twice)."""
+    x = embeddings(n, dim, seed=1)
+    copies = n // 100
+    x[n - copies :] = x[:copies]
+    return x
 
 
 def cpu_model() -> str:
@@ -124,7 +132,7 @@ def memory_child(side: str, n: int, dim: int, args: argparse.Namespace, out: Pat
     searcher(side, embeddings(4096, dim, seed=3), queries, args)()  # libraries and thread pools
     release()
     baseline = resident()
-    search = searcher(side, embeddings(n, dim, seed=1), queries, args)
+    search = searcher(side, gallery_of(n, dim), queries, args)
     release()
     held = resident() - baseline
     search()
@@ -149,7 +157,7 @@ def memory_child(side: str, n: int, dim: int, args: argparse.Namespace, out: Pat
 def timing_child(n: int, dim: int, args: argparse.Namespace, out: Path) -> None:
     """Both sides in one process, their searches alternating (a change of the machine's load
     hits both alike); the best time of each."""
-    gallery, queries = embeddings(n, dim, seed=1), embeddings(args.queries, dim, seed=2)
+    gallery, queries = gallery_of(n, dim), embeddings(args.queries, dim, seed=2)
     searches = {side: searcher(side, gallery, queries, args) for side in ("slade", "faiss")}
     del gallery
     best = dict.fromkeys(searches, math.inf)
@@ -169,7 +177,7 @@ def compare(n: int, dim: int, args: argparse.Namespace, out: Path) -> str:
     text = f"{len(ours) - len(differing)}/{len(ours)} rows identical"
     if len(differing) == 0:
         return text
-    gallery = embeddings(n, dim, seed=1).double().numpy()
+    gallery = gallery_of(n, dim).double().numpy()
     queries = embeddings(args.queries, dim, seed=2).double().numpy()
     ties = ours_nearer = 0
     worst = 0.0
