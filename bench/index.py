@@ -5,8 +5,8 @@ k = 10; unit-norm embeddings around 1,000 centres, 1% of the gallery duplicated)
 - time: one process builds both indexes and alternates their searches (a warm-up round,
   then --repeats rounds), keeping each side's best time;
 - memory: each side in a fresh process records the resident memory its index holds and the
-  peak one search adds (the high-water mark ``ru_maxrss`` reports, reset through
-  /proc/self/clear_refs before the search), and writes its neighbours;
+  peak one search adds (the high-water mark VmHWM, reset through /proc/self/clear_refs
+  before the search), and writes its neighbours;
 - neighbours: rows that differ are classified with float64 distances as exact ties or as
   faiss's float32 rounding.
 Prints both sides per gallery and, last, `speedup: X.XX` (faiss's time / ours, geometric
@@ -26,7 +26,6 @@ import gc
 import json
 import math
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -70,10 +69,14 @@ def release() -> None:
     ctypes.CDLL(None).malloc_trim(0)
 
 
-def resident() -> int:
+def status_kib(field: str) -> int:
     with open("/proc/self/status") as status:
-        line = next(line for line in status if line.startswith("VmRSS:"))
+        line = next(line for line in status if line.startswith(field + ":"))
     return int(line.split()[1]) * 1024
+
+
+def resident() -> int:
+    return status_kib("VmRSS")
 
 
 def reset_peak() -> bool:
@@ -86,7 +89,9 @@ def reset_peak() -> bool:
 
 
 def peak() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """The resident high-water mark (VmHWM: what clear_refs resets; ru_maxrss also keeps the
+    peaks that exited threads recorded)."""
+    return status_kib("VmHWM")
 
 
 def searcher(side: str, gallery: torch.Tensor, queries: torch.Tensor, args: argparse.Namespace):
@@ -173,7 +178,6 @@ def compare(n: int, dim: int, args: argparse.Namespace, out: Path) -> str:
     """How many rows agree; rows that differ classified by float64 distances."""
     ours, theirs = (np.load(out / f"{side}_indices.npy") for side in ("slade", "faiss"))
     differing = np.flatnonzero((ours != theirs).any(axis=1))
-    same_sets = sum(set(ours[i]) == set(theirs[i]) for i in differing)
     text = f"{len(ours) - len(differing)}/{len(ours)} rows identical"
     if len(differing) == 0:
         return text
@@ -190,12 +194,13 @@ def compare(n: int, dim: int, args: argparse.Namespace, out: Path) -> str:
             ours_nearer += 1
             worst = max(worst, float((np.sort(d_theirs) - np.sort(d_ours)).max()))
     others = len(differing) - ties - ours_nearer
-    return (
-        f"{text}, {same_sets} more with the same set in another order; of the "
-        f"{len(differing)} differing rows {ties} are exact distance ties, {ours_nearer} have "
-        f"faiss's float32 distances misorder near-ties (slade's neighbours nearer by at most "
-        f"{worst:.1e} in squared distance), {others} other"
-    )
+    text += f"; of the {len(differing)} others {ties} differ only in how exact distance ties are ordered"
+    if ours_nearer:
+        text += (
+            f", {ours_nearer} where faiss's float32 distances misorder near-ties (slade's "
+            f"neighbours nearer by at most {worst:.1e} in squared distance)"
+        )
+    return text + (f", {others} for another reason" if others else "")
 
 
 def run_child(role: str, size: str, args: argparse.Namespace, out: Path) -> dict:
