@@ -41,8 +41,17 @@ class Index:
     index j. Gallery indices count the added embeddings from 0 in the order they were added.
 
     Memory: the embeddings (float32, on ``device``) plus, while a search runs, O(queries x k)
-    and one GEMM block. ``add`` copies its input; several ``add`` calls are joined into one
-    tensor when the index is next read, each part freed as it is copied.
+    and one GEMM block (on CUDA the engine also reads a host copy of the gallery, where it
+    ranks the candidates exactly). ``add`` copies its input; several ``add`` calls are
+    joined into one tensor when the index is next read, each part freed as it is copied.
+
+    Example::
+
+        index = slade.Index(model=sidecar)  # the exported model's JSON, as a dict
+        index.add(gallery, labels=gallery_labels, ids=gallery_paths)
+        distances, indices = index.search(queries, k=10)
+        index.labels_of(indices), index.ids_of(indices)
+        index.save("gallery.safetensors")
 
     Args:
         dim: the embedding dimension; ``None`` takes it from the first ``add``.
@@ -201,7 +210,9 @@ class Index:
 
     @classmethod
     def load(cls, path: str | Path, device: Any = "cpu") -> Index:
-        """Reads an index written by :meth:`save` onto ``device``."""
+        """Reads an index written by :meth:`save` onto ``device``. A missing file raises
+        :class:`~slade.MissingFileError`, one that is not a slade index (corrupt, truncated,
+        another safetensors file) :class:`~slade.SladeIOError`, each naming the file."""
         from safetensors import SafetensorError, safe_open
 
         index = cls(device=device)
