@@ -129,8 +129,9 @@ def test_several_adds_equal_one_add():
     queries = rng.normal(size=(30, 16)).astype(np.float32)
     for ours, theirs in zip(parts.search(queries, 8), whole.search(queries, 8)):
         assert torch.equal(ours, theirs)
-    # Joined once: later reads return the same tensor without copying.
+    # Joined once: later reads return the same tensor (and list) without copying.
     assert parts.embeddings.data_ptr() == parts.embeddings.data_ptr()
+    assert parts.ids is parts.ids
 
 
 def test_add_copies_its_input():

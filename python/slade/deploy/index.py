@@ -110,8 +110,9 @@ class Index:
 
     @property
     def ids(self) -> list[str] | None:
-        """The ids (a copy of the list), or ``None`` if added without."""
-        return list(self._ids) if self._has_ids else None
+        """The ids, the index's own list (not a copy: reading it costs nothing), or ``None``
+        if added without."""
+        return self._ids if self._has_ids else None
 
     @property
     def model(self) -> dict | None:
