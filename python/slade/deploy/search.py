@@ -72,8 +72,8 @@ def search_images(
             query=str(query),
             indices=row.tolist(),
             distances=gaps.tolist(),
-            ids=[index.ids[i] for i in row.tolist()] if index.ids is not None else None,
-            labels=index.labels[row].tolist() if index.labels is not None else None,
+            ids=index.ids_of(row) if index.ids is not None else None,
+            labels=index.labels_of(row).tolist() if index.labels is not None else None,
         )
         for query, row, gaps in zip(files, indices.cpu(), distances.cpu())
     ]
