@@ -3,6 +3,9 @@ folder) and the removal of the temporary files that a killed write leaves behind
 
 Temporary files are named ``<name>.tmp-<pid>``, as the Rust core names those of its
 checkpoints, so one rule finds them all.
+
+Every write and removal of a run's files goes through here; inside :func:`skipped` none
+happens (the ranks but rank 0 of a distributed run: :mod:`slade.distributed`).
 """
 
 from __future__ import annotations
@@ -10,11 +13,37 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 _TEMPORARY = re.compile(r"\.tmp-[0-9]+$")
+
+#: Whether writes and removals are skipped (:func:`skipped`).
+_skipping = False
+
+
+@contextmanager
+def skipped(skip: bool = True) -> Iterator[None]:
+    """Inside, with ``skip``, the writes and removals of this module do nothing."""
+    global _skipping
+    before, _skipping = _skipping, skip
+    try:
+        yield
+    finally:
+        _skipping = before
+
+
+def remove(path: Path) -> None:
+    """Removes a file or a folder tree, if there."""
+    if _skipping:
+        return
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def temporary_path(path: Path) -> Path:
@@ -29,6 +58,8 @@ def is_temporary(path: Path) -> bool:
 def write_bytes(path: Path, data: bytes) -> None:
     """Writes ``data`` to ``path`` atomically and durably: readers see the old file or the
     new one, never a part, and after a power cut the new one if this returned."""
+    if _skipping:
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = temporary_path(path)
     try:
@@ -46,6 +77,8 @@ def write_bytes(path: Path, data: bytes) -> None:
 def write_with(path: Path, write: Callable[[Path], None]) -> None:
     """Atomically and durably (see :func:`write_bytes`) writes the file that ``write``
     creates at the path it is given, for writers that take a path (safetensors)."""
+    if _skipping:
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = temporary_path(path)
     try:
@@ -77,7 +110,7 @@ def sync_folder(folder: Path) -> None:
 
 def remove_temporary_files(folder: Path | None) -> list[Path]:
     """Removes the temporary files that killed writes left in ``folder``; returns them."""
-    if folder is None or not folder.is_dir():
+    if _skipping or folder is None or not folder.is_dir():
         return []
     stale = [path for path in folder.iterdir() if path.is_file() and is_temporary(path)]
     for path in stale:

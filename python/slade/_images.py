@@ -21,8 +21,9 @@ from typing import Any, cast
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
+from . import distributed
 from .data.base import ImageDataset, ImageTensorDataset, UnlabeledDataset
 from .data.transforms import RandomShift
 
@@ -266,12 +267,14 @@ def _keyed(
     step = start
     for batch in indices:
         pending.append(batch)
-        yield source.keyed(batch, derive_seed(seed, step))
+        yield source.keyed(batch, derive_seed(seed, step))[distributed.share(len(batch))]
         step += 1
 
 
 class StepBatches:
-    """The (images, labels) of steps ``start, start + 1, ...`` of one stage."""
+    """The (images, labels) of steps ``start, start + 1, ...`` of one stage; in a process
+    group, this rank's share of each (:func:`slade.distributed.share`): its rows of the batch
+    one process draws, each image augmented as it is there."""
 
     def __init__(
         self,
@@ -310,7 +313,10 @@ class StepBatches:
             images = next(self._loaded)
             batch = self._pending.pop(0)
         self.step += 1
-        labels = self.labels[torch.as_tensor(batch, dtype=torch.int64)]
+        rows = distributed.share(len(batch))
+        labels = self.labels[torch.as_tensor(batch, dtype=torch.int64)][rows]
+        if self._loaded is None:  # the whole batch was augmented: its rows are taken here
+            images = [view[rows] for view in images] if isinstance(images, list) else images[rows]
         if isinstance(images, (list, tuple)):
             return [view.to(self.device) for view in images], labels.to(self.device)
         return images.to(self.device), labels.to(self.device)
@@ -342,9 +348,19 @@ def embed_dataset(
     description: str = "embed",
 ) -> torch.Tensor:
     """Embeddings (on the CPU) of every image of ``dataset``, in no-grad eval-mode batches of
-    ``batch_size`` on the model's device."""
+    ``batch_size`` on the model's device; in a process group each rank embeds its shard and
+    every rank gets all the embeddings."""
     device = model.device
     images = eval_tensor_images(dataset)
+    count = len(dataset) if images is None else int(images.shape[0])
+    if 0 < count < distributed.world_size():
+        raise ValueError(f"cannot embed {count} images on {distributed.world_size()} ranks")
+    shard = distributed.shard_range(count)
+    if distributed.world_size() > 1:
+        if images is not None:
+            images = images[shard.start : shard.stop]
+        else:
+            dataset = Subset(as_image_dataset(dataset), shard)
     parts = []
     if images is not None:
         chunk = max(batch_size, 4096)
@@ -362,4 +378,4 @@ def embed_dataset(
             parts.append(model.embed(x.to(device), batch_size=batch_size).cpu())
     if not parts:
         raise ValueError("cannot embed an empty dataset")
-    return torch.cat(parts)
+    return distributed.gather_rows(torch.cat(parts))

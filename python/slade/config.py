@@ -245,6 +245,27 @@ class LogConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """Runs over many processes with torch.distributed, launched by ``torchrun`` (README,
+    "Many processes"; DESIGN.md §6). Each rank trains on its share of the config's global
+    batch sizes, which must split into equal shares of whole m-per-class groups.
+
+    Attributes:
+        sync_batchnorm: BatchNorm normalises with the global batch's statistics, so that N
+            ranks give the weights of one process with the same global batch; False: each
+            rank's own statistics.
+        backend: ``"auto"`` (NCCL for a CUDA device, Gloo on the CPU), ``"gloo"`` or
+            ``"nccl"``.
+        timeout: seconds a rank waits in a collective for the others before the job ends
+            with an error (a rank that died or hangs), never a hang.
+    """
+
+    sync_batchnorm: bool = True
+    backend: str = "auto"
+    timeout: float = 300.0
+
+
+@dataclass
 class Config:
     """The whole pipeline: SSL (optional) -> teacher -> pseudo labels -> student, repeated
     for ``rounds`` self-training rounds (the student of a round is the next round's teacher).
@@ -277,6 +298,7 @@ class Config:
     student: StudentConfig = field(default_factory=StudentConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     # Fields that change where or how visibly a run happens, not its results.
     RUNTIME_FIELDS = (
@@ -291,6 +313,8 @@ class Config:
         "eval.examples",
         "eval.top_k",
         "log",
+        "distributed.backend",
+        "distributed.timeout",
     )
 
     def to_dict(self) -> dict:
@@ -376,6 +400,9 @@ class Config:
         )
         _check(e.examples >= 0 and e.top_k >= 1, "eval.examples", ">= 0 (and eval.top_k >= 1)")
         self._validate_log()
+        dist = self.distributed
+        _check(dist.backend in ("auto", "gloo", "nccl"), "distributed.backend", "'auto', 'gloo' or 'nccl'")
+        _check(dist.timeout > 0, "distributed.timeout", "> 0 (seconds)")
         return self
 
     def _validate_log(self) -> None:

@@ -35,11 +35,13 @@ def as_config(config: Config | str | Mapping | None) -> Config:
 
 def load_trainer(path: str | os.PathLike, *, model: Any = None, device: Any = "cpu") -> Any:
     """The trainer a checkpoint (``.safetensors`` written by ``save``) was saved from; one of
-    a model of your own needs ``model``, the module or factory it was trained from."""
+    a model of your own needs ``model``, the module or factory it was trained from (one of
+    slade's networks trained in a process group is rebuilt from its run's ``config.json``)."""
     path = Path(path)
     if not path.exists():
         raise MissingFileError(f"no such checkpoint: {path}")
     if is_torch_checkpoint(path):
+        model = model if model is not None else _run_network(path)
         if model is None:
             raise InvalidArgumentError(
                 f"{path} is a checkpoint of a model of your own "
@@ -53,6 +55,19 @@ def load_trainer(path: str | os.PathLike, *, model: Any = None, device: Any = "c
     if cls is None:
         raise ConfigError(f"{path} is a {kind!r} checkpoint, which slade cannot load here")
     return cls.from_checkpoint(path, device=device)
+
+
+def _run_network(path: Path) -> Any:
+    """A factory of the slade network a torch checkpoint of a run holds (a distributed run
+    trains the networks' torch twins), from the run's ``config.json``; None otherwise."""
+    from ..deploy.networks import embedding_network
+    from .run_folder import run_config_of
+
+    saved = run_config_of(path)
+    if saved is None or not read_info(path).model.startswith("slade.deploy.networks."):
+        return None
+    network = Config.from_dict(saved).model
+    return lambda: embedding_network(network)
 
 
 def as_model(source: Any, device: Any = "cpu") -> Any:

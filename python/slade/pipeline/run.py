@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import distributed
 from .._durable import write_json
-from ..config import Config, preset
+from ..config import Config, LogConfig, preset
 from ..torch_train.model import fresh
 from .data_loading import data_or_load
 from .diagnose import diagnose
@@ -65,29 +66,53 @@ def run(
     With ``config.log`` the run also writes TensorBoard event files, ``history.csv`` files or
     a Weights & Biases run (:mod:`slade.pipeline.run_log`; README, "Logging").
 
+    Under ``torchrun`` (or in a process group the caller initialised) every rank runs this
+    with the same arguments: each trains on its share of every batch, embeds its shard of
+    each split, and gets the run's result; rank 0 alone writes files, logs and shows
+    progress (README, "Many processes"; :mod:`slade.distributed`).
+
     Returns:
         A :class:`RunResult`; ``print(result.table())`` shows teacher vs student.
     """
-    config = _run_config(config, overrides, out)
+    config = _rank_config(_run_config(config, overrides, out))
     folder = Path(config.out) if config.out is not None else None
     if folder is not None:
         check_run_folder(folder, config, overwrite)
     check_log(config, folder, overwrite)
     data = data_or_load(data, config)
-    if folder is not None:
-        prepare_run_folder(folder, config, overwrite)
-    with RunLog.open(config, folder, overwrite) as log:
-        state = _RunState(config, data, folder, log.callback(callback), log, model)
-        return _run_stages(state)
+    with distributed.writes_by_rank0():
+        if folder is not None:
+            prepare_run_folder(folder, config, overwrite)
+        with RunLog.open(config, folder, overwrite) as log:
+            state = _RunState(config, data, folder, log.callback(callback), log, model)
+            return _run_stages(state)
+
+
+def _rank_config(config: Config) -> Config:
+    """The config of this rank: in a process group (joined here when ``torchrun`` launched
+    this process) its own GPU, and on ranks but 0 neither progress bars nor logs."""
+    d = config.distributed
+    if distributed.launched():
+        distributed.init_from_environment(config.device, d.backend, d.timeout)
+    if not distributed.active():
+        return config
+    config.device = distributed.rank_device(config.device)
+    if not distributed.is_writer():
+        config.progress = False
+        config.log = LogConfig()
+    return config
 
 
 def _run_stages(state: _RunState) -> RunResult:
-    """Each stage of the plan, then the report."""
+    """Each stage of the plan, then the report. In a process group the ranks start each
+    stage together, so that they all see the files rank 0 wrote before it."""
     for stage in plan(state.config):
+        distributed.barrier()
         _RUNNERS[stage.kind](state, stage)
     result = state.result()
-    if state.out is not None:
+    if state.out is not None and distributed.is_writer():
         _report(result, state, state.out)
+    distributed.barrier()
     return result
 
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
-from .._durable import remove_temporary_files, write_json
+from .._durable import remove, remove_temporary_files, write_json
 from ..config import Config
 from ..errors import ConfigError
 from .stages import is_stage_id
@@ -46,7 +45,7 @@ def prepare_run_folder(out: Path, config: Config, overwrite: bool) -> None:
     if overwrite and out.exists():
         for entry in out.iterdir():
             if entry.name in RUN_FILES or (entry.is_dir() and is_stage_id(entry.name)):
-                _remove(entry)
+                remove(entry)
     write_json(out / "config.json", config.to_dict())
 
 
@@ -60,13 +59,6 @@ def run_config_of(checkpoint: Any) -> dict | None:
         if candidate.is_file():
             return json.loads(candidate.read_text())
     return None
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
 
 
 def _differences(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from .._durable import remove_temporary_files, write_json
+from .._durable import remove, remove_temporary_files, write_json
 from ..config import Config
 from ..errors import ConfigError
 from .run_folder import differing_settings
@@ -281,7 +281,7 @@ def _claim_folder(folder: Path, config: Config, overwrite: bool) -> None:
     remove_temporary_files(folder)
     if overwrite:
         for path in [*_event_files(folder), saved]:
-            path.unlink(missing_ok=True)
+            remove(path)
     _check_folder(folder, config)
     if not saved.exists():
         write_json(saved, config.to_dict())

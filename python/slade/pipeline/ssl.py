@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from .. import train
+from .. import distributed, train
 from .._images import (
     STAGE_CODES,
     StepBatches,
@@ -24,7 +24,7 @@ from ..torch_train import TorchSwavTrainer
 from .data_loading import data_or_load
 from .inputs import as_config
 from .stages import SSL, Callback, stage_files, train_loop
-from .teacher import own_model_arguments
+from .teacher import own_model_arguments, stage_model
 
 
 def train_ssl(
@@ -82,6 +82,8 @@ def train_ssl(
 
 def _swav_trainer(config: Config, model: Any) -> Any:
     s = config.ssl
+    model = stage_model(config, model)
+    distributed.check_share(s.batch_size, 1, "ssl.batch_size")
     if model is not None:
         return TorchSwavTrainer(model, **own_model_arguments(config, s), swav=s)
     return train.SwavTrainer(**stage_trainer_arguments(config, s), swav=s)

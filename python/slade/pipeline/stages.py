@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import _core
-from .._durable import remove_temporary_files, write_bytes, write_json
+from .._durable import remove, remove_temporary_files, write_bytes, write_json
 from ..config import Config
 from ..errors import NonFiniteError, SladeWarning
 from ..nn import CoreModule, load_torchvision_weights
@@ -94,9 +94,14 @@ class StageFiles:
             return
         remove_temporary_files(self.folder)
         if self.finished():
-            checkpoint = self.folder / "checkpoint.safetensors"
-            checkpoint.unlink(missing_ok=True)
-            checkpoint.with_suffix(".json").unlink(missing_ok=True)
+            self._remove_checkpoint()
+
+    def _remove_checkpoint(self) -> None:
+        """The latest checkpoint and its JSON file, when the final weights are written."""
+        assert self.folder is not None
+        checkpoint = self.folder / "checkpoint.safetensors"
+        remove(checkpoint)
+        remove(checkpoint.with_suffix(".json"))
 
     def history(self, upto: int) -> list[dict]:
         path = self.path("history.json")
@@ -117,8 +122,7 @@ class StageFiles:
         checkpoint = self.folder / "checkpoint.safetensors"
         trainer.save(self.folder / "final.safetensors" if final else checkpoint)
         if final:
-            checkpoint.unlink(missing_ok=True)
-            checkpoint.with_suffix(".json").unlink(missing_ok=True)
+            self._remove_checkpoint()
 
     def save_csv(self, history: list[dict]) -> None:
         """``history.csv``: the rows of ``history.json``."""

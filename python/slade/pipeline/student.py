@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from .. import train
+from .. import distributed, train
 from .._images import STAGE_CODES, StepBatches, derive_seed, training_images
 from ..config import Config, stage_trainer_arguments
 from ..errors import ConfigError, InvalidArgumentError
@@ -17,7 +17,7 @@ from .data_loading import data_or_load
 from .inputs import as_config, as_model
 from .pseudo_labels import PseudoLabels
 from .stages import Callback, StageFiles, stage_files, student_id, train_loop
-from .teacher import own_model_arguments
+from .teacher import own_model_arguments, stage_model
 
 
 def _student_trainer(config: Config, num_basis: int, k: int, model: Any) -> Any:
@@ -33,6 +33,9 @@ def _student_trainer(config: Config, num_basis: int, k: int, model: Any) -> Any:
         num_basis=s.num_basis if s.num_basis is not None else num_basis,
         num_pseudo_classes=pseudo_classes if s.regularizer != "sd" else None,
     )
+    model = stage_model(config, model)
+    distributed.check_share(s.labeled_batch_size, s.labeled_m, "student.labeled_batch_size")
+    distributed.check_share(s.unlabeled_batch_size, s.unlabeled_m, "student.unlabeled_batch_size")
     if model is not None:
         return TorchStudentTrainer(model, **own_model_arguments(config, s), **objective)
     return train.StudentTrainer(**stage_trainer_arguments(config, s), **objective)

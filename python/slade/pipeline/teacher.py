@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from .. import train
+from .. import distributed, train
 from .._images import STAGE_CODES, StepBatches, derive_seed, training_images
 from ..config import Config, stage_trainer_arguments
 from ..torch_train import TorchTeacherTrainer
@@ -18,14 +18,30 @@ from .stages import TEACHER, Callback, stage_files, train_loop
 def own_model_arguments(config: Config, section: Any) -> dict[str, Any]:
     """What a stage's trainer of a model of your own takes from the config: those of
     :func:`~slade.config.stage_trainer_arguments` but the model config, whose ``dim`` the
-    module's embeddings must have."""
+    module's embeddings must have, and ``distributed.sync_batchnorm``."""
     arguments = stage_trainer_arguments(config, section)
     arguments["dim"] = arguments.pop("model_config").dim
+    arguments["sync_batchnorm"] = config.distributed.sync_batchnorm
     return arguments
+
+
+def stage_model(config: Config, model: Any) -> Any:
+    """What a stage trains: the user's module or factory; in a process group without one,
+    ``config.model``'s network as a plain torch module (its initial weights those of the
+    Rust network with the config's seed), so that the step can gather across ranks; None:
+    the Rust network, stepped in Rust."""
+    if model is not None or not distributed.active():
+        return model
+    from ..deploy.networks import to_torch
+    from ..nn import EmbeddingModel
+
+    return lambda: to_torch(EmbeddingModel(config.model, seed=config.seed)).train()
 
 
 def _teacher_trainer(config: Config, model: Any) -> Any:
     t = config.teacher
+    model = stage_model(config, model)
+    distributed.check_share(t.batch_size, t.m, "teacher.batch_size")
     if model is not None:
         return TorchTeacherTrainer(model, **own_model_arguments(config, t), ranking=t)
     return train.TeacherTrainer(**stage_trainer_arguments(config, t), ranking=t)

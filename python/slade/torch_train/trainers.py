@@ -13,6 +13,14 @@ objective's state are restored, nothing is updated. A step whose images, embeddi
 gradients are NaN or Inf is never applied either: it raises NonFiniteError or, with
 ``optimizer.nonfinite="skip"``, counts as a skipped step (as the Rust trainers do).
 
+In a process group (:mod:`slade.distributed`, e.g. under ``torchrun``) each rank steps on
+its share of the global batch: the objective sees the global batch (embeddings, labels,
+pseudo labels all-gathered, gradient flowing to each rank's rows), BatchNorm normalises with
+the global batch's statistics (``sync_batchnorm``), gradients are averaged over the ranks in
+buckets between backward and the update, and rank 0's initial weights are broadcast; the
+ranks then stay equal and give one process's weights for the global batch (to float
+rounding). Every step call is collective: each rank must make it, with its share.
+
 Randomness: the factory (when ``model`` is one) and the objective's initial parameters are
 drawn with torch's generators seeded with ``seed``; every step then runs with the trainer's
 own state of torch's generators (dropout, random mining), saved in checkpoints, so a resumed
@@ -31,7 +39,7 @@ from typing import Any, ClassVar, TypeVar
 
 import torch
 
-from .. import _core
+from .. import _core, distributed
 from .._convert import as_tensor, optional_tensor
 from ..errors import ConfigError, NonFiniteError, NotSupportedError, ShapeError
 from ..nn import device_name
@@ -99,14 +107,20 @@ class TorchTrainer:
         precision: str,
         seed: int,
         dim: int | None,
+        sync_batchnorm: bool,
     ) -> None:
         self.device = torch.device(device_name(device))
         self.precision = _precision(precision, self.device)
         self.seed, self.dim = int(seed), dim
+        self.sync_batchnorm = bool(sync_batchnorm)
         with seeded(self.seed, self.device):
-            self.model = TorchModel(build_module(model, self.device), dim)
+            module = build_module(model, self.device)
+            if self.sync_batchnorm:
+                module = distributed.sync_batchnorm(module)
+            self.model = TorchModel(module, dim)
             self.objective = build_objective(self.device)
             self._rng = _rng_state(self.device)
+        distributed.broadcast_tensors(self.state_dict().values())
         mapping = OptimizerConfig.mapping(optim_config, {}, "optimizer config")
         self.optim_config = OptimizerConfig.from_core(_core.check_settings("optimizer", mapping))
         self._optim_settings = self.optim_config.to_core()
@@ -288,9 +302,10 @@ class TorchTrainer:
         )
 
     def _check_finite(self, images: Mapping[str, torch.Tensor]) -> None:
-        for name, x in images.items():
-            if not bool(torch.isfinite(x).all()):
-                raise self._not_finite(f"{name} hold NaN or Inf")
+        """Every rank's images (so that every rank takes the same branch)."""
+        bad = [name for name, x in images.items() if not bool(torch.isfinite(x).all())]
+        if not distributed.all_ranks(not bad):
+            raise self._not_finite((bad[0] if bad else "another rank's images") + " hold NaN or Inf")
 
     def _backward(self, loss: torch.Tensor, value: float) -> None:
         """Backward of a finite loss into zeroed gradients, which must come out finite."""
@@ -299,6 +314,7 @@ class TorchTrainer:
         self.optimizer.zero_grad(set_to_none=False)
         if loss.requires_grad:
             loss.backward()
+        distributed.average_gradients(self.parameters())
         grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
         if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
             raise self._not_finite(f"the {self._KIND} gradients are NaN or Inf")
@@ -421,7 +437,12 @@ class TorchTrainer:
 
     @classmethod
     def from_checkpoint(
-        cls: type[_T], path: str | os.PathLike, model: ModelSource, *, device: Any = "cpu"
+        cls: type[_T],
+        path: str | os.PathLike,
+        model: ModelSource,
+        *,
+        device: Any = "cpu",
+        sync_batchnorm: bool = True,
     ) -> _T:
         """A trainer of ``model`` (the module or factory the checkpoint was trained from)
         built with the checkpoint's settings, its state loaded."""
@@ -436,6 +457,7 @@ class TorchTrainer:
             precision=s["precision"],
             seed=s["seed"],
             dim=s["dim"],
+            sync_batchnorm=sync_batchnorm,
             **cls._objective_arguments(info.objective),
         )
         trainer.load(path)
@@ -468,6 +490,9 @@ class TorchTeacherTrainer(TorchTrainer):
         precision: ``"fp32"`` (``"fp16"`` is refused on CUDA, ignored on the CPU).
         seed: seeds the factory and the step's random generators.
         dim: the embedding width the model must give (None: not checked).
+        sync_batchnorm: in a process group, BatchNorm layers normalise with the global
+            batch's statistics (:func:`slade.distributed.sync_batchnorm`); False: each rank's
+            own.
     """
 
     _KIND = "teacher"
@@ -483,6 +508,7 @@ class TorchTeacherTrainer(TorchTrainer):
         precision: str = "fp32",
         seed: int = 0,
         dim: int | None = None,
+        sync_batchnorm: bool = True,
         **ranking_fields: Any,
     ):
         settings = RankingConfig.mapping(ranking, ranking_fields, "ranking")
@@ -494,6 +520,7 @@ class TorchTeacherTrainer(TorchTrainer):
             precision=precision,
             seed=seed,
             dim=dim,
+            sync_batchnorm=sync_batchnorm,
         )
         self.ranking_config = self.objective.ranking
 
@@ -504,7 +531,7 @@ class TorchTeacherTrainer(TorchTrainer):
         def compute() -> tuple[torch.Tensor, dict[str, float]]:
             self.model.module.train()
             f = self.model.forward(images, self._step + 1)
-            return self.objective(f, as_tensor(labels, "labels"))
+            return self.objective(distributed.gather(f), distributed.gather(as_tensor(labels, "labels")))
 
         return self._run({"images": images}, compute)
 
@@ -545,6 +572,7 @@ class TorchStudentTrainer(TorchTrainer):
         objective: StudentObjectiveConfig | Mapping | None = None,
         precision: str = "fp32",
         seed: int = 0,
+        sync_batchnorm: bool = True,
         **fields: Any,
     ):
         settings = StudentObjectiveConfig.mapping(
@@ -558,6 +586,7 @@ class TorchStudentTrainer(TorchTrainer):
             precision=precision,
             seed=seed,
             dim=dim,
+            sync_batchnorm=sync_batchnorm,
         )
         self.student_config = self.objective.objective
 
@@ -582,12 +611,13 @@ class TorchStudentTrainer(TorchTrainer):
             f = self._embeddings(torch.cat([xl, xu]))
             n = xl.shape[0]
             self.objective.train()
+            truth = optional_tensor(true_labels, "true_labels")
             return self.objective(
-                f[:n],
-                as_tensor(labels, "labels"),
-                f[n:],
-                as_tensor(pseudo_labels, "pseudo_labels"),
-                optional_tensor(true_labels, "true_labels"),
+                distributed.gather(f[:n]),
+                distributed.gather(as_tensor(labels, "labels")),
+                distributed.gather(f[n:]),
+                distributed.gather(as_tensor(pseudo_labels, "pseudo_labels")),
+                None if truth is None else distributed.gather(truth),
             )
 
         return self._run({"labeled_images": xl, "unlabeled_images": xu}, compute)
@@ -648,6 +678,7 @@ class TorchSwavTrainer(TorchTrainer):
         swav: SwavConfig | Mapping | None = None,
         precision: str = "fp32",
         seed: int = 0,
+        sync_batchnorm: bool = True,
         **swav_fields: Any,
     ):
         settings = SwavConfig.mapping(swav, swav_fields, "swav")
@@ -659,6 +690,7 @@ class TorchSwavTrainer(TorchTrainer):
             precision=precision,
             seed=seed,
             dim=dim,
+            sync_batchnorm=sync_batchnorm,
         )
         self.swav_config = self.objective.swav
 
@@ -672,7 +704,8 @@ class TorchSwavTrainer(TorchTrainer):
         def compute() -> tuple[torch.Tensor, dict[str, float]]:
             self.model.module.train()
             self.objective.train()
-            return self.objective(self._embed_crops(list(views.values()))), {}
+            crops = [distributed.gather(z) for z in self._embed_crops(list(views.values()))]
+            return self.objective(crops), {}
 
         return self._run(views, compute)
 
