@@ -270,7 +270,9 @@ impl FeatureBasis {
                 self.dim()
             );
         }
-        Ok(emb.f_to_kind(self.state.weight.kind())?)
+        // Row-major whatever the caller's layout: the GEMM then rounds as for a
+        // contiguous tensor, so views give the contiguous result bit for bit.
+        Ok(emb.f_to_kind(self.state.weight.kind())?.f_contiguous()?)
     }
 
     /// r = W_a f for each row f of `emb` (`N x B`).
