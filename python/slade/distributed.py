@@ -26,13 +26,12 @@ import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from .errors import ConfigError
+from .errors import ConfigError, DistributedError
 
 #: Bytes of gradients averaged by one all_reduce call (DDP's default bucket size).
 BUCKET_BYTES = 25 * 2**20
@@ -103,18 +102,32 @@ def check_share(batch_size: int, m: int, key: str) -> None:
         )
 
 
+@contextmanager
+def _collective(what: str) -> Iterator[None]:
+    """A collective's failure (a rank that died, or did not join it within the process
+    group's timeout) as a DistributedError naming it and this rank."""
+    try:
+        yield
+    except (RuntimeError, dist.DistError) as err:
+        raise DistributedError(
+            f"rank {rank()} of {world_size()}: {what} failed, another rank died or did not "
+            f"join it within the timeout (distributed.timeout): {err}"
+        ) from err
+
+
 def gather(x: torch.Tensor) -> torch.Tensor:
     """The ranks' ``x`` (same shape on every rank) concatenated along dim 0, in rank order;
     gradient flows back to this rank's rows (the sum of the ranks' gradients for them)."""
     if world_size() == 1:
         return x
-    if not x.requires_grad:
-        parts = [torch.empty_like(x) for _ in range(world_size())]
-        dist.all_gather(parts, x.contiguous())
-        return torch.cat(parts)
-    from torch.distributed.nn.functional import all_gather
+    with _collective("gathering the batch"):
+        if not x.requires_grad:
+            parts = [torch.empty_like(x) for _ in range(world_size())]
+            dist.all_gather(parts, x.contiguous())
+            return torch.cat(parts)
+        from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(x.contiguous()))
+        return torch.cat(all_gather(x.contiguous()))
 
 
 def gather_rows(x: torch.Tensor) -> torch.Tensor:
@@ -123,12 +136,13 @@ def gather_rows(x: torch.Tensor) -> torch.Tensor:
     if world_size() == 1:
         return x
     counts = [torch.zeros(1, dtype=torch.int64, device=x.device) for _ in range(world_size())]
-    dist.all_gather(counts, torch.tensor([x.shape[0]], device=x.device))
-    rows = [int(c) for c in counts]
-    padded = x.new_zeros((max(rows), *x.shape[1:]))
-    padded[: x.shape[0]] = x
-    parts = [torch.empty_like(padded) for _ in rows]
-    dist.all_gather(parts, padded.contiguous())
+    with _collective("gathering embeddings"):
+        dist.all_gather(counts, torch.tensor([x.shape[0]], device=x.device))
+        rows = [int(c) for c in counts]
+        padded = x.new_zeros((max(rows), *x.shape[1:]))
+        padded[: x.shape[0]] = x
+        parts = [torch.empty_like(padded) for _ in rows]
+        dist.all_gather(parts, padded.contiguous())
     return torch.cat([part[:n] for part, n in zip(parts, rows)])
 
 
@@ -147,29 +161,22 @@ def all_ranks(flag: bool) -> bool:
     value = torch.tensor([1 if flag else 0], dtype=torch.int32)
     if dist.get_backend() == "nccl":
         value = value.cuda()
-    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    with _collective("agreeing on a step"):
+        dist.all_reduce(value, op=dist.ReduceOp.MIN)
     return bool(value.item())
-
-
-def broadcast_object(value: Any) -> Any:
-    """Rank 0's ``value`` on every rank."""
-    if world_size() == 1:
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def barrier() -> None:
     if world_size() > 1:
-        dist.barrier()
+        with _collective("waiting for the other ranks"):
+            dist.barrier()
 
 
 def broadcast_tensors(tensors: Iterable[torch.Tensor]) -> None:
     """Rank 0's values of ``tensors`` (parameters, buffers) copied in place on every rank."""
     if world_size() == 1:
         return
-    with torch.no_grad():
+    with torch.no_grad(), _collective("broadcasting rank 0's weights"):
         for tensor in tensors:
             dist.broadcast(tensor.data, src=0)
 
@@ -200,7 +207,8 @@ def average_gradients(parameters: Iterable[torch.Tensor], bucket_bytes: int = BU
     grads = [p.grad for p in parameters if p.grad is not None]
     for bucket in _buckets(grads, bucket_bytes):
         flat = torch.cat([g.reshape(-1) for g in bucket])
-        dist.all_reduce(flat)
+        with _collective("averaging gradients"):
+            dist.all_reduce(flat)
         flat.div_(world_size())
         offset = 0
         for g in bucket:
@@ -279,7 +287,11 @@ def _convert(module: nn.Module) -> nn.Module:
 def _global_twin(bn: nn.modules.batchnorm._BatchNorm) -> GlobalBatchNorm:
     """A GlobalBatchNorm holding ``bn``'s very parameters and buffers."""
     twin = GlobalBatchNorm(
-        bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats,
+        bn.num_features,
+        bn.eps,
+        bn.momentum,
+        bn.affine,
+        bn.track_running_stats,
         device=next(iter(bn.buffers()), torch.empty(0)).device,
     )
     if bn.affine:

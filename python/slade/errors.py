@@ -56,6 +56,11 @@ class InternalError(SladeError, RuntimeError):
     """A bug in slade; please report it with the message."""
 
 
+class DistributedError(SladeError, RuntimeError):
+    """In a process group, another rank did not take part in a collective in time (it died,
+    hangs, or took another branch): the job cannot go on."""
+
+
 class SladeWarning(UserWarning):
     """Something a run left out and reports: unreadable image files dropped at load time
     (``data.skip_bad_files``), training steps skipped for NaN or Inf
@@ -76,4 +81,5 @@ __all__ = [
     "SladeIOError",
     "TorchError",
     "InternalError",
+    "DistributedError",
 ]

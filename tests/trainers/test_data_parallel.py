@@ -141,6 +141,31 @@ def _rank(rank, world, port, folder):
         dist.destroy_process_group()
 
 
+def _late_rank(rank, world, port, folder):
+    """Rank 1 joins a step 10 s late; rank 0 (timeout 3 s) must fail with a clear error."""
+    import time
+    from datetime import timedelta
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=3))
+    trainer = trainers()["teacher"]
+    labels, labeled, *_ = batches()
+    rows = distributed.share(16)
+    if rank == 1:
+        time.sleep(10)
+    began = time.monotonic()
+    try:
+        trainer.step(labeled[rows], labels[rows])
+        outcome = "stepped"
+    except slade.DistributedError as err:
+        outcome = str(err)
+    torch.save(
+        {"outcome": outcome, "seconds": time.monotonic() - began},
+        os.path.join(folder, f"late{rank}.pt"),
+    )
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -226,3 +251,15 @@ def test_global_batchnorm_equals_batchnorm_on_the_whole_batch(ranks):
 def test_batch_shares_that_split_a_class_are_refused():
     assert distributed.world_size() == 1
     distributed.check_share(32, 8, "teacher.batch_size")  # one process: any multiple of m
+
+
+def test_a_rank_that_does_not_join_a_step_is_a_clear_error_within_the_timeout(tmp_path):
+    mp.spawn(_late_rank, args=(WORLD, _free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    waited = torch.load(tmp_path / "late0.pt")
+    # The step's first collective: the ranks agree that their images are finite.
+    assert waited["outcome"].startswith(
+        "rank 0 of 2: agreeing on a step failed, another rank died or did not join it within "
+        "the timeout (distributed.timeout)"
+    )
+    assert "Timed out" in waited["outcome"]
+    assert waited["seconds"] < 15
