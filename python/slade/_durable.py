@@ -11,6 +11,7 @@ happens (the ranks but rank 0 of a distributed run: :mod:`slade.distributed`).
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -93,8 +94,20 @@ def write_with(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def write_json(path: Path, value: Any) -> None:
-    """Writes JSON atomically and durably (see :func:`write_bytes`)."""
-    write_bytes(path, json.dumps(value, indent=1).encode())
+    """Writes strict JSON atomically and durably (see :func:`write_bytes`): NaN and Inf,
+    which JSON has no words for (a skipped step's loss), are written as ``null``."""
+    write_bytes(path, json.dumps(_strict(value), indent=1, allow_nan=False).encode())
+
+
+def _strict(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return value
 
 
 def sync_folder(folder: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import re
 import warnings
@@ -107,7 +108,9 @@ class StageFiles:
         path = self.path("history.json")
         if path is None or not path.exists():
             return []
-        return [r for r in json.loads(path.read_text()) if r["step"] <= upto]
+        rows = json.loads(path.read_text())
+        # A null is a metric that was NaN or Inf (write_json writes strict JSON).
+        return [{k: math.nan if v is None else v for k, v in r.items()} for r in rows if r["step"] <= upto]
 
     def save(self, trainer: Any, history: list[dict], *, final: bool, csv: bool = False) -> None:
         """The history (also as CSV with ``csv``), then the checkpoint (``final``: the
