@@ -269,6 +269,9 @@ def _resnet18_student_steps():
         opt.step()
         assert metrics["loss"] == pytest.approx(loss.item(), **APPROX)
         assert_trainer_equals_reference(trainer, ref)
+        # Each step from identical weights: a 1-ulp difference can move a max-pool near-tie
+        # or a ReLU input near 0 to the other side, where the gradient jumps.
+        sync_from(trainer, ref.model, ref.basis)
 
 
 def test_metrics_name_every_part():
