@@ -1,5 +1,5 @@
 //! Times the phases of the k-NN engine on clustered data: `cargo run --release --example knn_profile`.
-use slade::retrieval::{neighbours, Engine};
+use slade::retrieval::{neighbours, Engine, Wanted};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
@@ -20,7 +20,7 @@ fn main() {
     };
     for engine in [Engine::Gemm, Engine::KdTree] {
         let start = Instant::now();
-        let nn = neighbours(&x, None, k, engine, false).unwrap();
+        let nn = neighbours(&x, None, k, engine, Wanted::Order).unwrap();
         println!(
             "{engine:?}: {:.3} s, brute-force rows {}",
             start.elapsed().as_secs_f64(),

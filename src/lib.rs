@@ -11,6 +11,7 @@ pub mod mining;
 pub mod nn;
 pub mod retrieval;
 pub mod settings;
+pub mod threads;
 pub mod train;
 pub mod validate;
 

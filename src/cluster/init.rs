@@ -85,7 +85,7 @@ pub(super) fn kmeans_plus_plus<E: Engine>(
         }
         let mut candidates: Vec<usize> = Vec::with_capacity(trials);
         while candidates.len() < trials {
-            if pool.as_ref().map_or(true, |p| p.next == p.ids.len()) {
+            if pool.as_ref().is_none_or(|p| p.next == p.ids.len()) {
                 pool = Some(draw_pool(engine, &nearest, pool_size, rng)?);
                 candidates.clear();
             }

@@ -131,7 +131,7 @@ impl ParamStore {
         let wanted: Vec<&Variable> = self
             .vars
             .iter()
-            .filter(|v| options.only_groups.map_or(true, |g| g.contains(&v.group)))
+            .filter(|v| options.only_groups.is_none_or(|g| g.contains(&v.group)))
             .collect();
         let mut by_name: BTreeMap<&str, &Tensor> = BTreeMap::new();
         let mut unexpected = Vec::new();

@@ -7,13 +7,17 @@
 //!
 //! Every engine produces that same answer:
 //! - `Gemm` (CPU): blocked float32 GEMM `Q R^T`, never the full N x N matrix; each block is
-//!   scanned into bounded candidate lists (rayon over rows). When query = reference only the
-//!   blocks on and above the diagonal are computed and each serves its rows and its columns.
+//!   scanned into bounded candidate lists by the rayon worker that computed it. When query =
+//!   reference only the tiles on and above the diagonal are computed and each serves its
+//!   rows and its columns.
 //! - `Torch`: the same candidates from GEMM + `topk` on the tensors' device (the CUDA path).
 //! - `KdTree` (CPU, low dimension): candidates from the `kdtree` crate in float64.
 //!
-//! GEMM candidates carry the float32 key `|r|^2 - 2 q.r`, whose error is bounded by
-//! `e = gamma (|q| + max|r|)^2` with `gamma = (D + 16) 2^-24` (plus TF32 rounding on a device).
+//! GEMM candidates carry the float32 key `|r|^2 - 2 q.r`. With `u = 2^-24` and `R = max|r|`,
+//! the dot product of any summation order is off by at most `g |q| R`, `g = gamma_{D+2} =
+//! (D+2) u / (1 - (D+2) u)` (the `+2`: float64 inputs rounded to float32; plus `2^-10` for
+//! TF32 inputs on a device), the norm by `u R^2` and the subtraction by `u (R^2 + 2 |q| R)`, so
+//! the key is off by at most `e = 1.1 (2 (g + u) |q| R + 2 u R^2)` (10% for the higher-order terms).
 //! `resolve` then orders the `c > k` candidates of a query: where consecutive keys differ by
 //! more than `2e` their order is certain; runs of closer keys are re-ranked by the exact
 //! distance. The top k is certified when the k-th distance is below the smallest distance a
@@ -22,10 +26,14 @@
 
 use crate::bail;
 use crate::error::{Result, SladeError};
-use crate::retrieval::topk::{scan_columns, CandidateLists};
+use crate::retrieval::topk::{scan_columns, CandidateLists, RowList, CHUNK};
+use crate::threads;
 use crate::validate;
+use multiversion::multiversion;
 use rayon::prelude::*;
+use std::ops::Range;
 use std::str::FromStr;
+use std::sync::Mutex;
 use tch::{Device, Kind, Tensor};
 
 /// Embedding dimension at or below which `Engine::Auto` uses the k-d tree on CPU
@@ -35,8 +43,11 @@ pub const KDTREE_MAX_DIM: usize = 10;
 /// Points per k-d tree leaf.
 const KDTREE_LEAF_SIZE: usize = 32;
 
-/// Rows per GEMM block (both sides).
-const BLOCK: usize = 2048;
+/// Rows per GEMM tile (both sides).
+const BLOCK: usize = 1024;
+
+/// Rows per GEMM block on a device (both sides).
+const DEVICE_BLOCK: usize = 2048;
 
 /// Which k-NN implementation to run. All return identical results.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,15 +123,48 @@ pub fn check_inputs(query: &Tensor, reference: Option<&Tensor>) -> Result<usize>
     }
 }
 
-/// The `k` exact nearest references of each query row (see the module docs), with their
-/// exact squared distances if `with_distances`. `reference = None` searches the query set
-/// itself, excluding each query from its own list.
+/// What a caller needs of each query's `k` neighbours.
+#[derive(Clone, Copy)]
+pub enum Wanted<'a> {
+    /// The exact order (the tie rule) and the exact squared distances.
+    Distances,
+    /// The exact order, no distances.
+    Order,
+    /// What retrieval metrics read: which of the neighbours, in order, are relevant
+    /// (`reference_labels[j] == query_labels[i]`). Neighbours of equal relevance whose keys
+    /// are too close to order by the key may come in either order (the sequence of relevant
+    /// and irrelevant neighbours is the exact one), which spares their exact distances.
+    Relevance { query_labels: &'a [i64], reference_labels: &'a [i64] },
+}
+
+impl Wanted<'_> {
+    fn distances(&self) -> bool {
+        matches!(self, Wanted::Distances)
+    }
+
+    /// Whether the references `ids` are equally relevant to query `i`, so that their order
+    /// does not matter.
+    fn equally_relevant(&self, i: usize, ids: impl Iterator<Item = u32>) -> bool {
+        match *self {
+            Wanted::Relevance { query_labels, reference_labels } => {
+                let mut relevance = ids.map(|j| reference_labels[j as usize] == query_labels[i]);
+                let first = relevance.next();
+                relevance.all(|r| Some(r) == first)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The `k` exact nearest references of each query row (see the module docs), with what
+/// `wanted` asks for. `reference = None` searches the query set itself, excluding each
+/// query from its own list.
 pub fn neighbours(
     query: &Tensor,
     reference: Option<&Tensor>,
     k: usize,
     engine: Engine,
-    with_distances: bool,
+    wanted: Wanted<'_>,
 ) -> Result<Neighbours> {
     let available = check_inputs(query, reference)?;
     // Neighbours are read from values: no engine records gradients (the GEMM engine writes
@@ -143,7 +187,7 @@ pub fn neighbours(
         Engine::Auto => Engine::Gemm,
         e => e,
     };
-    let task = Task { engine, query, reference, k, with_distances };
+    let task = Task { engine, query, reference, k, wanted };
     let q = host_rows(query)?;
     let r = reference.map(host_rows).transpose()?;
     match (&q, &r) {
@@ -163,7 +207,7 @@ pub fn knn(
     k: usize,
     engine: Engine,
 ) -> Result<(Tensor, Tensor)> {
-    neighbours(query, reference, k, engine, true)?.to_tensors(query.device())
+    neighbours(query, reference, k, engine, Wanted::Distances)?.to_tensors(query.device())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -239,7 +283,12 @@ impl<T: Element> Rows<T> {
 /// The exact squared distance: float64 differences accumulated in float64, in a fixed
 /// order (eight interleaved partial sums, then summed pairwise), so every engine computes
 /// bit-identical values and the compiler can vectorise it.
-#[inline]
+/// Compiled for AVX-512 and AVX2 as well (runtime dispatch): the same operations in the
+/// same order, so the value does not depend on the CPU.
+#[multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512dq+avx512vl+avx2+fma+bmi1+bmi2+lzcnt+popcnt",
+    "x86_64+avx2+fma+bmi1+bmi2+lzcnt+popcnt"
+))]
 pub(crate) fn exact_sq_dist<T: Element>(a: &[T], b: &[T]) -> f64 {
     const LANES: usize = 8;
     let mut acc = [0.0f64; LANES];
@@ -279,14 +328,14 @@ struct Task<'a> {
     query: &'a Tensor,
     reference: Option<&'a Tensor>,
     k: usize,
-    with_distances: bool,
+    wanted: Wanted<'a>,
 }
 
 /// What the per-query work needs to know (shared by the rayon workers).
 #[derive(Clone, Copy)]
-struct Ordering {
+struct Ordering<'a> {
     k: usize,
-    with_distances: bool,
+    wanted: Wanted<'a>,
 }
 
 impl Task<'_> {
@@ -297,19 +346,19 @@ impl Task<'_> {
         let self_search = r.is_none();
         let available = refs.n - usize::from(self_search);
         let c = candidate_count(self.k, available);
-        let ordering = Ordering { k: self.k, with_distances: self.with_distances };
-        let (k, with_distances) = (self.k, self.with_distances);
+        let ordering = Ordering { k: self.k, wanted: self.wanted };
+        let (k, with_distances) = (self.k, self.wanted.distances());
         let answers = match self.engine {
             Engine::KdTree => kdtree_answers(q, refs, self_search, self.k, c)?,
             Engine::Torch => {
                 let lists = device_candidates(self.query, self.reference, c)?;
-                // float32 accumulation plus TF32 input rounding, should the caller enable it.
-                let gamma = gemm_error_factor(q.dim) + 2.0 * f64::powi(2.0, -11);
-                ordering.resolve_all(q, r, &lists, gamma)
+                // TF32 input rounding, should the caller enable it: 2 x 2^-11 per product.
+                let dot_error = gemm_dot_error(q.dim) + f64::powi(2.0, -10);
+                ordering.resolve_all(q, r, &lists, dot_error)
             }
             _ => {
                 let lists = gemm_candidates(q, r, c)?;
-                ordering.resolve_all(q, r, &lists, gemm_error_factor(q.dim))
+                ordering.resolve_all(q, r, &lists, gemm_dot_error(q.dim))
             }
         };
         let brute_force_rows = answers.iter().filter(|a| !a.certified).count();
@@ -337,11 +386,11 @@ impl Task<'_> {
             k: self.k,
             brute_force_rows,
             indices: Vec::with_capacity(q.n * self.k),
-            sq_distances: Vec::with_capacity(if self.with_distances { q.n * self.k } else { 0 }),
+            sq_distances: Vec::with_capacity(if with_distances { q.n * self.k } else { 0 }),
         };
         for answer in answers {
             out.indices.extend(answer.ids.iter().map(|&j| j as i64));
-            if self.with_distances {
+            if with_distances {
                 out.sq_distances.extend(answer.sq);
             }
         }
@@ -349,13 +398,13 @@ impl Task<'_> {
     }
 }
 
-impl Ordering {
+impl Ordering<'_> {
     fn resolve_all<T: Element>(
         &self,
         q: &Rows<T>,
         r: Option<&Rows<T>>,
         lists: &CandidateLists,
-        gamma: f64,
+        dot_error: f64,
     ) -> Vec<RowAnswer> {
         let refs = r.unwrap_or(q);
         let self_search = r.is_none();
@@ -366,20 +415,22 @@ impl Ordering {
         (0..q.n)
             .into_par_iter()
             .map(|i| {
-                let error = (gamma + 1e-12) * (q_norms[i].sqrt() + r_max).powi(2);
+                let error = key_error(dot_error, q_norms[i].sqrt(), r_max);
                 let candidates = lists.sorted_row(i);
                 let exhaustive = candidates.len() >= available;
-                self.resolve(q.row(i), refs, q_norms[i], &candidates, error, exhaustive)
+                self.resolve(i, q.row(i), refs, q_norms[i], &candidates, error, exhaustive)
             })
             .collect()
     }
 
     /// Orders one query's candidates (sorted by approximate key) exactly and certifies them.
     /// Keys of consecutive candidates more than `2 error` apart are in certain order; each
-    /// run of closer keys is re-ranked by the exact distance. `exhaustive` says that the
-    /// candidates are all the references.
+    /// run of closer keys is re-ranked by the exact distance (unless `wanted` does not need
+    /// its order). `exhaustive` says that the candidates are all the references.
+    #[allow(clippy::too_many_arguments)]
     fn resolve<T: Element>(
         &self,
+        i: usize,
         qi: &[T],
         refs: &Rows<T>,
         q_norm: f64,
@@ -398,9 +449,9 @@ impl Ordering {
             {
                 end += 1;
             }
-            if end - start == 1 {
-                let (key, id) = candidates[start];
-                ordered.push((id, f64::from(key), None));
+            let run = &candidates[start..end];
+            if run.len() == 1 || self.wanted.equally_relevant(i, run.iter().map(|p| p.1)) {
+                ordered.extend(run.iter().map(|&(key, id)| (id, f64::from(key), None)));
             } else {
                 let mut run: Vec<(f64, u32)> = candidates[start..end]
                     .iter()
@@ -418,7 +469,7 @@ impl Ordering {
             let worst_key = f64::from(candidates[candidates.len() - 1].0);
             kth_upper < q_norm + worst_key - error
         };
-        let sq = if self.with_distances {
+        let sq = if self.wanted.distances() {
             ordered
                 .iter()
                 .map(|&(id, _, exact)| {
@@ -437,10 +488,18 @@ fn candidate_count(k: usize, available: usize) -> usize {
     (k + 8 + k / 8).min(available)
 }
 
-/// gamma with |key error| <= gamma (|q| + max|r|)^2 for float32 GEMM keys of dimension `dim`
-/// (float32 accumulation, rounding of the inputs, norms and key to float32, 10% margin).
-fn gemm_error_factor(dim: usize) -> f64 {
-    (dim as f64 + 16.0) * f64::powi(2.0, -24) * 1.1
+/// `g = gamma_{D+2}`: |float32 dot product error| <= g |q| |r| for depth `dim`, whatever
+/// the summation order (see the module docs).
+fn gemm_dot_error(dim: usize) -> f64 {
+    let n = (dim + 2) as f64 * f64::powi(2.0, -24);
+    n / (1.0 - n)
+}
+
+/// `e`: |error of a float32 key `|r|^2 - 2 q.r`| for a query of norm `q_norm`, references of
+/// norm at most `r_max` and dot products off by at most `dot_error |q| |r|` (module docs).
+fn key_error(dot_error: f64, q_norm: f64, r_max: f64) -> f64 {
+    let u = f64::powi(2.0, -24);
+    1.1 * (2.0 * (dot_error + u) * q_norm * r_max + 2.0 * u * r_max * r_max) + 1e-30
 }
 
 /// Exact distances of one query to every reference, sorted by the tie rule, first `k`.
@@ -466,58 +525,206 @@ fn brute_force_row<T: Element>(
 // ---------------------------------------------------------------------------------------
 // Candidate generators
 
-/// CPU candidates: blocked GEMM, each block scanned into bounded candidate lists (rows, and
-/// columns too when the query set is the reference set, so only blocks with J >= I run).
+/// CPU candidates: tiles of the float32 GEMM, each scanned into bounded candidate lists by
+/// the rayon worker that computed it (one torch thread per worker, `threads`), so no tile
+/// is handed between thread pools. Self-search computes only the tiles (I, J) with J >= I;
+/// each serves the rows of I and, transposed, the rows of J.
 fn gemm_candidates<T: Element>(
     q: &Rows<T>,
     r: Option<&Rows<T>>,
     c: usize,
 ) -> Result<CandidateLists> {
-    let refs = r.unwrap_or(q);
-    let self_search = r.is_none();
     let qf = q.float32()?;
-    let rf = match r {
-        Some(r) => r.float32()?,
-        None => qf.shallow_clone(),
-    };
     let q_norms: Vec<f32> = q.sq_norms().iter().map(|&v| v as f32).collect();
-    let r_norms: Vec<f32> = match r {
-        Some(r) => r.sq_norms().iter().map(|&v| v as f32).collect(),
-        None => q_norms.clone(),
+    let tiles = match r {
+        Some(r) => {
+            Tiles::new(qf, r.float32()?, q_norms, r.sq_norms().iter().map(|&v| v as f32).collect())
+        }
+        None => Tiles::new(qf.shallow_clone(), qf, q_norms.clone(), q_norms),
     };
-    let mut lists = CandidateLists::new(q.n, c);
-    let block_buffer = Tensor::f_empty([(BLOCK * BLOCK) as i64], (Kind::Float, Device::Cpu))?;
-    for i0 in (0..q.n).step_by(BLOCK) {
-        let i1 = (i0 + BLOCK).min(q.n);
-        let q_block = qf.f_narrow(0, i0 as i64, (i1 - i0) as i64)?;
-        let first_j = if self_search { i0 } else { 0 };
-        for j0 in (first_j..refs.n).step_by(BLOCK) {
-            let j1 = (j0 + BLOCK).min(refs.n);
-            let width = j1 - j0;
-            let r_block = rf.f_narrow(0, j0 as i64, width as i64)?;
-            let out = block_buffer
-                .f_narrow(0, 0, ((i1 - i0) * width) as i64)?
-                .f_view([(i1 - i0) as i64, width as i64])?;
-            let dots = q_block.f_mm_out(&out, &r_block.f_tr()?)?;
-            // The product is contiguous float32 on the CPU, owned by `dots`.
-            let block: &[f32] = unsafe {
-                std::slice::from_raw_parts(dots.data_ptr() as *const f32, (i1 - i0) * width)
-            };
-            let diagonal = self_search && i0 == j0;
-            lists.rows_mut(i0, i1).par_iter_mut().enumerate().for_each(|(row, list)| {
-                let dots = &block[row * width..(row + 1) * width];
-                list.scan(dots, &r_norms[j0..j1], j0 as u32, diagonal.then_some(row));
-            });
-            if self_search && j0 > i0 {
-                // Block (I, J) transposed is block (J, I): offer it to the rows of J.
-                let mut column_lists = lists.rows_mut(j0, j1);
-                column_lists.par_chunks_mut(64).enumerate().for_each(|(chunk, lists)| {
-                    scan_columns(lists, block, width, chunk * 64, &q_norms[i0..i1], i0 as u32);
-                });
+    match r {
+        Some(r) => tiles.reference_candidates(q.n, r.n, c),
+        None => tiles.self_candidates(q.n, c),
+    }
+}
+
+/// The GEMM tiles of query rows against reference rows, with one output buffer per worker.
+struct Tiles {
+    q: Tensor,
+    r: Tensor,
+    q_norms: Vec<f32>,
+    r_norms: Vec<f32>,
+    buffers: Vec<Mutex<Option<Tensor>>>,
+}
+
+// The workers only take views of `q` and `r` and read them (torch's views and reads are
+// thread-safe), and each buffer is behind its mutex.
+unsafe impl Sync for Tiles {}
+
+impl Tiles {
+    fn new(q: Tensor, r: Tensor, q_norms: Vec<f32>, r_norms: Vec<f32>) -> Self {
+        let buffers = (0..=rayon::current_num_threads()).map(|_| Mutex::new(None)).collect();
+        Tiles { q, r, q_norms, r_norms, buffers }
+    }
+
+    /// Calls `scan` with the row-major dot products of query rows `rows` and reference rows
+    /// `cols`, computed on the calling thread into its buffer.
+    fn with_tile<R>(
+        &self,
+        rows: Range<usize>,
+        cols: Range<usize>,
+        scan: impl FnOnce(&[f32]) -> R,
+    ) -> Result<R> {
+        threads::single_threaded_torch();
+        let _no_grad = tch::no_grad_guard();
+        let slot = rayon::current_thread_index().unwrap_or(self.buffers.len() - 1);
+        let mut buffer = self.buffers[slot]
+            .lock()
+            .map_err(|_| SladeError::Internal("a k-NN worker panicked".into()))?;
+        if buffer.is_none() {
+            *buffer = Some(Tensor::f_empty([(BLOCK * BLOCK) as i64], (Kind::Float, Device::Cpu))?);
+        }
+        let (height, width) = (rows.len(), cols.len());
+        let out = buffer
+            .as_ref()
+            .expect("allocated above")
+            .f_narrow(0, 0, (height * width) as i64)?
+            .f_view([height as i64, width as i64])?;
+        let q_rows = self.q.f_narrow(0, rows.start as i64, height as i64)?;
+        let r_rows = self.r.f_narrow(0, cols.start as i64, width as i64)?;
+        let dots = q_rows.f_mm_out(&out, &r_rows.f_tr()?)?;
+        // The product is contiguous float32 on the CPU, in this worker's buffer.
+        let block =
+            unsafe { std::slice::from_raw_parts(dots.data_ptr() as *const f32, height * width) };
+        Ok(scan(block))
+    }
+
+    /// Self-search: the tiles (I, J), J >= I, in rounds in which no stripe occurs twice
+    /// (`tile_rounds`), so the tiles of a round update disjoint lists in parallel.
+    fn self_candidates(&self, n: usize, c: usize) -> Result<CandidateLists> {
+        let mut lists = CandidateLists::new(n, c);
+        let mut rows = lists.rows_mut(0, n);
+        let mut stripes: Vec<Option<&mut [RowList<'_>]>> =
+            rows.chunks_mut(BLOCK).map(Some).collect();
+        for round in tile_rounds(stripes.len()) {
+            let mut tasks: Vec<_> = round
+                .iter()
+                .map(|&(a, b)| {
+                    let rows_a = stripes[a].take().expect("a stripe occurs once per round");
+                    let rows_b = (a != b)
+                        .then(|| stripes[b].take().expect("a stripe occurs once per round"));
+                    (a, b, rows_a, rows_b)
+                })
+                .collect();
+            tasks.par_iter_mut().try_for_each(|(a, b, rows_a, rows_b)| {
+                self.self_tile(*a, *b, rows_a, rows_b.as_deref_mut())
+            })?;
+            for (a, b, rows_a, rows_b) in tasks {
+                stripes[a] = Some(rows_a);
+                if let Some(rows_b) = rows_b {
+                    stripes[b] = Some(rows_b);
+                }
             }
         }
+        drop(stripes);
+        drop(rows);
+        Ok(lists)
     }
-    Ok(lists)
+
+    /// Tile (I, J) of a self-search offered to the rows of stripe I (itself skipped on the
+    /// diagonal) and, when J > I, by columns to the rows of stripe J.
+    fn self_tile(
+        &self,
+        a: usize,
+        b: usize,
+        rows_a: &mut [RowList<'_>],
+        rows_b: Option<&mut [RowList<'_>]>,
+    ) -> Result<()> {
+        let (i0, j0) = (a * BLOCK, b * BLOCK);
+        let (height, width) = (rows_a.len(), rows_b.as_ref().map_or(rows_a.len(), |r| r.len()));
+        self.with_tile(i0..i0 + height, j0..j0 + width, |block| {
+            for (row, list) in rows_a.iter_mut().enumerate() {
+                let dots = &block[row * width..(row + 1) * width];
+                list.scan(dots, &self.r_norms[j0..j0 + width], j0 as u32, (a == b).then_some(row));
+            }
+            if let Some(rows_b) = rows_b {
+                for (chunk, lists) in rows_b.chunks_mut(CHUNK).enumerate() {
+                    scan_columns(
+                        lists,
+                        block,
+                        width,
+                        chunk * CHUNK,
+                        &self.q_norms[i0..i0 + height],
+                        i0 as u32,
+                    );
+                }
+            }
+        })
+    }
+
+    /// Queries against separate references: per stripe of queries, the reference blocks in
+    /// parallel, each worker into lists of its own, merged at the end.
+    fn reference_candidates(&self, nq: usize, nr: usize, c: usize) -> Result<CandidateLists> {
+        let mut lists = CandidateLists::new(nq, c);
+        for i0 in (0..nq).step_by(BLOCK) {
+            let height = BLOCK.min(nq - i0);
+            let stripe = (0..nr.div_ceil(BLOCK))
+                .into_par_iter()
+                .try_fold(
+                    || CandidateLists::new(height, c),
+                    |mut part, block| {
+                        let j0 = block * BLOCK;
+                        let width = BLOCK.min(nr - j0);
+                        self.with_tile(i0..i0 + height, j0..j0 + width, |dots| {
+                            for (row, list) in part.rows_mut(0, height).iter_mut().enumerate() {
+                                list.scan(
+                                    &dots[row * width..(row + 1) * width],
+                                    &self.r_norms[j0..j0 + width],
+                                    j0 as u32,
+                                    None,
+                                );
+                            }
+                        })?;
+                        Ok::<_, SladeError>(part)
+                    },
+                )
+                .try_reduce(
+                    || CandidateLists::new(height, c),
+                    |mut merged, part| {
+                        merged.absorb(0, &part);
+                        Ok(merged)
+                    },
+                )?;
+            lists.absorb(i0, &stripe);
+        }
+        Ok(lists)
+    }
+}
+
+/// The tiles (I, J), I <= J, of `stripes` stripes in rounds in which every stripe occurs at
+/// most once (a round-robin tournament by the circle method; a stripe paired with the extra
+/// player of an odd count, or in the last round of an even one, takes its diagonal tile).
+fn tile_rounds(stripes: usize) -> Vec<Vec<(usize, usize)>> {
+    let players = stripes + stripes % 2;
+    let mut rounds: Vec<Vec<(usize, usize)>> = (0..players - 1)
+        .map(|round| {
+            let fixed = (round, players - 1);
+            let rotating = (1..players / 2)
+                .map(|k| ((round + k) % (players - 1), (round + players - 1 - k) % (players - 1)));
+            std::iter::once(fixed)
+                .chain(rotating)
+                .map(|(a, b)| match (a < stripes, b < stripes) {
+                    (true, true) => (a.min(b), a.max(b)),
+                    (true, false) => (a, a),
+                    _ => (b, b),
+                })
+                .collect()
+        })
+        .collect();
+    if stripes.is_multiple_of(2) {
+        rounds.push((0..stripes).map(|i| (i, i)).collect());
+    }
+    rounds
 }
 
 /// Device candidates (the CUDA path): per query block, float32 GEMM against each reference
@@ -541,16 +748,16 @@ fn device_candidates(
         .f_square()?
         .f_sum_dim_intlist(1, false, Kind::Double)?
         .f_to_kind(Kind::Float)?;
-    let block = BLOCK as i64;
+    let block = DEVICE_BLOCK as i64;
     let c = c as i64;
     let mut keys_host = Vec::with_capacity((nq * c) as usize);
     let mut ids_host = Vec::with_capacity((nq * c) as usize);
-    for i0 in (0..nq).step_by(BLOCK) {
+    for i0 in (0..nq).step_by(DEVICE_BLOCK) {
         let rows = block.min(nq - i0);
         let q_block = qf.f_narrow(0, i0, rows)?;
         let mut best_keys = Tensor::f_empty([rows, 0], (Kind::Float, device))?;
         let mut best_ids = Tensor::f_empty([rows, 0], (Kind::Int64, device))?;
-        for j0 in (0..nr).step_by(BLOCK) {
+        for j0 in (0..nr).step_by(DEVICE_BLOCK) {
             let cols = block.min(nr - j0);
             let dots = q_block.f_mm(&rf.f_narrow(0, j0, cols)?.f_tr()?)?;
             let mut keys = r_norms.f_narrow(0, j0, cols)?.f_unsqueeze(0)?.f_sub(&(dots * 2.0))?;
@@ -668,7 +875,7 @@ mod tests {
             for k in [1, 5, 37] {
                 let expected = brute(&x, &x, true, k);
                 for engine in [Engine::Gemm, Engine::KdTree, Engine::Torch] {
-                    let got = neighbours(&xt, None, k, engine, true).unwrap();
+                    let got = neighbours(&xt, None, k, engine, Wanted::Distances).unwrap();
                     for (i, row) in expected.iter().enumerate() {
                         let got_row: Vec<u32> =
                             got.row_indices(i).iter().map(|&v| v as u32).collect();
@@ -688,7 +895,9 @@ mod tests {
         let r = random_rows(4100, 8, 2, 4.0);
         let expected = brute(&q, &r, false, 10);
         for engine in [Engine::Gemm, Engine::KdTree, Engine::Torch] {
-            let got = neighbours(&to_tensor(&q), Some(&to_tensor(&r)), 10, engine, true).unwrap();
+            let got =
+                neighbours(&to_tensor(&q), Some(&to_tensor(&r)), 10, engine, Wanted::Distances)
+                    .unwrap();
             for (i, row) in expected.iter().enumerate() {
                 let got_row: Vec<u32> = got.row_indices(i).iter().map(|&v| v as u32).collect();
                 assert_eq!(&got_row, row, "engine {engine:?} row {i}");
@@ -697,10 +906,35 @@ mod tests {
     }
 
     #[test]
+    fn tile_rounds_cover_each_tile_once_with_disjoint_stripes() {
+        for stripes in 1..=9 {
+            let mut seen = std::collections::HashSet::new();
+            for round in tile_rounds(stripes) {
+                let mut used = std::collections::HashSet::new();
+                for &(a, b) in &round {
+                    assert!(a <= b && b < stripes);
+                    assert!(
+                        used.insert(a) && (a == b || used.insert(b)),
+                        "stripe twice in a round"
+                    );
+                    assert!(seen.insert((a, b)), "tile ({a}, {b}) twice");
+                }
+            }
+            assert_eq!(seen.len(), stripes * (stripes + 1) / 2, "stripes {stripes}");
+        }
+    }
+
+    #[test]
     fn rejects_bad_k() {
         let x = Tensor::randn([5, 3], (Kind::Float, Device::Cpu));
-        assert!(matches!(neighbours(&x, None, 5, Engine::Auto, false), Err(SladeError::Value(_))));
-        assert!(matches!(neighbours(&x, None, 0, Engine::Auto, false), Err(SladeError::Value(_))));
-        assert!(neighbours(&x, None, 4, Engine::Auto, false).is_ok());
+        assert!(matches!(
+            neighbours(&x, None, 5, Engine::Auto, Wanted::Order),
+            Err(SladeError::Value(_))
+        ));
+        assert!(matches!(
+            neighbours(&x, None, 0, Engine::Auto, Wanted::Order),
+            Err(SladeError::Value(_))
+        ));
+        assert!(neighbours(&x, None, 4, Engine::Auto, Wanted::Order).is_ok());
     }
 }

@@ -19,7 +19,7 @@
 use crate::bail;
 use crate::cluster::{self, KMeansOptions};
 use crate::error::Result;
-use crate::retrieval::knn::{check_inputs, neighbours, Engine, Neighbours};
+use crate::retrieval::knn::{check_inputs, neighbours, Engine, Neighbours, Wanted};
 use crate::validate;
 use rayon::prelude::*;
 use std::collections::HashMap;
@@ -109,7 +109,8 @@ pub fn retrieval_metrics(
         ),
         Some(k) => k,
     };
-    let nn = neighbours(query, reference.map(|r| r.0), k, options.engine, false)?;
+    let wanted = Wanted::Relevance { query_labels: &q_labels, reference_labels: &r_labels };
+    let nn = neighbours(query, reference.map(|r| r.0), k, options.engine, wanted)?;
     let mut metrics = summarise(&nn, &q_labels, &r_labels, &relevant, options);
     if options.nmi {
         metrics.push(("nmi".to_string(), clustering_nmi(query, &q_labels)?));
@@ -208,6 +209,7 @@ fn summarise(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::retrieval::knn::{neighbours, Wanted};
     use tch::{Device, Kind};
 
     #[test]
@@ -235,6 +237,30 @@ mod tests {
         for (name, value) in m {
             assert!((value - 1.0).abs() < 1e-12, "{name} = {value}");
         }
+    }
+
+    #[test]
+    fn relevance_order_gives_the_hits_of_the_exact_order() {
+        // Many near-equal distances (points on a coarse grid plus float32 noise below the key
+        // error), so runs of candidates that only the exact distance orders are common.
+        tch::manual_seed(3);
+        let grid = (Tensor::randn([3000, 16], (Kind::Double, Device::Cpu)) * 2.0).round() / 2.0;
+        let x = (grid + Tensor::randn([3000, 16], (Kind::Double, Device::Cpu)) * 1e-7)
+            .to_kind(Kind::Float);
+        let labels = Tensor::randint(4, [3000], (Kind::Int64, Device::Cpu));
+        let label_vec: Vec<i64> = Vec::try_from(&labels).unwrap();
+        let wanted = Wanted::Relevance { query_labels: &label_vec, reference_labels: &label_vec };
+        let fast = neighbours(&x, None, 40, Engine::Gemm, wanted).unwrap();
+        let exact = neighbours(&x, None, 40, Engine::Gemm, Wanted::Order).unwrap();
+        let mut reordered = 0;
+        for i in 0..3000 {
+            let hits = |nn: &Neighbours| -> Vec<bool> {
+                nn.row_indices(i).iter().map(|&j| label_vec[j as usize] == label_vec[i]).collect()
+            };
+            assert_eq!(hits(&fast), hits(&exact), "row {i}");
+            reordered += usize::from(fast.row_indices(i) != exact.row_indices(i));
+        }
+        assert!(reordered > 0, "the data should contain runs ordered only by relevance");
     }
 
     #[test]

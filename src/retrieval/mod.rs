@@ -4,5 +4,5 @@ pub mod knn;
 pub mod metrics;
 mod topk;
 
-pub use knn::{knn, neighbours, Engine, Neighbours};
+pub use knn::{knn, neighbours, Engine, Neighbours, Wanted};
 pub use metrics::{retrieval_metrics, MetricOptions, Metrics};

@@ -7,9 +7,10 @@
 //! dropped is >= the largest key finally kept. Keys are approximate; candidates are re-ranked
 //! exactly afterwards.
 
-/// Keys are compared 16 at a time: a chunk with no key below the threshold is skipped
-/// without touching the buffer (the common case once a row has seen enough keys).
-const CHUNK: usize = 16;
+/// Keys are compared 64 at a time into a bit mask, and only the keys below their list's
+/// threshold (the set bits) touch a buffer: after the first keys a row has seen, most
+/// chunks have none.
+pub const CHUNK: usize = 64;
 
 /// The candidate lists of all rows, in one flat buffer.
 pub struct CandidateLists {
@@ -63,14 +64,33 @@ impl CandidateLists {
             .collect()
     }
 
+    /// Offers every candidate of `other` to the rows from `first_row` on (row `r` of `other`
+    /// to row `first_row + r`): the merge of lists that saw disjoint references.
+    pub fn absorb(&mut self, first_row: usize, other: &CandidateLists) {
+        let rows = other.lens.len();
+        for (r, list) in self.rows_mut(first_row, first_row + rows).iter_mut().enumerate() {
+            let base = r * other.slots;
+            for &(key, id) in &other.items[base..base + other.lens[r] as usize] {
+                if key < *list.threshold {
+                    list.push(key, id);
+                }
+            }
+        }
+    }
+
     /// The candidates of `row` sorted by (key, id): at most `c`, all of them when the row
     /// saw fewer. Every key not returned is >= the last key returned.
     pub fn sorted_row(&self, row: usize) -> Vec<(f32, u32)> {
         let base = row * self.slots;
         let len = self.lens[row] as usize;
         let mut items = self.items[base..base + len].to_vec();
-        items.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-        items.truncate(self.c);
+        let by_key_then_id =
+            |a: &(f32, u32), b: &(f32, u32)| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1));
+        if items.len() > self.c {
+            items.select_nth_unstable_by(self.c - 1, by_key_then_id);
+            items.truncate(self.c);
+        }
+        items.sort_unstable_by(by_key_then_id);
         items
     }
 }
@@ -98,45 +118,156 @@ impl RowList<'_> {
     /// Offers the keys `base[j] - 2 * dots[j]` with ids `first_id + j`, skipping `skip`.
     #[inline]
     pub fn scan(&mut self, dots: &[f32], base: &[f32], first_id: u32, skip: Option<usize>) {
-        let full = dots.len() / CHUNK * CHUNK;
-        for start in (0..full).step_by(CHUNK) {
-            let dots: &[f32; CHUNK] = dots[start..start + CHUNK].try_into().unwrap();
-            let base: &[f32; CHUNK] = base[start..start + CHUNK].try_into().unwrap();
-            let threshold = *self.threshold;
-            let mut below = false;
-            for l in 0..CHUNK {
-                below |= base[l] - 2.0 * dots[l] < threshold;
-            }
-            if below {
-                self.offer(dots, base, start, first_id, skip);
+        scan_row(self, dots, base, first_id, skip);
+    }
+}
+
+/// Bit `l` set where the key `base[l] - 2 dots[l]` (written to `keys[l]`) is below
+/// `thresholds[l]`: one pass over a chunk, after which only the set bits are visited.
+/// `Lanes` is one value per key (`&[f32; CHUNK]`) or one for all (`f32`). The AVX-512 and
+/// AVX2 forms compute the same keys (`2 dots` is exact, so one rounding either way) and the
+/// same comparison (false for NaN).
+trait Lanes: Copy {
+    fn lane(self, l: usize) -> f32;
+}
+
+impl Lanes for f32 {
+    #[inline(always)]
+    fn lane(self, _: usize) -> f32 {
+        self
+    }
+}
+
+impl Lanes for &[f32; CHUNK] {
+    #[inline(always)]
+    fn lane(self, l: usize) -> f32 {
+        self[l]
+    }
+}
+
+/// The portable form of the mask (see `Lanes`).
+#[inline(always)]
+fn mask_portable(
+    dots: &[f32; CHUNK],
+    base: impl Lanes,
+    thresholds: impl Lanes,
+    keys: &mut [f32; CHUNK],
+) -> u64 {
+    let mut mask = 0u64;
+    for l in 0..CHUNK {
+        keys[l] = base.lane(l) - 2.0 * dots[l];
+        mask |= u64::from(keys[l] < thresholds.lane(l)) << l;
+    }
+    mask
+}
+
+/// The scan loops, each instantiated per instruction set (`x86`) with its mask.
+#[inline(always)]
+fn scan_row_with<M>(
+    list: &mut RowList<'_>,
+    dots: &[f32],
+    base: &[f32],
+    first_id: u32,
+    skip: Option<usize>,
+    mask_of: M,
+) where
+    M: Fn(&[f32; CHUNK], &[f32; CHUNK], f32, &mut [f32; CHUNK]) -> u64,
+{
+    let mut keys = [0f32; CHUNK];
+    let full = dots.len() / CHUNK * CHUNK;
+    let offer = |start: usize, mut mask: u64, keys: &[f32; CHUNK], list: &mut RowList<'_>| {
+        while mask != 0 {
+            let l = mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            if keys[l] < *list.threshold && Some(start + l) != skip {
+                list.push(keys[l], first_id + (start + l) as u32);
             }
         }
-        self.offer(&dots[full..], &base[full..], full, first_id, skip);
+    };
+    for start in (0..full).step_by(CHUNK) {
+        let d: &[f32; CHUNK] = dots[start..start + CHUNK].try_into().expect("a whole chunk");
+        let b: &[f32; CHUNK] = base[start..start + CHUNK].try_into().expect("a whole chunk");
+        let mask = mask_of(d, b, *list.threshold, &mut keys);
+        offer(start, mask, &keys, list);
     }
+    if full < dots.len() {
+        let (d, b) = (padded(&dots[full..], 0.0), padded(&base[full..], f32::INFINITY));
+        let mask = mask_of(&d, &b, *list.threshold, &mut keys);
+        offer(full, mask, &keys, list);
+    }
+}
 
-    /// Pushes the keys of one chunk that are below the threshold.
-    #[inline(never)]
-    fn offer(
-        &mut self,
-        dots: &[f32],
-        base: &[f32],
-        start: usize,
-        first_id: u32,
-        skip: Option<usize>,
-    ) {
-        for (j, (&dot, &b)) in dots.iter().zip(base).enumerate() {
-            let key = b - 2.0 * dot;
-            let j = start + j;
-            if key < *self.threshold && Some(j) != skip {
-                self.push(key, first_id + j as u32);
+#[inline(always)]
+fn scan_columns_with<M>(
+    lists: &mut [RowList<'_>],
+    block: &[f32],
+    block_cols: usize,
+    first_col: usize,
+    base: &[f32],
+    first_id: u32,
+    mask_of: M,
+) where
+    M: Fn(&[f32; CHUNK], f32, &[f32; CHUNK], &mut [f32; CHUNK]) -> u64,
+{
+    let width = lists.len();
+    assert!(width <= CHUNK, "scan_columns takes at most {CHUNK} columns");
+    let mut thresholds = [f32::NEG_INFINITY; CHUNK];
+    for (threshold, list) in thresholds.iter_mut().zip(lists.iter()) {
+        *threshold = *list.threshold;
+    }
+    let mut keys = [0f32; CHUNK];
+    for (i, &b) in base.iter().enumerate() {
+        let start = i * block_cols + first_col;
+        let mut mask = match <&[f32; CHUNK]>::try_from(&block[start..start + width]) {
+            Ok(dots) => mask_of(dots, b, &thresholds, &mut keys),
+            Err(_) => {
+                mask_of(&padded(&block[start..start + width], 0.0), b, &thresholds, &mut keys)
+            }
+        };
+        while mask != 0 {
+            let l = mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            if keys[l] < thresholds[l] {
+                lists[l].push(keys[l], first_id + i as u32);
+                thresholds[l] = *lists[l].threshold;
             }
         }
     }
 }
 
-/// Offers the columns `first_col..first_col + lists.len()` of a row-major block
-/// (`block_cols` wide) to one list per column: the transposed scan used when the query set is
-/// the reference set, so each block product serves both its rows and its columns.
+/// The first `values.len() <= CHUNK` values, padded with `fill`.
+#[inline(always)]
+fn padded(values: &[f32], fill: f32) -> [f32; CHUNK] {
+    let mut out = [fill; CHUNK];
+    out[..values.len()].copy_from_slice(values);
+    out
+}
+
+/// `RowList::scan` (see its doc), on the widest instruction set the CPU has.
+fn scan_row(
+    list: &mut RowList<'_>,
+    dots: &[f32],
+    base: &[f32],
+    first_id: u32,
+    skip: Option<usize>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // Sound: the CPU has AVX-512F.
+            return unsafe { x86::scan_row_avx512(list, dots, base, first_id, skip) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // Sound: the CPU has AVX2.
+            return unsafe { x86::scan_row_avx2(list, dots, base, first_id, skip) };
+        }
+    }
+    scan_row_with(list, dots, base, first_id, skip, |d, b, t, k| mask_portable(d, b, t, k));
+}
+
+/// Offers the columns `first_col..first_col + lists.len()` (at most `CHUNK`) of a row-major
+/// block (`block_cols` wide) to one list per column: the transposed scan used when the query
+/// set is the reference set, so each block product serves both its rows and its columns.
 /// Row `i` of the block has reference id `first_id + i` and key `base[i] - 2 * block[i, col]`.
 pub fn scan_columns(
     lists: &mut [RowList<'_>],
@@ -146,25 +277,163 @@ pub fn scan_columns(
     base: &[f32],
     first_id: u32,
 ) {
-    let width = lists.len();
-    let mut thresholds: Vec<f32> = lists.iter().map(|list| *list.threshold).collect();
-    for (i, &b) in base.iter().enumerate() {
-        let start = i * block_cols + first_col;
-        let dots = &block[start..start + width];
-        let mut below = false;
-        for (&dot, &threshold) in dots.iter().zip(&thresholds) {
-            below |= b - 2.0 * dot < threshold;
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // Sound: the CPU has AVX-512F.
+            return unsafe {
+                x86::scan_columns_avx512(lists, block, block_cols, first_col, base, first_id)
+            };
         }
-        if !below {
-            continue;
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // Sound: the CPU has AVX2.
+            return unsafe {
+                x86::scan_columns_avx2(lists, block, block_cols, first_col, base, first_id)
+            };
         }
-        for ((list, threshold), &dot) in lists.iter_mut().zip(thresholds.iter_mut()).zip(dots) {
-            let key = b - 2.0 * dot;
-            if key < *threshold {
-                list.push(key, first_id + i as u32);
-                *threshold = *list.threshold;
-            }
+    }
+    scan_columns_with(lists, block, block_cols, first_col, base, first_id, |d, b, t, k| {
+        mask_portable(d, b, t, k)
+    });
+}
+
+/// The scans compiled for AVX-512 and AVX2, with their masks in intrinsics.
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{scan_columns_with, scan_row_with, Lanes, RowList, CHUNK};
+    use std::arch::x86_64::*;
+
+    /// `Lanes` as a vector of 16 or 8 floats from lane `v` on.
+    trait Load: Lanes {
+        unsafe fn load512(self, v: usize) -> __m512;
+        unsafe fn load256(self, v: usize) -> __m256;
+    }
+
+    impl Load for f32 {
+        #[inline(always)]
+        unsafe fn load512(self, _: usize) -> __m512 {
+            _mm512_set1_ps(self)
         }
+        #[inline(always)]
+        unsafe fn load256(self, _: usize) -> __m256 {
+            _mm256_set1_ps(self)
+        }
+    }
+
+    impl Load for &[f32; CHUNK] {
+        #[inline(always)]
+        unsafe fn load512(self, v: usize) -> __m512 {
+            _mm512_loadu_ps(self.as_ptr().add(v))
+        }
+        #[inline(always)]
+        unsafe fn load256(self, v: usize) -> __m256 {
+            _mm256_loadu_ps(self.as_ptr().add(v))
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn mask_avx512(
+        dots: &[f32; CHUNK],
+        base: impl Load,
+        thresholds: impl Load,
+        keys: &mut [f32; CHUNK],
+    ) -> u64 {
+        let two = _mm512_set1_ps(2.0);
+        let mut mask = 0u64;
+        for v in (0..CHUNK).step_by(16) {
+            let d = _mm512_loadu_ps(dots.as_ptr().add(v));
+            let k = _mm512_sub_ps(base.load512(v), _mm512_mul_ps(two, d));
+            _mm512_storeu_ps(keys.as_mut_ptr().add(v), k);
+            mask |= u64::from(_mm512_cmp_ps_mask::<_CMP_LT_OQ>(k, thresholds.load512(v))) << v;
+        }
+        mask
+    }
+
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn mask_avx2(
+        dots: &[f32; CHUNK],
+        base: impl Load,
+        thresholds: impl Load,
+        keys: &mut [f32; CHUNK],
+    ) -> u64 {
+        let two = _mm256_set1_ps(2.0);
+        let mut mask = 0u64;
+        for v in (0..CHUNK).step_by(8) {
+            let d = _mm256_loadu_ps(dots.as_ptr().add(v));
+            let k = _mm256_sub_ps(base.load256(v), _mm256_mul_ps(two, d));
+            _mm256_storeu_ps(keys.as_mut_ptr().add(v), k);
+            let below = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_LT_OQ>(k, thresholds.load256(v)));
+            mask |= u64::from(below as u32) << v;
+        }
+        mask
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn scan_row_avx512(
+        list: &mut RowList<'_>,
+        dots: &[f32],
+        base: &[f32],
+        first_id: u32,
+        skip: Option<usize>,
+    ) {
+        scan_row_with(list, dots, base, first_id, skip, |d, b, t, k| unsafe {
+            mask_avx512(d, b, t, k)
+        });
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn scan_row_avx2(
+        list: &mut RowList<'_>,
+        dots: &[f32],
+        base: &[f32],
+        first_id: u32,
+        skip: Option<usize>,
+    ) {
+        scan_row_with(list, dots, base, first_id, skip, |d, b, t, k| unsafe {
+            mask_avx2(d, b, t, k)
+        });
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn scan_columns_avx512(
+        lists: &mut [RowList<'_>],
+        block: &[f32],
+        block_cols: usize,
+        first_col: usize,
+        base: &[f32],
+        first_id: u32,
+    ) {
+        scan_columns_with(
+            lists,
+            block,
+            block_cols,
+            first_col,
+            base,
+            first_id,
+            |d, b, t, k| unsafe { mask_avx512(d, b, t, k) },
+        );
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn scan_columns_avx2(
+        lists: &mut [RowList<'_>],
+        block: &[f32],
+        block_cols: usize,
+        first_col: usize,
+        base: &[f32],
+        first_id: u32,
+    ) {
+        scan_columns_with(
+            lists,
+            block,
+            block_cols,
+            first_col,
+            base,
+            first_id,
+            |d, b, t, k| unsafe { mask_avx2(d, b, t, k) },
+        );
     }
 }
 
