@@ -38,7 +38,7 @@ use tch::{Device, Kind, Tensor};
 
 /// Embedding dimension at or below which `Engine::Auto` uses the k-d tree on CPU
 /// (measured by `bench/knn_crossover.py`; see bench/README.md).
-pub const KDTREE_MAX_DIM: usize = 10;
+pub const KDTREE_MAX_DIM: usize = 5;
 
 /// Points per k-d tree leaf.
 const KDTREE_LEAF_SIZE: usize = 32;

@@ -1,7 +1,7 @@
 //! Bounded per-row candidate lists for the blocked k-NN scan.
 //!
 //! Each row keeps at least its `c` smallest keys seen so far: keys below the row's threshold
-//! are appended to a buffer of `2c + 32` slots; when it is full, a selection keeps the `c`
+//! are appended to a buffer of `c + c/2 + 32` slots; when it is full, a selection keeps the `c`
 //! smallest and the threshold drops to the largest of them. A key is therefore rejected with
 //! one comparison, and (the invariant the exact re-rank relies on) every key ever rejected or
 //! dropped is >= the largest key finally kept. Keys are approximate; candidates are re-ranked
@@ -31,7 +31,7 @@ pub struct RowList<'a> {
 
 impl CandidateLists {
     pub fn new(rows: usize, c: usize) -> Self {
-        let slots = 2 * c + 32;
+        let slots = c + c / 2 + 32;
         CandidateLists {
             c,
             slots,
