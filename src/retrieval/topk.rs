@@ -304,7 +304,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     /// `Lanes` as a vector of 16 or 8 floats from lane `v` on.
-    trait Load: Lanes {
+    pub(super) trait Load: Lanes {
         unsafe fn load512(self, v: usize) -> __m512;
         unsafe fn load256(self, v: usize) -> __m256;
     }
@@ -333,7 +333,7 @@ mod x86 {
 
     #[target_feature(enable = "avx512f")]
     #[inline]
-    unsafe fn mask_avx512(
+    pub(super) unsafe fn mask_avx512(
         dots: &[f32; CHUNK],
         base: impl Load,
         thresholds: impl Load,
@@ -352,7 +352,7 @@ mod x86 {
 
     #[target_feature(enable = "avx2")]
     #[inline]
-    unsafe fn mask_avx2(
+    pub(super) unsafe fn mask_avx2(
         dots: &[f32; CHUNK],
         base: impl Load,
         thresholds: impl Load,
@@ -370,71 +370,46 @@ mod x86 {
         mask
     }
 
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn scan_row_avx512(
-        list: &mut RowList<'_>,
-        dots: &[f32],
-        base: &[f32],
-        first_id: u32,
-        skip: Option<usize>,
-    ) {
-        scan_row_with(list, dots, base, first_id, skip, |d, b, t, k| unsafe {
-            mask_avx512(d, b, t, k)
-        });
+    /// The two scans compiled with `$feature`, each with the mask `$mask` inlined.
+    macro_rules! scans {
+        ($feature:literal, $row:ident, $columns:ident, $mask:ident) => {
+            #[target_feature(enable = $feature)]
+            pub(super) unsafe fn $row(
+                list: &mut RowList<'_>,
+                dots: &[f32],
+                base: &[f32],
+                first_id: u32,
+                skip: Option<usize>,
+            ) {
+                scan_row_with(list, dots, base, first_id, skip, |d, b, t, k| unsafe {
+                    $mask(d, b, t, k)
+                });
+            }
+
+            #[target_feature(enable = $feature)]
+            pub(super) unsafe fn $columns(
+                lists: &mut [RowList<'_>],
+                block: &[f32],
+                block_cols: usize,
+                first_col: usize,
+                base: &[f32],
+                first_id: u32,
+            ) {
+                scan_columns_with(
+                    lists,
+                    block,
+                    block_cols,
+                    first_col,
+                    base,
+                    first_id,
+                    |d, b, t, k| unsafe { $mask(d, b, t, k) },
+                );
+            }
+        };
     }
 
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn scan_row_avx2(
-        list: &mut RowList<'_>,
-        dots: &[f32],
-        base: &[f32],
-        first_id: u32,
-        skip: Option<usize>,
-    ) {
-        scan_row_with(list, dots, base, first_id, skip, |d, b, t, k| unsafe {
-            mask_avx2(d, b, t, k)
-        });
-    }
-
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn scan_columns_avx512(
-        lists: &mut [RowList<'_>],
-        block: &[f32],
-        block_cols: usize,
-        first_col: usize,
-        base: &[f32],
-        first_id: u32,
-    ) {
-        scan_columns_with(
-            lists,
-            block,
-            block_cols,
-            first_col,
-            base,
-            first_id,
-            |d, b, t, k| unsafe { mask_avx512(d, b, t, k) },
-        );
-    }
-
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn scan_columns_avx2(
-        lists: &mut [RowList<'_>],
-        block: &[f32],
-        block_cols: usize,
-        first_col: usize,
-        base: &[f32],
-        first_id: u32,
-    ) {
-        scan_columns_with(
-            lists,
-            block,
-            block_cols,
-            first_col,
-            base,
-            first_id,
-            |d, b, t, k| unsafe { mask_avx2(d, b, t, k) },
-        );
-    }
+    scans!("avx512f", scan_row_avx512, scan_columns_avx512, mask_avx512);
+    scans!("avx2", scan_row_avx2, scan_columns_avx2, mask_avx2);
 }
 
 #[cfg(test)]
@@ -444,6 +419,51 @@ mod tests {
     fn offer_all(lists: &mut CandidateLists, base: &[f32], skip: Option<usize>) {
         let dots = vec![0.0f32; base.len()];
         lists.rows_mut(0, 1)[0].scan(&dots, base, 10, skip);
+    }
+
+    #[test]
+    fn every_instruction_set_gives_the_portable_mask_and_keys() {
+        let mut rng = 12345u32;
+        let mut next = || {
+            rng = rng.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (rng >> 8) as f32 / (1 << 24) as f32 * 4.0 - 2.0
+        };
+        for round in 0..200 {
+            let dots: [f32; CHUNK] = std::array::from_fn(|_| next());
+            let base: [f32; CHUNK] = std::array::from_fn(|_| next());
+            let mut thresholds: [f32; CHUNK] = std::array::from_fn(|_| next());
+            thresholds[round % CHUNK] = f32::NAN;
+            let scalar = next();
+            let mut expected = [0f32; CHUNK];
+            let want_rows = mask_portable(&dots, &base, scalar, &mut expected);
+            let mut expected_cols = [0f32; CHUNK];
+            let want_cols = mask_portable(&dots, scalar, &thresholds, &mut expected_cols);
+            #[cfg(target_arch = "x86_64")]
+            for (name, detected) in [
+                ("avx512f", std::arch::is_x86_feature_detected!("avx512f")),
+                ("avx2", std::arch::is_x86_feature_detected!("avx2")),
+            ] {
+                if !detected {
+                    continue;
+                }
+                let mut keys = [0f32; CHUNK];
+                // Sound: the feature was detected above.
+                let (rows, cols) = unsafe {
+                    match name {
+                        "avx512f" => (
+                            x86::mask_avx512(&dots, &base, scalar, &mut keys),
+                            x86::mask_avx512(&dots, scalar, &thresholds, &mut [0f32; CHUNK]),
+                        ),
+                        _ => (
+                            x86::mask_avx2(&dots, &base, scalar, &mut keys),
+                            x86::mask_avx2(&dots, scalar, &thresholds, &mut [0f32; CHUNK]),
+                        ),
+                    }
+                };
+                assert_eq!((rows, cols), (want_rows, want_cols), "{name} round {round}");
+                assert_eq!(keys.map(f32::to_bits), expected.map(f32::to_bits), "{name} keys");
+            }
+        }
     }
 
     #[test]
