@@ -575,7 +575,7 @@ impl Tiles {
         cols: Range<usize>,
         scan: impl FnOnce(&[f32]) -> R,
     ) -> Result<R> {
-        threads::single_threaded_torch();
+        let _one_thread = threads::single_threaded_torch();
         let _no_grad = tch::no_grad_guard();
         let slot = rayon::current_thread_index().unwrap_or(self.buffers.len() - 1);
         let mut buffer = self.buffers[slot]
