@@ -22,7 +22,7 @@ import torch
 
 from . import _core
 from ._convert import as_int, as_tensor
-from .errors import DtypeError
+from .errors import DtypeError, NotSupportedError, SladeError
 from .settings import ModelConfig
 
 
@@ -98,30 +98,33 @@ class CoreModule:
 
         return to_torch(self)
 
-    def named_parameters(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """The core's very parameter tensors, in torch's order."""
-        return iter(self._core.named_parameters())
-
-    def parameters(self) -> Iterator[torch.Tensor]:
-        return (p for _, p in self._core.named_parameters())
-
-    def named_buffers(self) -> Iterator[tuple[str, torch.Tensor]]:
-        return iter(self._core.named_buffers())
-
-    def state_dict(self) -> OrderedDict[str, torch.Tensor]:
-        """Parameters and buffers, detached but sharing memory, as torch's state_dict()."""
-        return OrderedDict(self._core.state_dict())
-
-    def load_state_dict(self, state_dict: Mapping[str, torch.Tensor], strict: bool = True) -> dict:
-        """Copies a state_dict with these names in; with ``strict`` every name must match."""
-        return self._core.load_state_dict(named_tensor_list(state_dict, "state_dict"), strict)
+    def model_state_dict(self) -> OrderedDict[str, torch.Tensor]:
+        """The network's parameters and buffers (backbone and embedding head, without a
+        trainer's own parameters such as the basis or prototypes), detached but sharing
+        memory."""
+        return OrderedDict(self._core.model_state_dict())
 
 
-class EmbeddingModel(CoreModule):
-    """Backbone + embedding head with its parameters held by the Rust core.
+def incompatible_keys(report: Mapping[str, Any]) -> Any:
+    """torch's ``load_state_dict`` result, ``(missing_keys, unexpected_keys)``, of a core
+    load report."""
+    return torch.nn.modules.module._IncompatibleKeys(
+        list(report["missing"]), list(report["unexpected"])
+    )
 
-    Parameters and buffers are the core's very tensors (``named_parameters()``), so in-place
-    changes from Python are seen by Rust and the other way round.
+
+class EmbeddingModel(CoreModule, torch.nn.Module):
+    """Backbone + embedding head with its parameters held by the Rust core: a
+    ``torch.nn.Module`` whose parameters and buffers are the core's very tensors.
+
+    In-place changes from Python are seen by Rust and the other way round, and gradients of
+    a loss on its output land in ``.grad`` of ``parameters()``, so it trains in a plain
+    torch loop (``torch.optim``, hooks, ``nn.Sequential``) as well as in slade's trainers.
+    ``.to(device)`` / ``.cuda()`` / ``.cpu()`` move it; build optimizers after moving, as
+    the moved model holds new tensors. The weights stay float32 (``.double()``, ``.half()``
+    raise :class:`slade.NotSupportedError`; the fp16 path is a trainer's ``precision``).
+    Copies (``copy.deepcopy``, ``torch.save`` of the module) rebuild it from its config and
+    state.
 
     Args:
         config: a :class:`ModelConfig` (or a dict of its fields); default ``ModelConfig()``.
@@ -129,33 +132,136 @@ class EmbeddingModel(CoreModule):
         seed: seeds the initial weights (torchvision's initialisation for ResNets).
     """
 
-    def __init__(self, config: ModelConfig | Mapping | None = None, *, device: Any = "cpu", seed: int = 0):
-        self._core = _core._EmbeddingModel(
+    def __init__(
+        self, config: ModelConfig | Mapping | None = None, *, device: Any = "cpu", seed: int = 0
+    ):
+        torch.nn.Module.__init__(self)
+        core = _core._EmbeddingModel(
             ModelConfig.mapping(config, {}, "model config"), device_name(device), seed
         )
-        self.config = ModelConfig.from_core(self._core.config)
+        self.config = ModelConfig.from_core(core.config)
+        self._attach(core)
 
+    def _attach(self, core: Any) -> None:
+        """Holds ``core`` and registers its tensors as this module's parameters and buffers."""
+        self._core = core
+        self._parameters.clear()
+        self._parameters.update(core.named_parameters())
+        self._buffers.clear()
+        self._buffers.update(core.named_buffers())
+        self._state_order = [name for name, _ in core.state_dict()]
+
+    # The mode lives in the core (nn.Module.__init__ sets it before the core exists).
     @property
     def training(self) -> bool:
-        return self._core.training
+        core = self.__dict__.get("_core")
+        return True if core is None else core.training
 
-    def train(self, mode: bool = True) -> EmbeddingModel:
-        """Training mode: BatchNorm uses batch statistics and updates its running ones."""
-        self._core.set_training(bool(mode))
-        return self
-
-    def eval(self) -> EmbeddingModel:
-        return self.train(False)
+    @training.setter
+    def training(self, mode: bool) -> None:
+        core = self.__dict__.get("_core")
+        if core is not None:
+            core.set_training(bool(mode))
 
     def forward(self, images: Any) -> torch.Tensor:
         """L2-normalised embeddings (N, dim) of a (N, C, H, W) batch in the current mode."""
         return self._core.forward(as_tensor(images, "images"))
 
-    __call__ = forward
+    def model_state_dict(self) -> OrderedDict[str, torch.Tensor]:
+        return OrderedDict(self.state_dict())
 
     def features(self, images: Any, train: bool | None = None) -> torch.Tensor:
         """Pooled backbone features before the head."""
         return self._core.features(as_tensor(images, "images"), train)
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return f"backbone={c.backbone!r}, in_channels={c.in_channels}, dim={c.dim}, device={self.device}"
+
+    def _save_to_state_dict(self, destination: Any, prefix: str, keep_vars: bool) -> None:
+        """torchvision's key order (parameters and buffers interleaved per layer)."""
+        tensors = {**self._parameters, **self._buffers}
+        for name in self._state_order:
+            tensor = tensors[name]
+            assert tensor is not None
+            destination[prefix + name] = tensor if keep_vars else tensor.detach()
+
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ) -> Any:
+        """Copies a state_dict with these names into the core's tensors; with ``strict``
+        every name must match (a missing ``num_batches_tracked`` is tolerated, as in torch).
+        Returns torch's ``(missing_keys, unexpected_keys)``."""
+        if assign:
+            raise NotSupportedError("load_state_dict: assign=True (the core owns the tensors)")
+        items = named_tensor_list(state_dict, "state_dict")
+        return incompatible_keys(self._core.load_state_dict(items, strict))
+
+    def _load_from_state_dict(
+        self,
+        state_dict: Mapping[str, Any],
+        prefix: str,
+        local_metadata: Any,
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        """A parent module's ``load_state_dict``: this model's keys under ``prefix``."""
+        mine = [(k[len(prefix) :], v) for k, v in state_dict.items() if k.startswith(prefix)]
+        try:
+            report = self._core.load_state_dict(named_tensor_list(dict(mine), "state_dict"), False)
+        except SladeError as error:
+            error_msgs.append(str(error))
+            return
+        missing_keys.extend(prefix + k for k in report["missing"])
+        unexpected_keys.extend(prefix + k for k in report["unexpected"])
+
+    def _apply(self, fn: Any, recurse: bool = True) -> EmbeddingModel:
+        """``to`` / ``cuda`` / ``cpu`` / ``float``: a conversion that keeps float32 moves the
+        model to the device it names (a new core with the same config and state)."""
+        target = fn(torch.empty(0, device=self.device))
+        if target.dtype != torch.float32:
+            raise NotSupportedError(
+                f"EmbeddingModel holds float32 weights, not {target.dtype}: use a trainer's "
+                "precision for fp16, or to_torch() for a module of any dtype"
+            )
+        if target.device != self.device:
+            self._attach(self._moved_core(target.device))
+        return self
+
+    def _moved_core(self, device: torch.device) -> Any:
+        core = _core._EmbeddingModel(self.config.to_core(), device_name(device), 0)
+        core.load_state_dict(self._core.state_dict(), True)
+        core.set_training(self.training)
+        core.set_backbone_frozen(self.backbone_frozen)
+        return core
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Pickling and ``copy.deepcopy``: rebuilt from the config and a copy of the state."""
+        state = OrderedDict((k, v.detach().cpu()) for k, v in self._core.state_dict())
+        arguments = (
+            self.config.to_core(),
+            str(self.device),
+            state,
+            self.training,
+            self.backbone_frozen,
+        )
+        return (_rebuilt_model, arguments)
+
+
+def _rebuilt_model(
+    config: Mapping[str, Any],
+    device: str,
+    state: Mapping[str, torch.Tensor],
+    training: bool,
+    frozen: bool,
+) -> EmbeddingModel:
+    model = EmbeddingModel(config, device=device)
+    model.load_state_dict(state)
+    model.train(training)
+    model.freeze_backbone(frozen)
+    return model
 
 
 def _unwrap_checkpoint(obj: Any) -> Any:

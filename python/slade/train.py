@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
 import torch
@@ -20,7 +20,13 @@ import torch
 from . import _core
 from ._convert import as_tensor, optional_tensor
 from .errors import ConfigError, DtypeError
-from .nn import CoreModule, device_name, load_torchvision_weights, named_tensor_list
+from .nn import (
+    CoreModule,
+    device_name,
+    incompatible_keys,
+    load_torchvision_weights,
+    named_tensor_list,
+)
 from .settings import (
     ModelConfig,
     OptimizerConfig,
@@ -115,6 +121,26 @@ class _Trainer(CoreModule):
         trainer.load(path)
         return trainer
 
+    def named_parameters(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """The core's very parameter tensors, in torch's order."""
+        return iter(self._core.named_parameters())
+
+    def parameters(self) -> Iterator[torch.Tensor]:
+        return (p for _, p in self._core.named_parameters())
+
+    def named_buffers(self) -> Iterator[tuple[str, torch.Tensor]]:
+        return iter(self._core.named_buffers())
+
+    def state_dict(self) -> OrderedDict[str, torch.Tensor]:
+        """Parameters and buffers, detached but sharing memory, as torch's state_dict()."""
+        return OrderedDict(self._core.state_dict())
+
+    def load_state_dict(self, state_dict: Mapping[str, torch.Tensor], strict: bool = True) -> Any:
+        """Copies a state_dict with these names in; with ``strict`` every name must match.
+        Returns torch's ``(missing_keys, unexpected_keys)``."""
+        items = named_tensor_list(state_dict, "state_dict")
+        return incompatible_keys(self._core.load_state_dict(items, strict))
+
     @property
     def step_count(self) -> int:
         """Optimizer updates done so far."""
@@ -161,11 +187,6 @@ class _Trainer(CoreModule):
             ignore_prefixes=ignore_prefixes,
             strip_prefix=strip_prefix,
         )
-
-    def model_state_dict(self) -> OrderedDict[str, torch.Tensor]:
-        """The model's parameters and buffers (backbone and embedding head, without the
-        trainer's own parameters), detached but sharing memory."""
-        return OrderedDict(self._core.model_state_dict())
 
     def load_model(self, source: Any, *, strict: bool = True) -> dict:
         """Copies backbone and embedding head from ``source``: another trainer or an
@@ -311,7 +332,9 @@ class TeacherTrainer(_Trainer):
 
     def compute_gradients(self, images: Any, labels: Any) -> dict[str, float]:
         """The first half of a step: forward, loss and backward (gradients in ``.grad``)."""
-        return self._core.compute_gradients(as_tensor(images, "images"), as_tensor(labels, "labels"))
+        return self._core.compute_gradients(
+            as_tensor(images, "images"), as_tensor(labels, "labels")
+        )
 
 
 class StudentTrainer(_Trainer):

@@ -12,6 +12,7 @@ import slade
 from reference_nets import Embedder, torchvision_backbone
 
 TOL = dict(rtol=1e-5, atol=1e-5)
+MODEL_CONFIG = slade.ModelConfig("convnet", 1, 8)
 
 
 def make_pair(backbone: str, in_channels: int, dim: int = 32, device: str = "cpu", seed: int = 0):
@@ -192,7 +193,9 @@ def test_strict_import_reports_missing_unexpected_and_wrong_shapes(tmp_path):
 
     gray = slade.EmbeddingModel(slade.ModelConfig("resnet18", 1, 16))
     before = gray.state_dict()["layer1.0.conv1.weight"].clone()
-    with pytest.raises(slade.ShapeError, match=r"conv1.weight \(expected \[64, 1, 7, 7\], got \[64, 3, 7, 7\]\)"):
+    with pytest.raises(
+        slade.ShapeError, match=r"conv1.weight \(expected \[64, 1, 7, 7\], got \[64, 3, 7, 7\]\)"
+    ):
         slade.load_torchvision_weights(gray, state)
     # Nothing was copied by the failed import.
     assert torch.equal(gray.state_dict()["layer1.0.conv1.weight"], before)
@@ -270,6 +273,133 @@ def test_bad_input_raises_clear_errors():
     if not torch.cuda.is_available():
         with pytest.raises(slade.DeviceError, match="CUDA"):
             slade.EmbeddingModel(slade.ModelConfig("convnet", 1, 8), device="cuda")
+
+
+# --- EmbeddingModel as a torch.nn.Module ------------------------------------------------
+
+
+def _batch(seed: int = 0, n: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 1, 28, 28, generator=g), torch.arange(n) % 3
+
+
+def _pair_loss(f: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """A plain-torch contrastive loss (margins 0 and 0.5) on the cosine distance."""
+    d = 1 - f @ f.T
+    same = labels[:, None] == labels[None, :]
+    eye = torch.eye(len(labels), dtype=torch.bool)
+    return d[same & ~eye].mean() + (0.5 - d[~same]).clamp(min=0).mean()
+
+
+def test_is_a_module_whose_parameters_are_the_cores_tensors():
+    model, ref = make_pair("convnet", 1)
+    assert isinstance(model, torch.nn.Module)
+    core = dict(model._core.named_parameters())
+    assert [n for n, _ in model.named_parameters()] == list(core)
+    assert all(p is core[n] for n, p in model.named_parameters())
+    assert {n for n, _ in model.named_buffers()} == {n for n in ref.slade_names() if n not in core}
+    assert [n for n, _ in model.named_parameters(prefix="net")][0] == "net." + next(iter(core))
+    assert "convnet" in repr(model)
+
+
+def test_trains_in_a_plain_torch_loop_as_its_twin_does():
+    model, ref = make_pair("convnet", 1, dim=8)
+    model.train()
+    ref.train()
+    ours = torch.optim.Adam(model.parameters(), lr=1e-2)
+    theirs = torch.optim.Adam(ref.parameters(), lr=1e-2)
+    for step in range(3):
+        images, labels = _batch(step)
+        for net, opt in ((model, ours), (ref, theirs)):
+            opt.zero_grad()
+            _pair_loss(net(images), labels).backward()
+            opt.step()
+    assert_same_state(model, ref)
+    assert model.state_dict()["blocks.0.bn.num_batches_tracked"].item() == 3
+
+
+def test_nested_in_a_parent_module_it_shares_parameters_and_state():
+    a = torch.nn.Sequential(slade.EmbeddingModel(MODEL_CONFIG, seed=1), torch.nn.Linear(8, 2))
+    b = torch.nn.Sequential(slade.EmbeddingModel(MODEL_CONFIG, seed=2), torch.nn.Linear(8, 2))
+    assert len(list(a.parameters())) == len(list(a[0].parameters())) + 2
+    assert list(a.state_dict())[0] == "0." + next(iter(a[0].state_dict()))
+    images, _ = _batch()
+    a.eval()
+    b.eval()
+    assert not torch.allclose(a(images), b(images))
+    assert not b.load_state_dict(a.state_dict()).missing_keys
+    assert not b[0].training  # the parent's eval() reached the core
+    assert torch.equal(a(images), b(images))
+    state = a.state_dict()
+    state["0.extra"] = torch.zeros(1)
+    del state["0.embedding.bias"]
+    report = b.load_state_dict(state, strict=False)
+    assert report.missing_keys == ["0.embedding.bias"]
+    assert report.unexpected_keys == ["0.extra"]
+    state = a.state_dict()
+    state["0.embedding.bias"] = torch.zeros(3)
+    with pytest.raises(RuntimeError, match="embedding.bias"):
+        b.load_state_dict(state)
+
+
+def test_torch_module_api_reaches_the_core():
+    model, ref = make_pair("convnet", 1, dim=8)
+    images, _ = _batch()
+    model.eval()
+    ref.eval()
+    assert not model._core.training
+    assert torch.allclose(model(images), ref(images), **TOL)  # running statistics used
+    seen = []
+    model.register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    model(images)
+    assert seen == [torch.Size([6, 8])]
+    model.requires_grad_(False)
+    assert not any(p.requires_grad for _, p in model._core.named_parameters())
+    report = model.load_state_dict({**model.state_dict(), "extra": torch.zeros(1)}, strict=False)
+    assert report.unexpected_keys == ["extra"] and report.missing_keys == []
+
+
+def test_copies_and_pickles_are_independent_models_with_the_same_outputs(tmp_path):
+    import copy
+
+    model = slade.EmbeddingModel(MODEL_CONFIG, seed=4).eval()
+    model.freeze_backbone()
+    images, _ = _batch()
+    copied = copy.deepcopy(model)
+    torch.save(model, tmp_path / "model.pt")
+    loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+    for other in (copied, loaded):
+        assert isinstance(other, slade.EmbeddingModel)
+        assert not other.training and other.backbone_frozen
+        assert torch.equal(other(images), model(images))
+    with torch.no_grad():
+        dict(copied.named_parameters())["embedding.bias"].add_(1.0)
+    assert not torch.equal(copied(images), model(images))
+    assert torch.equal(loaded(images), model(images))
+
+
+def test_to_moves_only_between_devices_and_keeps_float32():
+    model = slade.EmbeddingModel(MODEL_CONFIG)
+    images, _ = _batch()
+    before = model.eval()(images)
+    assert model.to("cpu") is model and model.cpu() is model and model.float() is model
+    assert torch.equal(model(images), before)
+    for convert in (lambda m: m.double(), lambda m: m.half(), lambda m: m.to(torch.float16)):
+        with pytest.raises(slade.NotSupportedError, match="float32"):
+            convert(model)
+
+
+@pytest.mark.cuda
+def test_to_cuda_moves_the_model_and_its_state():
+    model, ref = make_pair("convnet", 1, dim=8)
+    model.eval().freeze_backbone()
+    moved = model.to("cuda")
+    assert moved is model and model.device.type == "cuda" and model.backbone_frozen
+    assert all(p.device.type == "cuda" for p in model.parameters())
+    images, _ = _batch()
+    with torch.no_grad():
+        assert torch.allclose(model(images.cuda()).cpu(), ref.eval()(images), rtol=1e-4, atol=1e-4)
+    assert model.cpu().device.type == "cpu"
 
 
 @pytest.mark.cuda

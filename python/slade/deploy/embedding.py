@@ -93,16 +93,16 @@ def _forward_of(model: Any, device: Any, given: Any) -> tuple[Any, Preprocessing
         network, card = load(model, device=device or "cpu")
         prep = as_preprocessing(given) if given is not None else card.preprocessing
         return _exported_forward(network, card.format), prep, device or "cpu"
-    if isinstance(model, torch.nn.Module):
-        dev = device or next(iter(model.parameters()), torch.empty(0)).device
-        own = as_preprocessing(given) if given is not None else None
-        return _module_forward(model.to(dev)), own, dev
     if isinstance(model, (str, os.PathLike, CoreModule)):
         loaded = as_model(model, device or "cpu")
         if device is not None and torch.device(device) != loaded.device:
             raise ConfigError(f"device: the model is on {loaded.device}, not {device}")
         prep = preprocessing_for(model, loaded, given)
         return lambda batch: loaded._core.embed(batch, batch.shape[0]), prep, loaded.device
+    if isinstance(model, torch.nn.Module):
+        dev = device or next(iter(model.parameters()), torch.empty(0)).device
+        own = as_preprocessing(given) if given is not None else None
+        return _module_forward(model.to(dev)), own, dev
     raise DtypeError(
         "model must be a slade model or trainer, a checkpoint or exported model path, or a "
         f"torch.nn.Module, got {type(model).__name__}"

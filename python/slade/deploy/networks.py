@@ -82,13 +82,12 @@ def to_torch(model: Any) -> nn.Module:
     :class:`~slade.EmbeddingModel`, a trainer's model or a checkpoint path's: the same
     outputs, no slade needed to run it. The trainer's own parameters (feature basis,
     prototypes) are not part of it."""
+    from ..nn import EmbeddingModel
     from ..pipeline.inputs import as_model
 
     model = as_model(model)
-    if hasattr(model, "model_state_dict"):
-        state, config = model.model_state_dict(), model.model_config
-    else:
-        state, config = model.state_dict(), model.config
+    state = model.model_state_dict()
+    config = model.config if isinstance(model, EmbeddingModel) else model.model_config
     network = embedding_network(config)
     network.load_state_dict({name: tensor.detach().clone() for name, tensor in state.items()})
     return network.to(model.device).eval()

@@ -110,7 +110,11 @@ class StageFiles:
             return []
         rows = json.loads(path.read_text())
         # A null is a metric that was NaN or Inf (write_json writes strict JSON).
-        return [{k: math.nan if v is None else v for k, v in r.items()} for r in rows if r["step"] <= upto]
+        return [
+            {k: math.nan if v is None else v for k, v in r.items()}
+            for r in rows
+            if r["step"] <= upto
+        ]
 
     def save(self, trainer: Any, history: list[dict], *, final: bool, csv: bool = False) -> None:
         """The history (also as CSV with ``csv``), then the checkpoint (``final``: the
@@ -356,6 +360,5 @@ def initialise(trainer: Any, source: Any, *, whole_model: bool = False) -> None:
         if whole_model:
             trainer.load_model(source)
             return
-        model_state = getattr(source, "model_state_dict", source.state_dict)
-        source = model_state()
+        source = source.model_state_dict()
     load_torchvision_weights(trainer, source, ignore_prefixes=("fc.", "prototypes"))
