@@ -59,25 +59,14 @@ def is_temporary(path: Path) -> bool:
 def write_bytes(path: Path, data: bytes) -> None:
     """Writes ``data`` to ``path`` atomically and durably: readers see the old file or the
     new one, never a part, and after a power cut the new one if this returned."""
-    if _skipping:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = temporary_path(path)
-    try:
-        with open(temporary, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    sync_folder(path.parent)
+    write_with(path, lambda temporary: temporary.write_bytes(data))
 
 
 def write_with(path: Path, write: Callable[[Path], None]) -> None:
-    """Atomically and durably (see :func:`write_bytes`) writes the file that ``write``
-    creates at the path it is given, for writers that take a path (safetensors)."""
+    """Atomically and durably writes the file that ``write`` creates at the path it is
+    given (a temporary sibling): fsync, rename over ``path``, fsync of the folder. Readers
+    see the old file or the new one, never a part, and after a power cut the new one if
+    this returned."""
     if _skipping:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
