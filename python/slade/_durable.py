@@ -62,7 +62,7 @@ def write_bytes(path: Path, data: bytes) -> None:
     write_with(path, lambda temporary: temporary.write_bytes(data))
 
 
-def write_with(path: Path, write: Callable[[Path], None]) -> None:
+def write_with(path: Path, write: Callable[[Path], object]) -> None:
     """Atomically and durably writes the file that ``write`` creates at the path it is
     given (a temporary sibling): fsync, rename over ``path``, fsync of the folder. Readers
     see the old file or the new one, never a part, and after a power cut the new one if
