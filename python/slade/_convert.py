@@ -4,13 +4,13 @@ Rust core, refusing values of the wrong type with a DtypeError that names the ar
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from .errors import DtypeError
+from .errors import DtypeError, InvalidArgumentError
 
 
 def as_tensor(value: Any, name: str) -> torch.Tensor:
@@ -36,6 +36,14 @@ def optional_tensor(value: Any, name: str) -> torch.Tensor | None:
     return None if value is None else as_tensor(value, name)
 
 
+def as_tensors(values: Any, name: str, what: str) -> list[torch.Tensor]:
+    """A list (or tuple) of tensors, each as :func:`as_tensor` takes it (named
+    ``name[i]``); ``what`` describes the list in the error, e.g. ``[global_1, global_2, ...]``."""
+    if isinstance(values, (torch.Tensor, str, bytes)) or not isinstance(values, Sequence):
+        raise DtypeError(f"{name} must be a list of tensors {what}, got {type(values).__name__}")
+    return [as_tensor(v, f"{name}[{i}]") for i, v in enumerate(values)]
+
+
 def _kind(value: Any) -> str:
     if isinstance(value, torch.Tensor):
         return f"a tensor of shape {tuple(value.shape)}"
@@ -51,6 +59,14 @@ def as_int(value: Any, name: str) -> int:
         except TypeError:
             pass
     raise DtypeError(f"{name} must be an int, got {_kind(value)}")
+
+
+def positive_int(value: Any, name: str) -> int:
+    """An int of at least 1, for sizes that no core call checks."""
+    number = as_int(value, name)
+    if number < 1:
+        raise InvalidArgumentError(f"{name} must be at least 1, got {number}")
+    return number
 
 
 def optional_int(value: Any, name: str) -> int | None:

@@ -24,9 +24,9 @@ from typing import Any
 import torch
 
 from . import _core
-from ._convert import as_tensor, optional_tensor
+from ._convert import as_tensor, as_tensors, optional_int, optional_tensor, positive_int
 from .basis import FeatureBasis
-from .errors import ConfigError, DtypeError
+from .errors import ConfigError
 from .settings import RankingConfig, StudentObjectiveConfig, SwavConfig
 
 Metrics = dict[str, float]
@@ -103,6 +103,8 @@ class StudentLoss(_Stepped):
         **fields: Any,
     ):
         super().__init__()
+        dim = positive_int(dim, "dim")
+        num_basis = optional_int(num_basis, "num_basis")
         settings = StudentObjectiveConfig.mapping(
             objective, {**fields, "num_basis": num_basis}, "objective"
         )
@@ -251,6 +253,7 @@ class SwavLoss(_Stepped):
         **fields: Any,
     ):
         super().__init__()
+        dim = positive_int(dim, "dim")
         settings = SwavConfig.mapping(swav, fields, "swav")
         self._settings = _core.check_settings("swav", settings)
         self._swav = SwavConfig.from_core(self._settings)
@@ -268,12 +271,7 @@ class SwavLoss(_Stepped):
     def forward(self, embeddings: Sequence[Any]) -> torch.Tensor:
         """The loss of ``[z_global_1, z_global_2, z_local_1, ...]``, each ``(B, dim)``
         embeddings of the same B images, on the prototypes' device."""
-        if isinstance(embeddings, torch.Tensor) or not isinstance(embeddings, Sequence):
-            raise DtypeError(
-                "embeddings must be a list of tensors, one per crop [global_1, global_2, "
-                f"local_1, ...], got {type(embeddings).__name__}"
-            )
-        crops = [as_tensor(z, f"embeddings[{i}]") for i, z in enumerate(embeddings)]
+        crops = as_tensors(embeddings, "embeddings", "[z_global_1, z_global_2, z_local_1, ...]")
         frozen = self.training and self._before(self._swav.freeze_prototypes_steps)
         loss = _core.swav_objective(self._settings, self.prototypes, crops, frozen)
         self._count()

@@ -18,8 +18,8 @@ from typing import Any, ClassVar, TypeVar
 import torch
 
 from . import _core
-from ._convert import as_tensor, optional_tensor
-from .errors import ConfigError, DtypeError
+from ._convert import as_tensor, as_tensors, optional_tensor
+from .errors import ConfigError
 from .nn import (
     CoreModule,
     device_name,
@@ -37,12 +37,7 @@ from .settings import (
 
 
 def _crops(crops: Any) -> list[torch.Tensor]:
-    if isinstance(crops, (torch.Tensor, str, bytes)) or not isinstance(crops, Sequence):
-        raise DtypeError(
-            "crops must be a list of tensors [global_1, global_2, local_1, ...], "
-            f"got {type(crops).__name__}"
-        )
-    return [as_tensor(c, f"crops[{i}]") for i, c in enumerate(crops)]
+    return as_tensors(crops, "crops", "[global_1, global_2, local_1, ...]")
 
 
 def _trainer_settings(model_config: Any, optim_config: Any, precision: str, seed: int) -> dict:

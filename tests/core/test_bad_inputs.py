@@ -29,6 +29,7 @@ import torch
 
 import slade
 from slade import (
+    ConfigError,
     DeviceError,
     DtypeError,
     InvalidArgumentError,
@@ -426,18 +427,6 @@ def index_add(**args: Any) -> tuple:
     return gallery.embeddings, gallery.labels, gallery.ids
 
 
-def teacher() -> slade.TeacherTrainer:
-    return slade.TeacherTrainer(MODEL)
-
-
-def student(**fields: Any) -> slade.StudentTrainer:
-    return slade.StudentTrainer(MODEL, num_basis=3, **fields)
-
-
-def swav() -> slade.SwavTrainer:
-    return slade.SwavTrainer(MODEL, num_prototypes=5)
-
-
 def model() -> slade.EmbeddingModel:
     return slade.EmbeddingModel(MODEL).eval()
 
@@ -451,8 +440,9 @@ def crop(index: int, rule: Callable[[Any], Any]) -> Callable[[list], list]:
     return lambda crops: [rule(c) if i == index else c for i, c in enumerate(crops)]
 
 
-def in_crop(index: int, cases: list[Case]) -> list[Case]:
-    """The cases of one image batch, applied to crop ``index`` of a SwAV crop list."""
+def in_crop(index: int, cases: list[Case], argument: str = "crops") -> list[Case]:
+    """The cases of one tensor, applied to item ``index`` of a list (SwAV's crops, or the
+    embeddings of the crops)."""
     out: list[Case] = []
     for case in cases:
         if isinstance(case, Raises):
@@ -462,7 +452,7 @@ def in_crop(index: int, cases: list[Case]) -> list[Case]:
                     crop(index, case.make),
                     case.error,
                     case.expect,
-                    case.name or f"crops[{index}]",
+                    case.name or f"{argument}[{index}]",
                     case.cuda,
                 )
             )
@@ -480,8 +470,10 @@ def in_crop(index: int, cases: list[Case]) -> list[Case]:
     return out
 
 
-def crop_list() -> list[Case]:
-    crop_cases = [c for c in image_batch() if c.label not in ("str", "list-of-str", "None")]
+def crop_list(batch: Callable[[], list[Case]] = image_batch) -> list[Case]:
+    """SwAV's crop list: the list itself, then ``batch``'s cases in the first crop and a few
+    of them in the second."""
+    crop_cases = [c for c in batch() if c.label not in ("str", "list-of-str", "None")]
     return [
         Raises("tensor", lambda v: v[0], DtypeError, "list of tensors"),
         Raises("str", const("abc"), DtypeError, "list of tensors"),
@@ -490,6 +482,157 @@ def crop_list() -> list[Case]:
         *in_crop(0, crop_cases),
         *in_crop(1, [c for c in crop_cases if c.label in ("nan", "int64", "strided")]),
     ]
+
+
+# --- the objectives as modules (slade.StudentLoss, TeacherLoss, SwavLoss) ----------------
+
+
+def student_loss(**fields: Any) -> slade.StudentLoss:
+    torch.manual_seed(0)
+    return slade.StudentLoss(D, 3, **fields)
+
+
+def student_loss_inputs() -> dict[str, Any]:
+    return {
+        "emb_labeled": embeddings(),
+        "labels": labels(),
+        "emb_unlabeled": embeddings(seed=1),
+        "pseudo_labels": torch.tensor([0, 0, 1, 1, 2, 2]),
+    }
+
+
+def swav_loss() -> slade.SwavLoss:
+    torch.manual_seed(0)
+    return slade.SwavLoss(D, num_prototypes=5)
+
+
+def embedding_list() -> list[Case]:
+    """SwavLoss's ``[z_global_1, z_global_2, ...]``: a list of ``(B, dim)`` embeddings of
+    the same images."""
+    crop_cases = [
+        c
+        for c in float_rows(rows=False, low=None)
+        if c.label not in ("str", "list-of-str", "None", "broadcast")
+    ]
+    return [
+        Raises("tensor", lambda v: v[0], DtypeError, "list of tensors"),
+        Raises("str", const("abc"), DtypeError, "list of tensors"),
+        Raises("one", lambda v: v[:1], InvalidArgumentError, "2|two"),
+        Raises("batch-mismatch", crop(1, lambda c: c[:-1]), ShapeError, "the same images"),
+        *in_crop(0, crop_cases, "embeddings"),
+        *in_crop(1, [c for c in crop_cases if c.label in ("nan", "int64", "strided")], "embeddings"),
+    ]
+
+
+def objective_rows() -> list[Target]:
+    return [
+        Target(
+            "StudentLoss",
+            slade.StudentLoss,
+            lambda: {"dim": D, "num_basis": 3},
+            {
+                "dim": count_arg(zero_ok=False),
+                "num_basis": count_arg(zero_ok=False)
+                + [Raises("None", const(None), ConfigError, "num_basis")],
+            },
+            covers=slade.StudentLoss.__init__,
+            unchecked=("objective", "device", "dtype"),
+        ),
+        Target(
+            "StudentLoss.forward",
+            lambda **args: student_loss()(**args),
+            student_loss_inputs,
+            {
+                "emb_labeled": float_rows(low="close"),
+                "labels": int_labels(negative=class_index("3"))
+                + [Raises("too-large", lambda v: v + 3, InvalidArgumentError, r"\[0, 3\)")],
+                "emb_unlabeled": float_rows(low="close"),
+                "pseudo_labels": int_labels(negative=class_index("")),
+            },
+            rtol=GEMM,
+            covers=slade.StudentLoss.forward,
+        ),
+        Target(
+            "StudentLoss.forward (oracle)",
+            lambda **args: student_loss(mining="oracle")(**args),
+            lambda: {**student_loss_inputs(), "true_labels": labels()},
+            {
+                "true_labels": int_labels(required=False, negative=names_only())
+                + [Raises("None", const(None), InvalidArgumentError, "oracle")]
+            },
+            rtol=GEMM,
+            covers=slade.StudentLoss.forward,
+        ),
+        Target(
+            "TeacherLoss",
+            lambda **args: slade.TeacherLoss(**args)(embeddings(), labels()),
+            dict,
+            {},
+            covers=slade.TeacherLoss.__init__,
+            unchecked=("ranking",),  # settings: tests/core/test_settings.py
+        ),
+        Target(
+            "TeacherLoss.forward",
+            lambda **args: slade.TeacherLoss()(**args),
+            lambda: {"embeddings": embeddings(), "labels": labels()},
+            {
+                "embeddings": float_rows(cols=False, device=False, low="close")
+                + [on_cuda(rtol=1e-4)],
+                "labels": int_labels(negative=names_only()),
+            },
+            rtol=GEMM,
+            covers=slade.TeacherLoss.forward,
+        ),
+        Target(
+            "SwavLoss",
+            lambda **args: slade.SwavLoss(**args)([embeddings(4), embeddings(4, seed=1)]),
+            lambda: {"dim": D},
+            {"dim": count_arg(zero_ok=False)},
+            covers=slade.SwavLoss.__init__,
+            unchecked=("swav", "device", "dtype"),
+        ),
+        Target(
+            "SwavLoss.forward",
+            lambda **args: swav_loss()(**args),
+            lambda: {"embeddings": [embeddings(4), embeddings(4, seed=1)]},
+            {"embeddings": embedding_list()},
+            rtol=GEMM,
+            covers=slade.SwavLoss.forward,
+        ),
+    ]
+
+
+# --- the Python-step trainers on a module of the user's (slade.TorchTeacherTrainer, ...) --
+
+
+class UserNet(torch.nn.Module):
+    """A user's own embedding network: conv, BatchNorm, pooling, a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(
+            torch.nn.Conv2d(1, 4, 3, padding=1),
+            torch.nn.BatchNorm2d(4),
+            torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten(),
+        )
+        self.embedding = torch.nn.Linear(4, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(self.embedding(self.body(x)), dim=1)
+
+
+def user_images(required: bool = True) -> list[Case]:
+    """A batch for the user's module: what slade checks (a floating tensor or array with
+    rows, finite, on the model's device). Its rank, channels and size are the module's to
+    check, and a float16 batch meets float32 weights as in any torch loop."""
+    kept = (
+        "str", "list-of-str", "None", "uint8", "int64", "bool", "complex", "nan", "inf",
+        "empty", "strided", "channels-last", "numpy", "cuda",
+    )
+    return [c for c in image_batch(required) if c.label in kept]
+
 
 
 # --- the table ----------------------------------------------------------------------------
@@ -576,22 +719,60 @@ def module_rows(
     ]
 
 
-def trainer_rows(method: str) -> list[Target]:
-    def run(factory: Callable[[], Any], args: dict[str, Any]) -> Any:
-        LAST.update(trainer=factory(), factory=factory)
-        return getattr(LAST["trainer"], method)(**args)
+@dataclass(frozen=True)
+class Trainers:
+    """The three trainer classes of one kind, how to build each for the matrix, and the
+    cases of their image batches and crop lists."""
 
-    def teacher_call(**args: Any) -> Any:
-        return run(teacher, args)
+    teacher: type
+    student: type
+    swav: type
+    build: Callable[[type, dict[str, Any]], Any]
+    images: Callable[[], list[Case]]
+    crops: Callable[[], list[Case]]
+    unlabeled_size: list[Case] = field(default_factory=list)
 
-    def student_call(**args: Any) -> Any:
-        return run(student, args)
 
-    def oracle_call(**args: Any) -> Any:
-        return run(lambda: student(mining="oracle"), args)
+def build_rust(cls: type, fields: dict[str, Any]) -> Any:
+    return cls(MODEL, **fields)
 
-    def swav_call(**args: Any) -> Any:
-        return run(swav, args)
+
+def build_torch(cls: type, fields: dict[str, Any]) -> Any:
+    return cls(UserNet, dim=8, **fields)
+
+
+RUST = Trainers(
+    slade.TeacherTrainer,
+    slade.StudentTrainer,
+    slade.SwavTrainer,
+    build_rust,
+    image_batch,
+    crop_list,
+    [Raises("other-size", lambda v: images(6, 1, SIDE + 4), ShapeError, "size|match")],
+)
+TORCH = Trainers(
+    slade.TorchTeacherTrainer,
+    slade.TorchStudentTrainer,
+    slade.TorchSwavTrainer,
+    build_torch,
+    user_images,
+    lambda: crop_list(user_images),
+)
+
+
+def trainer_rows(kind: Trainers, method: str) -> list[Target]:
+    """``method`` (``step``, ``compute_gradients``) of each trainer of ``kind``; a refused
+    call leaves the trainer as new."""
+
+    def call(cls: type, **fields: Any) -> Callable[..., Any]:
+        def factory() -> Any:
+            return kind.build(cls, fields)
+
+        def run(**args: Any) -> Any:
+            LAST.update(trainer=factory(), factory=factory)
+            return getattr(LAST["trainer"], method)(**args)
+
+        return run
 
     def student_batch() -> dict[str, Any]:
         return {
@@ -601,57 +782,54 @@ def trainer_rows(method: str) -> list[Target]:
             "pseudo_labels": torch.tensor([0, 0, 1, 1, 2, 2]),
         }
 
-    return [
-        Target(
-            f"TeacherTrainer.{method}",
-            teacher_call,
-            lambda: {"images": images(), "labels": labels(4)},
-            {
-                "images": image_batch(),
-                "labels": int_labels(negative=names_only()),
-            },
+    def row(name: str, cls: type, run: Callable[..., Any], good: Any, bad: Any) -> Target:
+        return Target(
+            f"{name}.{method}",
+            run,
+            good,
+            bad,
             rtol=NET,
-            covers=getattr(slade.TeacherTrainer, method),
+            covers=getattr(cls, method),
             unchanged=trainer_untouched,
+        )
+
+    return [
+        row(
+            kind.teacher.__name__,
+            kind.teacher,
+            call(kind.teacher),
+            lambda: {"images": images(), "labels": labels(4)},
+            {"images": kind.images(), "labels": int_labels(negative=names_only())},
         ),
-        Target(
-            f"StudentTrainer.{method}",
-            student_call,
+        row(
+            kind.student.__name__,
+            kind.student,
+            call(kind.student, num_basis=3),
             student_batch,
             {
-                "labeled_images": image_batch(),
+                "labeled_images": kind.images(),
                 "labels": int_labels(negative=class_index("3"))
                 + [Raises("too-large", lambda v: v + 3, InvalidArgumentError, r"\[0, 3\)")],
-                "unlabeled_images": image_batch()
-                + [
-                    Raises("other-size", lambda v: images(6, 1, SIDE + 4), ShapeError, "size|match")
-                ],
+                "unlabeled_images": kind.images() + kind.unlabeled_size,
                 "pseudo_labels": int_labels(negative=class_index("")),
             },
-            rtol=NET,
-            covers=getattr(slade.StudentTrainer, method),
-            unchanged=trainer_untouched,
         ),
-        Target(
-            f"StudentTrainer.{method} (oracle)",
-            oracle_call,
+        row(
+            f"{kind.student.__name__} (oracle)",
+            kind.student,
+            call(kind.student, num_basis=3, mining="oracle"),
             lambda: {**student_batch(), "true_labels": labels(6)},
             {
                 "true_labels": int_labels(required=False, negative=names_only())
                 + [Raises("None", const(None), InvalidArgumentError, "oracle")]
             },
-            rtol=NET,
-            covers=getattr(slade.StudentTrainer, method),
-            unchanged=trainer_untouched,
         ),
-        Target(
-            f"SwavTrainer.{method}",
-            swav_call,
+        row(
+            kind.swav.__name__,
+            kind.swav,
+            call(kind.swav, num_prototypes=5),
             lambda: {"crops": [images(4, 0), images(4, 1)]},
-            {"crops": crop_list()},
-            rtol=NET,
-            covers=getattr(slade.SwavTrainer, method),
-            unchanged=trainer_untouched,
+            {"crops": kind.crops()},
         ),
     ]
 
@@ -1006,8 +1184,10 @@ TABLE: list[Target] = [
         },
         covers=slade.Index.search,
     ),
-    *trainer_rows("step"),
-    *trainer_rows("compute_gradients"),
+    *trainer_rows(RUST, "step"),
+    *trainer_rows(RUST, "compute_gradients"),
+    *objective_rows(),
+    *trainer_rows(TORCH, "step"),
 ]
 
 
@@ -1150,6 +1330,11 @@ def test_the_table_covers_every_public_function_and_argument() -> None:
     public += [slade.FeatureBasis.similarity, slade.FeatureBasis.loss]
     public += [slade.EmbeddingModel.forward, slade.EmbeddingModel.features]
     public += [slade.EmbeddingModel.embed]
+    for objective in (slade.StudentLoss, slade.TeacherLoss, slade.SwavLoss):
+        public += [objective.__init__, objective.forward]
+    public += [
+        t.step for t in (slade.TorchTeacherTrainer, slade.TorchStudentTrainer, slade.TorchSwavTrainer)
+    ]
     for method in ("step", "compute_gradients"):
         public += [
             getattr(t, method)

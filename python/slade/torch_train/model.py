@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-from ..errors import DeviceError, DtypeError, NonFiniteError, ShapeError
+from .._convert import as_tensor, as_tensors
+from ..errors import DeviceError, DtypeError, InvalidArgumentError, NonFiniteError, ShapeError
 from ..nn import batches_of, named_tensor_list
 
 #: A module, or a callable that returns one (called under the trainer's seed).
@@ -116,14 +117,36 @@ def check_embeddings(f: Any, rows: int, dim: int | None, step: int | None = None
 
 
 def check_images(images: Any, name: str, device: torch.device) -> torch.Tensor:
-    """A batch of images: a floating tensor on the model's device."""
-    if not isinstance(images, torch.Tensor):
-        raise DtypeError(f"{name} must be a torch.Tensor, got {type(images).__name__}")
+    """A batch of images: a floating tensor (or numpy array) with at least one image, on the
+    model's device. Its rank, channels and size are the module's to check."""
+    images = as_tensor(images, name)
     if not images.is_floating_point():
-        raise DtypeError(f"{name} must be floating point, got {images.dtype}")
+        raise DtypeError(f"{name} must be a floating tensor, got {images.dtype}")
+    if images.ndim == 0 or images.shape[0] == 0:
+        raise InvalidArgumentError(
+            f"{name} is empty (shape {list(images.shape)}); it needs at least one image"
+        )
     if not same_device(images.device, device):
         raise DeviceError(f"{name} are on {images.device} but the model is on {device}")
     return images
+
+
+def check_crops(crops: Any, device: torch.device) -> list[torch.Tensor]:
+    """SwAV's ``[global_1, global_2, local_1, ...]``: at least the two global crops, each a
+    batch of :func:`check_images` holding the same images."""
+    views = as_tensors(crops, "crops", "[global_1, global_2, local_1, ...]")
+    if len(views) < 2:
+        raise InvalidArgumentError(
+            f"crops must hold at least the two global crops, got {len(views)} tensor(s)"
+        )
+    views = [check_images(c, f"crops[{i}]", device) for i, c in enumerate(views)]
+    for i, view in enumerate(views[1:], 1):
+        if view.shape[0] != views[0].shape[0]:
+            raise ShapeError(
+                f"every crop must hold the same images: crops[0] has {views[0].shape[0]} "
+                f"but crops[{i}] has {view.shape[0]}"
+            )
+    return views
 
 
 class TorchModel:

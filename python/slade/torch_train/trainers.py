@@ -51,6 +51,7 @@ from .model import (
     ModelSource,
     TorchModel,
     build_module,
+    check_crops,
     check_images,
     load_weights,
     read_weights,
@@ -527,13 +528,14 @@ class TorchTeacherTrainer(TorchTrainer):
     def step(self, images: Any, labels: Any) -> dict[str, float]:
         """One training step on ``images`` with integer ``labels``; the metrics of
         :meth:`slade.TeacherTrainer.step`."""
+        x = check_images(images, "images", self.device)
 
         def compute() -> tuple[torch.Tensor, dict[str, float]]:
             self.model.module.train()
-            f = self.model.forward(images, self._step + 1)
+            f = self.model.forward(x, self._step + 1)
             return self.objective(distributed.gather(f), distributed.gather(as_tensor(labels, "labels")))
 
-        return self._run({"images": images}, compute)
+        return self._run({"images": x}, compute)
 
     def _objective_settings(self) -> dict[str, Any]:
         return self.ranking_config.to_core()
@@ -697,9 +699,7 @@ class TorchSwavTrainer(TorchTrainer):
     def step(self, crops: Sequence[Any]) -> dict[str, float]:
         """One training step on ``[global_1, global_2, local_1, ...]``; the metrics of
         :meth:`slade.SwavTrainer.step`."""
-        if isinstance(crops, torch.Tensor) or not isinstance(crops, Sequence) or len(crops) < 2:
-            raise ShapeError("crops must be a list of at least the two global crops [global_1, global_2, ...]")
-        views = {f"crops[{i}]": check_images(c, f"crops[{i}]", self.device) for i, c in enumerate(crops)}
+        views = {f"crops[{i}]": c for i, c in enumerate(check_crops(crops, self.device))}
 
         def compute() -> tuple[torch.Tensor, dict[str, float]]:
             self.model.module.train()
