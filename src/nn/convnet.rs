@@ -3,6 +3,7 @@
 //! pooling to a 64-d feature. Names: `blocks.{i}.conv.weight`, `blocks.{i}.bn.*`.
 
 use super::layers::{global_avg_pool, BatchNorm2d, Builder, Conv2d, ConvInit};
+use super::pool::max_pool_2x2;
 use crate::error::Result;
 use tch::Tensor;
 
@@ -48,12 +49,12 @@ impl ConvNet {
 
     /// Each block pools before its ReLU: max-pooling and ReLU commute (ReLU is monotone),
     /// so values and gradients are those of conv-BN-ReLU-pool, with the ReLU on a quarter
-    /// of the elements.
+    /// of the elements. The pooling is ATen's, computed by [`max_pool_2x2`].
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mut h = x.shallow_clone();
         for block in &self.blocks {
             h = block.bn.forward_t(&block.conv.forward(&h)?, train)?;
-            h = h.f_max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false)?.f_relu_()?;
+            h = max_pool_2x2(&h)?.f_relu_()?;
         }
         global_avg_pool(&h)
     }

@@ -5,6 +5,7 @@
 pub mod convnet;
 pub mod io;
 pub mod layers;
+pub mod pool;
 pub mod resnet;
 pub mod store;
 
