@@ -46,10 +46,7 @@ pub fn max_pool_2x2(x: &Tensor) -> Result<Tensor> {
         let values = unsafe {
             std::slice::from_raw_parts_mut(out.data_ptr() as *mut f32, planes * shape.outputs())
         };
-        values
-            .par_chunks_mut(shape.outputs())
-            .zip(input.par_chunks(shape.inputs(h as usize)))
-            .for_each(|(out, plane)| shape.maxima(plane, out));
+        shape.each_plane(values, input, h as usize, |plane, out| shape.maxima(plane, out));
         return Ok(out);
     }
     let positions = Tensor::f_empty([n * c, oh * ow], (Kind::Int64, Device::Cpu))?;
@@ -57,10 +54,7 @@ pub fn max_pool_2x2(x: &Tensor) -> Result<Tensor> {
     let index = unsafe {
         std::slice::from_raw_parts_mut(positions.data_ptr() as *mut i64, planes * shape.outputs())
     };
-    index
-        .par_chunks_mut(shape.outputs())
-        .zip(input.par_chunks(shape.inputs(h as usize)))
-        .for_each(|(out, plane)| shape.argmaxima(plane, out));
+    shape.each_plane(index, input, h as usize, |plane, out| shape.argmaxima(plane, out));
     Ok(x.f_view([n * c, h * w])?.f_gather(1, &positions, false)?.f_view([n, c, oh, ow])?)
 }
 
@@ -78,6 +72,25 @@ impl Plane {
 
     fn outputs(&self) -> usize {
         self.oh * self.ow
+    }
+
+    /// `f(input plane, its output)` for every plane of `h` rows: on rayon's workers where
+    /// torch may use more than one thread (`torch.get_num_threads()`, which a user or a
+    /// launcher may have set to 1), else on this thread.
+    fn each_plane<T: Send>(
+        &self,
+        out: &mut [T],
+        input: &[f32],
+        h: usize,
+        f: impl Fn(&[f32], &mut [T]) + Sync,
+    ) {
+        let (n_out, n_in) = (self.outputs(), self.inputs(h));
+        if tch::get_num_threads() > 1 {
+            let planes = out.par_chunks_mut(n_out).zip(input.par_chunks(n_in));
+            planes.for_each(|(o, i)| f(i, o));
+        } else {
+            out.chunks_mut(n_out).zip(input.chunks(n_in)).for_each(|(o, i)| f(i, o));
+        }
     }
 
     /// The four positions of window (y, x) in ATen's order: row by row.
@@ -167,6 +180,15 @@ mod tests {
             assert!(same_bits(&ours.detach(), &want.detach()), "{h}x{w} values");
             assert!(same_bits(&gradient(&ours), &gradient(&want)), "{h}x{w} gradients");
         }
+    }
+
+    #[test]
+    fn one_torch_thread_gives_the_same_bits() {
+        let x = hostile(2, 3, 9, 8);
+        let parallel = tch::no_grad(|| max_pool_2x2(&x).unwrap());
+        let _one_thread = crate::threads::single_threaded_torch();
+        let serial = tch::no_grad(|| max_pool_2x2(&x).unwrap());
+        assert!(same_bits(&serial, &parallel) && same_bits(&serial, &aten(&x)));
     }
 
     #[test]
