@@ -49,7 +49,7 @@ impl ConvNet {
 
     /// Each block pools before its ReLU: max-pooling and ReLU commute (ReLU is monotone),
     /// so values and gradients are those of conv-BN-ReLU-pool, with the ReLU on a quarter
-    /// of the elements. The pooling is ATen's, computed by [`max_pool_2x2`].
+    /// of the elements. Without autograd the pooling runs [`max_pool_2x2`]'s kernel.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mut h = x.shallow_clone();
         for block in &self.blocks {
