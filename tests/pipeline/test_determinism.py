@@ -5,9 +5,13 @@ and the per-image-transform path (``data.augment=transform``) (README, "Guarante
 
 from __future__ import annotations
 
-import pytest
+import subprocess
+import sys
 
-from processes import TINY_RUN, assert_same_run, slade_commands
+import pytest
+import torch
+
+from processes import TINY_RUN, assert_same_run, environment, slade_commands
 
 pytestmark = pytest.mark.usefixtures("fashion_mnist_root")
 
@@ -27,3 +31,33 @@ def test_two_processes_each_with_0_and_2_workers_give_the_same_run(tmp_path, aug
     assert [d.returncode for d in done] == [0] * 4, [d.stderr for d in done]
     for out in outs[1:]:
         assert_same_run(out, outs[0], ignore_config=("data.num_workers",))
+
+
+#: A ``slade`` command whose process first asks torch for deterministic algorithms (warning,
+#: not failing, where an operation has none), as README "Guarantees" → "On CUDA" describes.
+DETERMINISTIC_SLADE = (
+    "import sys, torch; torch.use_deterministic_algorithms(True, warn_only=True); "
+    "from slade.cli import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
+@pytest.mark.cuda
+def test_cuda_runs_with_deterministic_algorithms_repeat_bit_for_bit(tmp_path):
+    """README "On CUDA": with ``torch.use_deterministic_algorithms(True)`` and
+    ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` set before the run, two processes give the same run
+    (metrics, pseudo labels, histories, weights) on a CUDA device."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    env = {**environment(), "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+    outs = [tmp_path / f"run{i}" for i in range(2)]
+    for out in outs:
+        argv = ["run", "--out", str(out), *TINY, "device=cuda"]
+        done = subprocess.run(
+            [sys.executable, "-c", DETERMINISTIC_SLADE, *argv],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stderr
+    assert_same_run(outs[1], outs[0])
