@@ -22,9 +22,10 @@ the one-process identity: ``rank() == 0``, ``world_size() == 1``, ``gather(x) is
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import timedelta
 
 import torch
@@ -105,14 +106,35 @@ def check_share(batch_size: int, m: int, key: str) -> None:
 @contextmanager
 def _collective(what: str) -> Iterator[None]:
     """A collective's failure (a rank that died, or did not join it within the process
-    group's timeout) as a DistributedError naming it and this rank."""
+    group's timeout) as a DistributedError naming it and this rank. The process group is
+    then destroyed when the interpreter exits: one left with a failed operation aborts the
+    process in its C++ teardown ("terminate called without an active exception"), which
+    would replace the error's exit status by SIGABRT."""
     try:
         yield
     except (RuntimeError, dist.DistError) as err:
+        _destroy_at_exit()
         raise DistributedError(
             f"rank {rank()} of {world_size()}: {what} failed, another rank died or did not "
             f"join it within the timeout (distributed.timeout): {err}"
         ) from err
+
+
+def _destroy_at_exit() -> None:
+    """Registers (once) the destruction of the default process group at exit."""
+    global _destroy_registered
+    if not _destroy_registered:
+        _destroy_registered = True
+        atexit.register(_destroy_group)
+
+
+def _destroy_group() -> None:
+    if active():
+        with suppress(Exception):
+            dist.destroy_process_group()
+
+
+_destroy_registered = False
 
 
 def gather(x: torch.Tensor) -> torch.Tensor:
