@@ -121,20 +121,16 @@ def _collective(what: str) -> Iterator[None]:
 
 
 def _destroy_at_exit() -> None:
-    """Registers (once) the destruction of the default process group at exit."""
-    global _destroy_registered
-    if not _destroy_registered:
-        _destroy_registered = True
-        atexit.register(_destroy_group)
+    """Registers the destruction of the default process group at exit, once however often
+    it is called (``unregister`` drops an earlier registration)."""
+    atexit.unregister(_destroy_group)
+    atexit.register(_destroy_group)
 
 
 def _destroy_group() -> None:
     if active():
         with suppress(Exception):
             dist.destroy_process_group()
-
-
-_destroy_registered = False
 
 
 def gather(x: torch.Tensor) -> torch.Tensor:

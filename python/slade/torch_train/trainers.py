@@ -233,13 +233,12 @@ class TorchTrainer:
     # ---- the step
 
     def _run(self, images: Mapping[str, torch.Tensor], compute: Callable[[], Any]) -> dict[str, float]:
-        """A whole step: ``images`` checked, ``compute()`` (forward pass and objective: the
-        loss and its metrics), backward, clipping, update, schedule. A step whose images,
-        embeddings, loss or gradients are NaN or Inf is never applied: it raises
+        """A whole step on ``images`` (the batches :func:`check_images` returned):
+        ``compute()`` (forward pass and objective: the loss and its metrics), backward,
+        clipping, update, schedule. A step whose images, embeddings, loss or gradients are
+        NaN or Inf is never applied: it raises
         NonFiniteError with the trainer as before it or, with ``optimizer.nonfinite="skip"``,
         counts without an update (``skipped`` = 1; the buffers as before it)."""
-        for name, x in images.items():
-            check_images(x, name, self.device)
         with self._step_scope() as undo:
             metrics: dict[str, float] = {"loss": math.nan}
             try:
