@@ -21,6 +21,7 @@ from .settings import (
     StudentObjectiveConfig,
     SwavConfig,
 )
+from .sharded_kmeans import sharded_kmeans
 from .torch_train import TorchStudentTrainer, TorchSwavTrainer, TorchTeacherTrainer
 from .train import StudentTrainer, SwavTrainer, TeacherTrainer
 
@@ -70,6 +71,7 @@ __all__ = [
     "SwavLoss",
     "KMeansResult",
     "kmeans",
+    "sharded_kmeans",
     "nmi",
     "config",
     "Config",

@@ -346,10 +346,12 @@ def embed_dataset(
     num_workers: int = 0,
     progress: Callable[[Iterator, int, str], Iterator] | None = None,
     description: str = "embed",
+    gather: bool = True,
 ) -> torch.Tensor:
     """Embeddings (on the CPU) of every image of ``dataset``, in no-grad eval-mode batches of
-    ``batch_size`` on the model's device; in a process group each rank embeds its shard and
-    every rank gets all the embeddings."""
+    ``batch_size`` on the model's device; in a process group each rank embeds its shard
+    (:func:`slade.distributed.shard_range`) and every rank gets all the embeddings, or with
+    ``gather=False`` those of its shard."""
     device = model.device
     images = eval_tensor_images(dataset)
     count = len(dataset) if images is None else int(images.shape[0])
@@ -378,4 +380,4 @@ def embed_dataset(
             parts.append(model.embed(x.to(device), batch_size=batch_size).cpu())
     if not parts:
         raise ValueError("cannot embed an empty dataset")
-    return distributed.gather_rows(torch.cat(parts))
+    return distributed.gather_rows(torch.cat(parts)) if gather else torch.cat(parts)

@@ -165,6 +165,12 @@ class PseudoLabelConfig:
         k: clusters (the paper's best is about twice the labeled class count).
         iters, init, tol: as :func:`slade.kmeans`; the seed is the run's seed.
         batch_size: images per forward pass when embedding.
+        sharded: under ``torchrun``, each rank keeps the embeddings of its shard of the
+            pool and they are clustered by :func:`slade.sharded_kmeans` (only centroid sums
+            cross between ranks); ``False``: every rank clusters all the gathered
+            embeddings with :func:`slade.kmeans`. The two draw their k-means++ seeds
+            differently, so their pseudo labels differ; each gives the same labels for any
+            number of ranks (one process included).
     """
 
     k: int = 50
@@ -172,6 +178,7 @@ class PseudoLabelConfig:
     init: str = "k-means++"
     tol: float = 0.0
     batch_size: int = 1024
+    sharded: bool = False
 
 
 @dataclass
@@ -401,7 +408,11 @@ class Config:
         _check(e.examples >= 0 and e.top_k >= 1, "eval.examples", ">= 0 (and eval.top_k >= 1)")
         self._validate_log()
         dist = self.distributed
-        _check(dist.backend in ("auto", "gloo", "nccl"), "distributed.backend", "'auto', 'gloo' or 'nccl'")
+        _check(
+            dist.backend in ("auto", "gloo", "nccl"),
+            "distributed.backend",
+            "'auto', 'gloo' or 'nccl'",
+        )
         _check(dist.timeout > 0, "distributed.timeout", "> 0 (seconds)")
         return self
 

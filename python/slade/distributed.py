@@ -184,6 +184,14 @@ def all_ranks(flag: bool) -> bool:
     return bool(value.item())
 
 
+def all_sum(x: torch.Tensor, what: str) -> torch.Tensor:
+    """``x`` replaced in place by its sum over the ranks (``what`` names it in an error)."""
+    if world_size() > 1:
+        with _collective(what):
+            dist.all_reduce(x)
+    return x
+
+
 def barrier() -> None:
     if world_size() > 1:
         with _collective("waiting for the other ranks"):

@@ -285,6 +285,33 @@ def count_arg(*, zero_ok: bool, upper: int | None = None) -> list[Case]:
     return cases
 
 
+def kmeans_row(function: Callable[..., Any]) -> Target:
+    """:func:`slade.kmeans` and :func:`slade.sharded_kmeans` (one process) take the same
+    arguments with the same rules."""
+    return Target(
+        function.__name__,
+        function,
+        lambda: {"x": embeddings(), "k": 3, "iters": 5, "seed": 0, "init": "k-means++", "tol": 0.0},
+        {
+            "x": float_rows(rows=False, cols=False, device=False),
+            "k": count_arg(zero_ok=False, upper=N + 1),
+            "iters": count_arg(zero_ok=True),
+            "seed": count_arg(zero_ok=True),
+            "init": [
+                Raises("unknown", const("nonsense"), InvalidArgumentError, "k-means\\+\\+"),
+                Raises("wrong-type", const(3), DtypeError, "k-means\\+\\+"),
+                Raises("rows", const(embeddings(2)), ShapeError, "3"),
+                Raises("dim", const(embeddings(3, D + 1)), ShapeError, "dim"),
+                Raises("int", const(torch.ones(3, D, dtype=torch.long)), DtypeError, FLOAT),
+                Raises("nan", const(poke(embeddings(3), NAN)), NonFiniteError, "NaN"),
+                Raises("cuda", lambda _: embeddings(3).cuda(), DeviceError, CUDA, cuda=True),
+            ],
+            "tol": finite_number()
+            + [Raises("negative", const(-1.0), InvalidArgumentError, ">= 0|non-negative")],
+        },
+    )
+
+
 def finite_number(*, positive: bool = False) -> list[Case]:
     cases: list[Case] = [
         Raises("str", const("0.5"), DtypeError, "number"),
@@ -984,40 +1011,22 @@ TABLE: list[Target] = [
         },
         covers=slade.FeatureBasis.loss,
     ),
-    Target(
-        "kmeans",
-        slade.kmeans,
-        lambda: {"x": embeddings(), "k": 3, "iters": 5, "seed": 0, "init": "k-means++", "tol": 0.0},
-        {
-            "x": float_rows(rows=False, cols=False, device=False),
-            "k": count_arg(zero_ok=False, upper=N + 1),
-            "iters": count_arg(zero_ok=True),
-            "seed": count_arg(zero_ok=True),
-            "init": [
-                Raises("unknown", const("nonsense"), InvalidArgumentError, "k-means\\+\\+"),
-                Raises("wrong-type", const(3), DtypeError, "k-means\\+\\+"),
-                Raises("rows", const(embeddings(2)), ShapeError, "3"),
-                Raises("dim", const(embeddings(3, D + 1)), ShapeError, "dim"),
-                Raises("int", const(torch.ones(3, D, dtype=torch.long)), DtypeError, FLOAT),
-                Raises("nan", const(poke(embeddings(3), NAN)), NonFiniteError, "NaN"),
-                Raises("cuda", lambda _: embeddings(3).cuda(), DeviceError, CUDA, cuda=True),
-            ],
-            "tol": finite_number()
-            + [Raises("negative", const(-1.0), InvalidArgumentError, ">= 0|non-negative")],
-        },
-    ),
-    Target(
-        "kmeans with init centroids",
-        slade.kmeans,
-        lambda: {"x": embeddings(), "k": 3, "init": embeddings(3, seed=2)},
-        {
-            "init": [
-                c
-                for c in float_rows(rows=False, cols=False, device=False)
-                if c.label in ("strided", "column-major", "offset", "numpy", "requires-grad")
-            ]
-        },
-    ),
+    *[kmeans_row(function) for function in (slade.kmeans, slade.sharded_kmeans)],
+    *[
+        Target(
+            f"{function.__name__} with init centroids",
+            function,
+            lambda: {"x": embeddings(), "k": 3, "init": embeddings(3, seed=2)},
+            {
+                "init": [
+                    c
+                    for c in float_rows(rows=False, cols=False, device=False)
+                    if c.label in ("strided", "column-major", "offset", "numpy", "requires-grad")
+                ]
+            },
+        )
+        for function in (slade.kmeans, slade.sharded_kmeans)
+    ],
     Target(
         "cluster.cluster_labels",
         slade.cluster.cluster_labels,
@@ -1324,7 +1333,8 @@ def test_the_table_covers_every_public_function_and_argument() -> None:
             arguments.setdefault(function, set()).update(target.bad, target.unchecked)
     public = [getattr(slade.losses, n) for n in slade.losses.__all__]
     public += [getattr(slade.miners, n) for n in slade.miners.__all__]
-    public += [slade.kmeans, slade.cluster.cluster_labels, slade.nmi, slade.knn]
+    public += [slade.kmeans, slade.sharded_kmeans, slade.cluster.cluster_labels]
+    public += [slade.nmi, slade.knn]
     public += [slade.retrieval_metrics, slade.Index.add, slade.Index.search]
     public += [slade.FeatureBasis.__init__, slade.FeatureBasis.representation]
     public += [slade.FeatureBasis.similarity, slade.FeatureBasis.loss]

@@ -120,6 +120,12 @@ def test_pseudo_label_quality_matches_scikit_learn(tmp_path):
     )
     embeddings = teacher.embed(images)
     assert torch.equal(pseudo.labels, slade.pseudo_label(embeddings, 6, seed=config.seed))
+    # pseudo_labels.sharded clusters them with slade.sharded_kmeans (another seeding).
+    config.pseudo_labels.sharded = True
+    sharded = slade.pseudo_label(teacher, fashion, config=config)
+    unit = torch.nn.functional.normalize(embeddings, dim=1)
+    assert torch.equal(sharded.labels, slade.sharded_kmeans(unit, 6, seed=config.seed).labels)
+    config.pseudo_labels.sharded = False
     # Saved labels are read back instead of clustering again.
     again = slade.pseudo_label("not a model", fashion, config=config, out=tmp_path)
     assert torch.equal(again.labels, pseudo.labels) and again.quality == pseudo.quality

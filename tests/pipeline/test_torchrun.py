@@ -42,13 +42,26 @@ def run(ranks: int, out: Path, *extra: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory, fashion_mnist_root) -> Path:
+#: k-means of the pool: on the embeddings every rank gathers, or on each rank's shard.
+KMEANS = {"gathered": [], "sharded": ["pseudo_labels.sharded=true"]}
+
+
+def two_rank_run(tmp_path_factory, kmeans: str) -> Path:
     out = tmp_path_factory.mktemp("torchrun") / "two"
-    done = run(2, out)
+    done = run(2, out, *KMEANS[kmeans])
     assert done.returncode == 0, done.stderr[-3000:]
     assert "student" in done.stdout  # rank 0 printed the table
     return out
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory, fashion_mnist_root) -> Path:
+    return two_rank_run(tmp_path_factory, "gathered")
+
+
+@pytest.fixture(scope="module")
+def two_ranks_sharded(tmp_path_factory, fashion_mnist_root) -> Path:
+    return two_rank_run(tmp_path_factory, "sharded")
 
 
 def metrics(out: Path) -> dict:
@@ -56,9 +69,11 @@ def metrics(out: Path) -> dict:
     return {"teacher": saved["teacher"], "student": saved["student"]}
 
 
-def test_two_ranks_give_the_results_and_weights_of_one(two_ranks, tmp_path):
+@pytest.mark.parametrize("kmeans", list(KMEANS))
+def test_two_ranks_give_the_results_and_weights_of_one(request, kmeans, tmp_path):
+    two_ranks = request.getfixturevalue("two_ranks" if kmeans == "gathered" else "two_ranks_sharded")
     one = tmp_path / "one"
-    done = run(1, one)
+    done = run(1, one, *KMEANS[kmeans])
     assert done.returncode == 0, done.stderr[-3000:]
     for stage in ("teacher", "student"):
         for name, value in metrics(one)[stage].items():

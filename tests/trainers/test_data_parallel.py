@@ -8,7 +8,6 @@ process group; the one-process references are computed in this process with plai
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
@@ -18,6 +17,7 @@ from torch import nn
 from torchvision.transforms import ToTensor
 
 import slade
+from ranks import free_port
 from slade import distributed
 from slade._images import StepBatches, TensorImages, TransformImages, embed_dataset
 from slade.data import ImageTensorDataset, MPerClassSampler
@@ -166,16 +166,10 @@ def _late_rank(rank, world, port, folder):
     )
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ranks")
-    mp.spawn(_rank, args=(WORLD, _free_port(), str(folder)), nprocs=WORLD, join=True)
+    mp.spawn(_rank, args=(WORLD, free_port(), str(folder)), nprocs=WORLD, join=True)
     return [torch.load(folder / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 
@@ -254,7 +248,7 @@ def test_batch_shares_that_split_a_class_are_refused():
 
 
 def test_a_rank_that_does_not_join_a_step_is_a_clear_error_within_the_timeout(tmp_path):
-    mp.spawn(_late_rank, args=(WORLD, _free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_late_rank, args=(WORLD, free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     waited = torch.load(tmp_path / "late0.pt")
     # The step's first collective: the ranks agree that their images are finite.
     assert waited["outcome"].startswith(

@@ -6,13 +6,13 @@ the two halves' gradients computed in this process."""
 from __future__ import annotations
 
 import os
-import socket
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import slade
+from ranks import free_port
 
 MODEL = slade.ModelConfig("convnet", 1, 16)
 OPTIM = slade.OptimizerConfig(name="sgd", lr=0.1, momentum=0.9)
@@ -21,7 +21,9 @@ OPTIM = slade.OptimizerConfig(name="sgd", lr=0.1, momentum=0.9)
 def make_halves():
     g = torch.Generator().manual_seed(0)
     labels = torch.arange(4).repeat(4)[torch.randperm(16, generator=g)]
-    images = torch.randn(4, 1, 28, 28, generator=g)[labels] + 0.5 * torch.randn(16, 1, 28, 28, generator=g)
+    images = torch.randn(4, 1, 28, 28, generator=g)[labels] + 0.5 * torch.randn(
+        16, 1, 28, 28, generator=g
+    )
     return [(images[:8], labels[:8]), (images[8:], labels[8:])]
 
 
@@ -43,14 +45,8 @@ def _rank(rank: int, world: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_gloo_ranks_train_like_one_averaged_update(tmp_path):
-    mp.spawn(_rank, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_rank, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
 
     # The same two updates in this process: gradients of each half, averaged by hand.

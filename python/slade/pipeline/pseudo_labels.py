@@ -13,11 +13,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import cluster
+from .. import cluster, distributed
 from .._durable import remove_temporary_files, write_bytes, write_json
 from .._images import embed_dataset
 from ..config import Config
 from ..errors import ConfigError, InvalidArgumentError
+from ..sharded_kmeans import sharded_kmeans
 from .data_loading import data_or_load
 from .inputs import as_config, as_model
 from .stages import Progress
@@ -142,6 +143,8 @@ def _clustered(
     if getattr(data, "eval_transform", None) is not None:
         # the teacher sees the pool as it sees test images: no training augmentation
         unlabeled = unlabeled.with_transform(data.eval_transform)
+    if k > len(unlabeled):
+        raise ConfigError(f"pseudo_labels.k ({k}) exceeds the {len(unlabeled)} unlabeled images")
     model = as_model(source, config.device)
     embeddings = embed_dataset(
         model,
@@ -150,16 +153,17 @@ def _clustered(
         num_workers=config.data.num_workers,
         progress=Progress(config.progress).iterate,
         description="embed unlabeled",
+        gather=not p.sharded,
     )
     options: dict[str, Any] = {"iters": p.iters, "init": p.init, "tol": p.tol, "seed": config.seed}
     options.update(kmeans_options)
-    normalised = torch.nn.functional.normalize(embeddings, dim=1)
-    if k > normalised.shape[0]:
-        raise ConfigError(
-            f"pseudo_labels.k ({k}) exceeds the {normalised.shape[0]} unlabeled images"
-        )
-    result = cluster.kmeans(normalised.to(model.device), k, **options)
-    labels = result.labels.cpu()
+    normalised = torch.nn.functional.normalize(embeddings, dim=1).to(model.device)
+    if p.sharded:
+        result = sharded_kmeans(normalised, k, **options)
+        labels = distributed.gather_rows(result.labels.cpu())
+    else:
+        result = cluster.kmeans(normalised, k, **options)
+        labels = result.labels.cpu()
     sizes = torch.bincount(labels, minlength=k).tolist()
     hidden = getattr(unlabeled, "hidden_labels", None)
     quality = pseudo_label_quality(labels, hidden) if hidden is not None else {}
