@@ -156,21 +156,28 @@ class _Shard:
         rows[mine] = self.x[ids[mine] - self.offset]
         return distributed.all_sum(rows, "sending k-means points")
 
-    def locate(self, closest: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
-        """Global ids of the points where the cumulative D^2 (``closest`` on each rank, in
-        rank order) first reaches each of the CPU float64 ``draws`` (numpy's
-        ``searchsorted``, side left, as scikit-learn draws its candidates)."""
-        cumulative = closest.cumsum(0)
-        sums = torch.zeros(distributed.world_size(), dtype=torch.float64, device=closest.device)
-        sums[distributed.rank()] = cumulative[-1]
-        ends = distributed.all_sum(sums, "sharing the D^2 sums").cpu().cumsum(0)
+    def per_rank(self, values: torch.Tensor) -> torch.Tensor:
+        """Every rank's ``values`` (same shape on each), stacked in rank order, on the CPU."""
+        world = distributed.world_size()
+        rows = torch.zeros(world, *values.shape, dtype=values.dtype, device=values.device)
+        rows[distributed.rank()] = values
+        return distributed.all_sum(rows, "sharing k-means sums").cpu()
+
+    def drawn(
+        self, closest: torch.Tensor, rank_sums: torch.Tensor, draws: torch.Tensor
+    ) -> torch.Tensor:
+        """The points (float64, on every rank) where the cumulative D^2 over all ranks'
+        points in rank order (``closest`` here, ``rank_sums`` each rank's total) first
+        reaches each of the CPU float64 ``draws`` (numpy's ``searchsorted``, side left, as
+        scikit-learn draws its candidates); each is sent by the rank that holds it."""
+        ends = rank_sums.cumsum(0)
         owners = torch.searchsorted(ends, draws).clamp_max(len(ends) - 1)
         mine = owners == distributed.rank()
-        start = ends[distributed.rank()] - cumulative[-1].cpu()
-        local = torch.searchsorted(cumulative, (draws[mine] - start).to(closest.device))
-        ids = torch.zeros(len(draws), dtype=torch.int64, device=closest.device)
-        ids[mine.to(closest.device)] = local.clamp_max(self.x.shape[0] - 1) + self.offset
-        return distributed.all_sum(ids, "locating the k-means++ draws")
+        start = ends[distributed.rank()] - rank_sums[distributed.rank()]
+        local = torch.searchsorted(closest.cumsum(0), (draws[mine] - start).to(closest.device))
+        rows = torch.zeros(len(draws), self.x.shape[1], dtype=torch.float64, device=self.x.device)
+        rows[mine.to(self.x.device)] = self.x[local.clamp_max(self.x.shape[0] - 1)]
+        return distributed.all_sum(rows, "sending the k-means++ candidates")
 
     def mean_variance(self) -> float:
         """Mean over features of the population variance of all ranks' points."""
@@ -200,19 +207,19 @@ def _initial_centroids(points: _Shard, k: int, init: Any, seed: int) -> torch.Te
 
 
 def _plus_plus(points: _Shard, k: int, generator: torch.Generator) -> torch.Tensor:
-    """Greedy k-means++ (see the module docs), in float64."""
+    """Greedy k-means++ (see the module docs), in float64: two collectives per centroid."""
     trials = 2 + int(math.log(k))
     first = torch.randint(points.total, (1,), generator=generator)
     centroids = [points.owned(first)]
     closest = points.sq_distances(centroids[0])[:, 0]
-    potential = distributed.all_sum(closest.sum().reshape(1), "summing D^2").cpu()
+    rank_sums = points.per_rank(closest.sum().reshape(1))[:, 0]
     for _ in range(1, k):
-        draws = torch.rand(trials, generator=generator, dtype=torch.float64) * potential
-        candidates = points.owned(points.locate(closest, draws))
+        draws = torch.rand(trials, generator=generator, dtype=torch.float64) * rank_sums.sum()
+        candidates = points.drawn(closest, rank_sums, draws)
         distances = torch.minimum(closest[:, None], points.sq_distances(candidates))
-        potentials = distributed.all_sum(distances.sum(0), "summing D^2").cpu()
-        best = int(torch.argmin(potentials))
-        closest, potential = distances[:, best].contiguous(), potentials[best]
+        sums = points.per_rank(distances.sum(0))  # (ranks, trials)
+        best = int(torch.argmin(sums.sum(0)))
+        closest, rank_sums = distances[:, best].contiguous(), sums[:, best]
         centroids.append(candidates[best : best + 1])
     return torch.cat(centroids)
 
