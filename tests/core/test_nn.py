@@ -114,6 +114,31 @@ def test_embed_restores_mode_and_takes_batches():
         assert torch.allclose(model(x), out, atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    "backbone, channels, side, count", [("convnet", 1, 28, 37), ("convnet", 1, 64, 9), ("resnet18", 3, 32, 21)]
+)
+def test_embed_on_several_threads_is_the_plain_forward_pass(backbone, channels, side, count):
+    """On the CPU with more than one torch thread, embed splits each batch over workers
+    (strands, then calls of a few images): the rows must come back complete, in order and
+    equal to the torch reference and to the one-thread forward pass."""
+    model, ref = make_pair(backbone, channels, 16, seed=3)
+    x = torch.randn(count, channels, side, side, generator=torch.Generator().manual_seed(4))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = model.embed(x, batch_size=count)
+        torch.set_num_threads(2)
+        split = [model.embed(x, batch_size=b) for b in (count, 8, 1)]
+    finally:
+        torch.set_num_threads(threads)
+    with torch.no_grad():
+        expected = ref.eval()(x)
+    for embedded in split:
+        assert embedded.shape == (count, 16)
+        assert torch.allclose(embedded, expected, **TOL)
+        assert torch.allclose(embedded, alone, rtol=0, atol=1e-6)
+
+
 def test_freeze_backbone_blocks_gradients_and_running_stats():
     model = slade.EmbeddingModel(slade.ModelConfig("convnet", 1, 8))
     model.freeze_backbone()
