@@ -7,6 +7,7 @@
 //! `apply_gradients` (loss-scale removal, clipping, optimizer update, schedule); `step` runs
 //! both.
 
+mod adam_kernel;
 pub mod checkpoint;
 pub mod optim;
 pub mod ranking;

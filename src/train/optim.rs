@@ -8,9 +8,13 @@
 //!   p <- p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps).
 //! - AdamW: as Adam without the wd term in g, after p <- p (1 - lr wd) (decoupled decay).
 //!
+//! Adam's elementwise update of contiguous float32 CPU tensors runs in two passes over
+//! memory (`adam_kernel`), with the same bits as the operations (`adam_by_ops`) used elsewhere.
+//!
 //! Gradient clipping equals torch.nn.utils.clip_grad_norm_: the total 2-norm over all
 //! gradients, and every gradient times min(1, max_norm / (norm + 1e-6)).
 
+use super::adam_kernel::{self, AdamStep};
 use super::schedule::Schedule;
 use crate::bail;
 use crate::error::Result;
@@ -487,6 +491,27 @@ fn add_scaled(a: &Tensor, b: &Tensor, alpha: f64) -> Result<Tensor> {
 }
 
 /// `value` as a 0-dim tensor of `like`'s dtype and device, for fused scalar operations.
+/// Adam's elementwise update by torch operations (any device and dtype):
+/// `m <- lerp(m, g, 1 - b1)`, `v <- b2 v + (1 - b2) g^2`,
+/// `p <- p - step_size * m / (sqrt(v) / sqrt(bc2) + eps)`.
+fn adam_by_ops(
+    p: &mut Tensor,
+    g: &Tensor,
+    exp_avg: &mut Tensor,
+    exp_avg_sq: &mut Tensor,
+    h: &AdamStep,
+) -> Result<()> {
+    let _ = exp_avg.f_lerp_(g, 1.0 - h.beta1)?;
+    let _ = exp_avg_sq.f_mul_scalar_(h.beta2)?;
+    let _ = exp_avg_sq.f_addcmul_(g, &g.f_mul_scalar(1.0 - h.beta2)?)?;
+    let mut denom = exp_avg_sq.f_sqrt()?;
+    let _ = denom.f_div_scalar_(h.root_bias_correction)?;
+    let _ = denom.f_add_scalar_(h.eps)?;
+    let _ = denom.f_div_scalar_(-h.step_size)?;
+    let _ = p.f_addcdiv_(exp_avg, &denom)?;
+    Ok(())
+}
+
 fn scalar(value: f64, like: &Tensor) -> Result<Tensor> {
     Ok(Tensor::f_scalar_tensor(value, (like.kind(), like.device()))?)
 }
@@ -554,18 +579,20 @@ fn update(
                 Some(v) => v,
                 None => param.f_zeros_like()?,
             };
-            let _ = exp_avg.f_lerp_(&g, 1.0 - beta1)?;
-            let _ = exp_avg_sq.f_mul_scalar_(beta2)?;
-            let _ = exp_avg_sq.f_addcmul_(&g, &g.f_mul_scalar(1.0 - beta2)?)?;
             let bias_correction1 = 1.0 - beta1.powf(t);
             let bias_correction2 = 1.0 - beta2.powf(t);
-            let step_size = lr / bias_correction1;
-            // p <- p - step_size * m / (sqrt(v) / sqrt(bc2) + eps)
-            let mut denom = exp_avg_sq.f_sqrt()?;
-            let _ = denom.f_div_scalar_(bias_correction2.sqrt())?;
-            let _ = denom.f_add_scalar_(eps)?;
-            let _ = denom.f_div_scalar_(-step_size)?;
-            let _ = p.f_addcdiv_(&exp_avg, &denom)?;
+            let h = AdamStep {
+                beta1,
+                beta2,
+                eps,
+                step_size: lr / bias_correction1,
+                root_bias_correction: bias_correction2.sqrt(),
+            };
+            if adam_kernel::fits(&[&p, &g, &exp_avg, &exp_avg_sq]) {
+                adam_kernel::step(&p, &g, &exp_avg, &exp_avg_sq, &h)?;
+            } else {
+                adam_by_ops(&mut p, &g, &mut exp_avg, &mut exp_avg_sq, &h)?;
+            }
             s.exp_avg = Some(exp_avg);
             s.exp_avg_sq = Some(exp_avg_sq);
         }
@@ -605,6 +632,35 @@ mod tests {
         let p1 = p0 - 0.1 * 2.0 * p0;
         let p2 = p1 - 0.1 * (0.5 * 2.0 * p0 + 2.0 * p1);
         assert!((got[0] - p2).abs() < 1e-6, "{got:?} vs {p2}");
+    }
+
+    /// The two-pass kernel gives the weights and moments of the torch operations bit for bit
+    /// (vector bodies and scalar tails, both branches of lerp's weight).
+    #[test]
+    fn adam_kernel_is_the_torch_operations_bit_for_bit() {
+        for (len, beta1, beta2) in [(100_003, 0.9, 0.999), (37, 0.3, 0.5), (5, 0.9, 0.99)] {
+            tch::manual_seed(len);
+            let opts = (Kind::Float, tch::Device::Cpu);
+            let p = Tensor::randn([len], opts);
+            let (m, v) = (Tensor::zeros([len], opts), Tensor::zeros([len], opts));
+            let (mut p2, mut m2, mut v2) = (p.copy(), m.copy(), v.copy());
+            for t in 1..=4 {
+                let g = Tensor::randn([len], opts) * 0.1;
+                let h = AdamStep {
+                    beta1,
+                    beta2,
+                    eps: 1e-8,
+                    step_size: 1e-3 / (1.0 - f64::powi(beta1, t)),
+                    root_bias_correction: (1.0 - f64::powi(beta2, t)).sqrt(),
+                };
+                assert!(adam_kernel::fits(&[&p, &g, &m, &v]));
+                adam_kernel::step(&p, &g, &m, &v, &h).unwrap();
+                adam_by_ops(&mut p2, &g, &mut m2, &mut v2, &h).unwrap();
+                for (a, b) in [(&p, &p2), (&m, &m2), (&v, &v2)] {
+                    assert!(a.equal(b), "len {len}, step {t}");
+                }
+            }
+        }
     }
 
     #[test]
