@@ -263,10 +263,11 @@ impl Model {
             while start < n {
                 let len = (batch_size as i64).min(n - start);
                 let chunk = images.f_narrow(0, start, len)?.f_to_device(self.device())?;
-                let embedded = if self.device() == Device::Cpu && threads > 1 {
-                    self.embed_on_workers(&chunk, threads as usize)?
-                } else {
-                    self.forward_t(&chunk, false)?
+                let embedded = match self.worker_rows(&chunk) {
+                    Some(rows) if self.device() == Device::Cpu && threads > 1 => {
+                        self.embed_on_workers(&chunk, threads as usize, rows)?
+                    }
+                    _ => self.forward_t(&chunk, false)?,
                 };
                 parts.push(embedded.f_to_device(source_device)?);
                 start += len;
@@ -277,16 +278,17 @@ impl Model {
 
     /// Evaluation-mode embeddings of a CPU batch: `threads` rayon workers each take a
     /// contiguous strand of the batch and compute its backbone features with torch on one
-    /// thread, in calls of [`Self::worker_rows`] images; the head then maps all the features
-    /// at once on the calling thread. Each image's features go through the same kernels
-    /// alone as in any batch (the backbone is per image in evaluation mode), and the head's
-    /// GEMM sees the whole batch as in the plain forward pass (MKL's result for a few rows
-    /// on a worker can differ in the last bit), so the embeddings are the plain pass's
-    /// (tested against it).
-    fn embed_on_workers(&self, x: &Tensor, threads: usize) -> Result<Tensor> {
+    /// thread, `rows` images a call; the head then maps all the features at once on the
+    /// calling thread. The backbone is per image in evaluation mode, and the head's GEMM
+    /// sees the whole batch as in the plain forward pass (MKL's result for a few rows on a
+    /// worker can differ in the last bit), so the embeddings are the plain pass's to float
+    /// rounding (tested), and bit for bit where oneDNN runs the same convolution kernel for
+    /// one thread and a few images as for the whole batch (the ConvNet on the machines
+    /// measured, see bench/README.md).
+    fn embed_on_workers(&self, x: &Tensor, threads: usize, rows: i64) -> Result<Tensor> {
         let n = x.size()[0];
         let strand = (n + threads as i64 - 1) / threads as i64;
-        let rows = self.worker_rows(x).min(strand).max(1);
+        let rows = rows.min(strand).max(1);
         let shared = SharedForEval { model: self, images: x };
         let strands: Vec<Result<Vec<Tensor>>> = (0..n)
             .step_by(strand as usize)
@@ -307,19 +309,22 @@ impl Model {
         l2_normalize(&self.head.forward(&Tensor::f_cat(&parts, 0)?)?)
     }
 
-    /// Images per forward call on an embedding worker. The ConvNet's weights are small and
-    /// its first activation large (64 x H x W floats an image), so a worker runs as many
-    /// images as keep that activation within `ACTIVATION_BYTES`, about a core's L2 cache
-    /// (at 28 px: 10 images; about 2.5x the images/s of one OpenMP batch of 1,024 on two
-    /// cores). A ResNet reads megabytes of weights per call, so its worker runs its whole
-    /// strand at once.
-    fn worker_rows(&self, x: &Tensor) -> i64 {
+    /// Images per forward call on an embedding worker, for the backbones embedded on
+    /// workers. The ConvNet's weights are small and its first activation large (64 x H x W
+    /// floats an image), so a worker runs as many images as keep that activation within
+    /// `ACTIVATION_BYTES`, about a core's L2 cache (at 28 px: 10 images; about 2.5x the
+    /// images/s of one OpenMP batch of 1,024 on two cores). ResNets stay on torch's
+    /// threads: one thread per image ran other oneDNN kernels there (ResNet-50's
+    /// embeddings moved by 1e-6), for at most 5-30% more images/s with ResNet-18.
+    fn worker_rows(&self, x: &Tensor) -> Option<i64> {
         /// Bytes of the ConvNet's first activation per worker call.
         const ACTIVATION_BYTES: i64 = 2 << 20;
         let size = x.size();
         match self.backbone {
-            Backbone::ConvNet(_) => ACTIVATION_BYTES / (convnet::CHANNELS * size[2] * size[3] * 4),
-            Backbone::ResNet(_) => i64::MAX,
+            Backbone::ConvNet(_) => {
+                Some(ACTIVATION_BYTES / (convnet::CHANNELS * size[2] * size[3] * 4))
+            }
+            Backbone::ResNet(_) => None,
         }
     }
 
@@ -408,12 +413,13 @@ mod tests {
         for (backbone, channels, side, count) in
             [("convnet", 1, 28, 23), ("convnet", 1, 64, 5), ("resnet18", 3, 32, 7)]
         {
+            let rows = if backbone == "convnet" { 4 } else { 2 };
             let m = model(backbone, channels);
             tch::manual_seed(1);
             let x = Tensor::randn([count, channels, side, side], (Kind::Float, Device::Cpu));
             let plain = tch::no_grad(|| m.forward_t(&x, false)).unwrap();
             for threads in [2, 3, 8] {
-                let split = tch::no_grad(|| m.embed_on_workers(&x, threads)).unwrap();
+                let split = tch::no_grad(|| m.embed_on_workers(&x, threads, rows)).unwrap();
                 assert!(split.allclose(&plain, 0.0, 1e-6, false), "{backbone} {threads}");
             }
         }

@@ -118,9 +118,10 @@ def test_embed_restores_mode_and_takes_batches():
     "backbone, channels, side, count", [("convnet", 1, 28, 37), ("convnet", 1, 64, 9), ("resnet18", 3, 32, 21)]
 )
 def test_embed_on_several_threads_is_the_plain_forward_pass(backbone, channels, side, count):
-    """On the CPU with more than one torch thread, embed splits each batch over workers
-    (strands, then calls of a few images): the rows must come back complete, in order and
-    equal to the torch reference and to the one-thread forward pass."""
+    """On the CPU with more than one torch thread, embed splits the ConvNet's batches over
+    workers (strands, then calls of a few images; ResNets run the plain pass): the rows must
+    come back complete, in order and equal to the torch reference and to the one-thread
+    forward pass."""
     model, ref = make_pair(backbone, channels, 16, seed=3)
     x = torch.randn(count, channels, side, side, generator=torch.Generator().manual_seed(4))
     threads = torch.get_num_threads()
