@@ -127,13 +127,7 @@ class FeatureBasis(torch.nn.Module):
 
     def _config(self) -> dict[str, Any]:
         """The settings by name (:class:`slade.settings.BasisConfig`'s fields)."""
-        return {
-            "momentum": self.momentum,
-            "sd_margin": self.sd_margin,
-            "sd_weight": self.sd_weight,
-            "regularizer": self.regularizer,
-            "sd_statistics": self.sd_statistics,
-        }
+        return {name: getattr(self, name) for name in BasisConfig._own_fields()}
 
     def _state(self) -> dict[str, torch.Tensor | None]:
         """The state tensors by name, the very tensors."""

@@ -9,6 +9,7 @@
 
 mod adam_kernel;
 pub mod checkpoint;
+mod finite_kernel;
 pub mod optim;
 pub mod ranking;
 pub mod schedule;
@@ -702,6 +703,30 @@ mod tests {
         assert_eq!(t.step(&batch()).unwrap()["skipped"], 0.0);
         let moved = state_of(&t);
         assert!(moved.iter().zip(&before).any(|((_, a), (_, b))| !a.equal(b)));
+    }
+
+    #[test]
+    fn an_infinite_gradient_under_a_finite_loss_is_not_applied() {
+        for (mode, value) in
+            [(NonFiniteSteps::Skip, f64::INFINITY), (NonFiniteSteps::Raise, f64::NAN)]
+        {
+            let mut t = trainer_with("adam", mode);
+            let before = state_of(&t);
+            let metrics = t.compute_gradients(&batch()).unwrap();
+            assert!(metrics["loss"].is_finite());
+            let (_, p) = t.named_parameters().pop().unwrap();
+            let _ = p.grad().view([-1]).get(0).fill_(value);
+            match mode {
+                NonFiniteSteps::Skip => assert_eq!(t.apply_gradients().unwrap()["skipped"], 1.0),
+                NonFiniteSteps::Raise => {
+                    let err = t.apply_gradients().unwrap_err();
+                    assert!(
+                        matches!(&err, crate::SladeError::NonFinite(m) if m.contains("gradients"))
+                    );
+                }
+            }
+            assert_state_is(&t, &before);
+        }
     }
 
     #[test]

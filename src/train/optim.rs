@@ -15,6 +15,7 @@
 //! gradients, and every gradient times min(1, max_norm / (norm + 1e-6)).
 
 use super::adam_kernel::{self, AdamStep};
+use super::finite_kernel;
 use super::schedule::Schedule;
 use crate::bail;
 use crate::error::Result;
@@ -341,13 +342,20 @@ impl Optimizer {
         })
     }
 
-    /// Whether every active gradient is finite (one device synchronisation).
+    /// Whether every active gradient is finite: contiguous float32 CPU gradients are
+    /// scanned in place (`finite_kernel`), the others checked by torch operations with one
+    /// device synchronisation.
     pub fn grads_finite(&self, skip: &HashSet<String>) -> Result<bool> {
         tch::no_grad(|| -> Result<bool> {
-            let flags = self
-                .active(skip)
-                .map(|(_, _, p)| Ok(p.grad().f_isfinite()?.f_all()?))
-                .collect::<Result<Vec<_>>>()?;
+            let mut flags = Vec::new();
+            for (_, _, p) in self.active(skip) {
+                let grad = p.grad();
+                match finite_kernel::all_finite(&grad) {
+                    Some(true) => {}
+                    Some(false) => return Ok(false),
+                    None => flags.push(grad.f_isfinite()?.f_all()?),
+                }
+            }
             if flags.is_empty() {
                 return Ok(true);
             }

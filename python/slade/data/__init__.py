@@ -32,6 +32,7 @@ from .datasets import (
 from .protocols import (
     PRESET,
     PROTOCOLS,
+    FileOptions,
     Protocol,
     Root,
     SemiSupervisedData,
@@ -77,6 +78,7 @@ __all__ = [
     "Omniglot",
     "unlabeled_images",
     "PRESET",
+    "FileOptions",
     "PROTOCOLS",
     "Protocol",
     "Root",

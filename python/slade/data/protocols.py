@@ -31,7 +31,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 
@@ -60,9 +60,13 @@ from .datasets import (
     unlabeled_images,
 )
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
 __all__ = [
     "SemiSupervisedData",
     "PRESET",
+    "FileOptions",
     "Protocol",
     "Root",
     "PROTOCOLS",
@@ -83,6 +87,26 @@ __all__ = [
 PRESET = "preset"
 
 TransformArg = Callable[[Any], Any] | str | None
+
+
+class FileOptions(TypedDict, total=False):
+    """The keyword arguments every image-file protocol takes (defaults in brackets).
+
+    Attributes:
+        val_classes: labeled classes held out as the validation split, a count or a fraction
+            (0: none, or the data set's own validation images).
+        seed: seeds that split (0).
+        train_transform, eval_transform: a callable, None, or :data:`PRESET` for the
+            protocol's preset (:data:`PRESET`).
+        skip_bad_files: leave empty class folders and unreadable images out
+            (:mod:`slade.data.bad_files`) instead of raising (False).
+    """
+
+    val_classes: int | float
+    seed: int
+    train_transform: TransformArg
+    eval_transform: TransformArg
+    skip_bad_files: bool
 
 
 @dataclass
@@ -186,10 +210,10 @@ def _assemble(
     test: ImageDataset,
     *,
     style: str,
-    train_transform: TransformArg,
-    eval_transform: TransformArg,
-    val_classes: int | float,
-    seed: int,
+    train_transform: TransformArg = PRESET,
+    eval_transform: TransformArg = PRESET,
+    val_classes: int | float = 0,
+    seed: int = 0,
     val: ImageDataset | None = None,
     gallery: ImageDataset | None = None,
     val_groups: int = 0,
@@ -322,13 +346,10 @@ def folders(
     root: PathLike,
     *,
     style: str = "natural",
-    val_classes: int | float = 0,
-    seed: int = 0,
-    train_transform: TransformArg = PRESET,
-    eval_transform: TransformArg = PRESET,
-    skip_bad_files: bool = False,
+    **options: Unpack[FileOptions],
 ) -> SemiSupervisedData:
-    """Protocol ``folders``: your own images in the layout::
+    """Protocol ``folders``: your own images (``options``: :class:`FileOptions`) in the
+    layout::
 
         ROOT/labeled/<class>/<image>     labeled training images
         ROOT/unlabeled/**/<image>        any images, any sub-folders, no labels
@@ -352,7 +373,9 @@ def folders(
             )
     mode = "L" if presets.check_style(style) == "grayscale" else "RGB"
     parts = {
-        part: ImageFolderDataset(base / part, mode=mode, skip_empty=skip_bad_files)
+        part: ImageFolderDataset(
+            base / part, mode=mode, skip_empty=options.get("skip_bad_files", False)
+        )
         for part in ("labeled", "test", "val")
         if (base / part).is_dir()
     }
@@ -367,13 +390,9 @@ def folders(
         UnlabeledDataset(unlabeled_images(base / "unlabeled", mode=mode), labels_known=False),
         parts["test"],
         style=style,
-        train_transform=train_transform,
-        eval_transform=eval_transform,
-        val_classes=val_classes,
-        seed=seed,
         val=parts.get("val"),
-        skip_bad_files=skip_bad_files,
         empty_folders=empty,
+        **options,
     )
 
 
@@ -391,20 +410,15 @@ def cub_nabirds(
     *,
     nabirds_split: str = "all",
     exclude_cub_species: str | None = None,
-    val_classes: int | float = 0,
-    seed: int = 0,
-    train_transform: TransformArg = PRESET,
-    eval_transform: TransformArg = PRESET,
-    skip_bad_files: bool = False,
+    **options: Unpack[FileOptions],
 ) -> SemiSupervisedData:
     """Paper pairing ``cub-nabirds``: CUB-200-2011 classes 1-100 labeled, NABirds unlabeled,
-    CUB classes 101-200 test.
+    CUB classes 101-200 test (``options``: :class:`FileOptions`).
 
     NABirds shares many species with CUB. ``exclude_cub_species`` removes NABirds images
     whose class name matches (ignoring case, punctuation and parenthesised plumage notes)
     a CUB test species (``"test"``) or any CUB species (``"all"``); by default (``None``)
-    the whole pool is kept. ``skip_bad_files`` leaves unreadable images out, as in
-    :func:`folders` (also in the other paper pairings).
+    the whole pool is kept.
     """
     labeled = CUB200(cub_root, "train")
     test = CUB200(cub_root, "test")
@@ -427,11 +441,7 @@ def cub_nabirds(
         UnlabeledDataset(pool),
         test,
         style="natural",
-        train_transform=train_transform,
-        eval_transform=eval_transform,
-        val_classes=val_classes,
-        seed=seed,
-        skip_bad_files=skip_bad_files,
+        **options,
     )
 
 
@@ -440,26 +450,18 @@ def cars_compcars(
     compcars_root: PathLike,
     *,
     compcars_split: str = "all",
-    val_classes: int | float = 0,
-    seed: int = 0,
-    train_transform: TransformArg = PRESET,
-    eval_transform: TransformArg = PRESET,
-    skip_bad_files: bool = False,
+    **options: Unpack[FileOptions],
 ) -> SemiSupervisedData:
     """Paper pairing ``cars-compcars``: Cars-196 classes 1-98 labeled, CompCars (web-nature
     images, ``compcars_split`` as :class:`CompCars`, hidden labels = car models) unlabeled,
-    Cars-196 classes 99-196 test."""
+    Cars-196 classes 99-196 test (``options``: :class:`FileOptions`)."""
     return _assemble(
         "cars-compcars",
         Cars196(cars_root, "train"),
         UnlabeledDataset(CompCars(compcars_root, compcars_split)),
         Cars196(cars_root, "test"),
         style="natural",
-        train_transform=train_transform,
-        eval_transform=eval_transform,
-        val_classes=val_classes,
-        seed=seed,
-        skip_bad_files=skip_bad_files,
+        **options,
     )
 
 
@@ -468,26 +470,19 @@ def inshop_fashion200k(
     fashion200k_root: PathLike,
     *,
     fashion200k_split: str = "train",
-    val_classes: int | float = 0,
-    seed: int = 0,
-    train_transform: TransformArg = PRESET,
-    eval_transform: TransformArg = PRESET,
-    skip_bad_files: bool = False,
+    **options: Unpack[FileOptions],
 ) -> SemiSupervisedData:
     """Paper pairing ``inshop-fashion200k``: In-shop train items labeled, Fashion200k
-    unlabeled (hidden labels = products), In-shop query (``test``) against gallery."""
+    unlabeled (hidden labels = products), In-shop query (``test``) against gallery
+    (``options``: :class:`FileOptions`)."""
     return _assemble(
         "inshop-fashion200k",
         InShop(inshop_root, "train"),
         UnlabeledDataset(Fashion200k(fashion200k_root, fashion200k_split)),
         InShop(inshop_root, "query"),
         style="natural",
-        train_transform=train_transform,
-        eval_transform=eval_transform,
-        val_classes=val_classes,
-        seed=seed,
         gallery=InShop(inshop_root, "gallery"),
-        skip_bad_files=skip_bad_files,
+        **options,
     )
 
 
