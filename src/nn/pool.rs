@@ -1,20 +1,25 @@
-//! 2x2 max pooling with stride 2 (the ConvNet's) without autograd, with ATen's values,
-//! faster on the CPU.
+//! Max pooling (the ConvNet's 2x2 windows with stride 2, the ResNets' 3x3 with stride 2 and
+//! padding 1), with ATen's values and gradients, faster on the CPU than ATen's kernel for
+//! contiguous (NCHW) float tensors, which walks each window with a per-element index
+//! computation (about 40% of the ConvNet's forward pass in evaluation, a quarter of its
+//! training step).
 //!
-//! ATen's CPU kernel for contiguous (NCHW) float tensors walks each window with a
-//! per-element index computation and records the positions of the maxima even when no
-//! gradient is wanted; in the ConvNet's forward pass in evaluation it takes about 40% of the
-//! time. Here each output reads its window's four values in row-major order and keeps
-//! ATen's choice: starting from -inf, a value replaces the maximum when it is larger or NaN
-//! (`cpu_max_pool`'s `(val > maxval) || isnan(val)`). So the maxima are ATen's bit for bit,
-//! signed zeros and NaNs included.
+//! - Without autograd (embedding the pool and the test images, a frozen backbone), 2x2
+//!   windows only (the others run ATen's kernel): each output reads its window's four
+//!   values in row-major order and keeps ATen's choice: starting from -inf, a value replaces
+//!   the maximum when it is larger or NaN (`cpu_max_pool`'s `(val > maxval) || isnan(val)`).
+//!   So the maxima are ATen's bit for bit, signed zeros and NaNs included. The planes are
+//!   split among rayon's workers where torch may use more than one thread
+//!   (`torch.get_num_threads()`, which a user or a launcher may have set to 1).
+//! - With autograd (training steps), any window: ATen's channels-last kernel picks the
+//!   positions (it chooses as the NCHW kernel does, and runs several times faster even with
+//!   the copy into that layout; a Rust loop for the positions measured slower inside a
+//!   training step, beside torch's threads), and a `gather` of them gives the values; its
+//!   backward scatters the gradient to those positions, as ATen's
+//!   `max_pool2d_with_indices_backward` does. Values and gradients are ATen's bit for bit,
+//!   overlapping windows included (both add a position's gradients in output order).
 //!
-//! This serves the passes without autograd (embedding the pool and the test images, a
-//! frozen backbone), on rayon's workers where torch may use more than one thread
-//! (`torch.get_num_threads()`, which a user or a launcher may have set to 1). With autograd
-//! ATen's kernel runs: routing the gradient through a `gather` of the chosen positions gave
-//! the same bits but measured slower in the training step. Other devices, dtypes and memory
-//! layouts run ATen's kernel too.
+//! Other devices, dtypes and memory layouts run ATen's kernel.
 
 use crate::error::Result;
 use rayon::prelude::*;
@@ -23,17 +28,29 @@ use tch::{Device, Kind, Tensor};
 /// `max_pool2d(x, kernel 2, stride 2)` of a 4-D tensor (floor mode: an odd last row or
 /// column is left out, as in ATen).
 pub fn max_pool_2x2(x: &Tensor) -> Result<Tensor> {
+    max_pool(x, 2, 2, 0)
+}
+
+/// `max_pool2d(x, kernel, stride, padding)` of a 4-D tensor (square windows, dilation 1,
+/// floor mode), with ATen's values and gradients (see the module docs).
+pub fn max_pool(x: &Tensor, kernel: i64, stride: i64, padding: i64) -> Result<Tensor> {
     let size = x.size();
-    let own_kernel = x.device() == Device::Cpu
+    let fits = x.device() == Device::Cpu
         && x.kind() == Kind::Float
-        && !x.requires_grad()
         && size.len() == 4
         && x.is_contiguous()
-        && size[2] >= 2
-        && size[3] >= 2
-        && x.numel() > 0;
-    if !own_kernel {
-        return Ok(x.f_max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false)?);
+        && x.numel() > 0
+        && size[2] + 2 * padding >= kernel
+        && size[3] + 2 * padding >= kernel;
+    let aten = |x: &Tensor| x.f_max_pool2d([kernel; 2], [stride; 2], [padding; 2], [1, 1], false);
+    if !fits {
+        return Ok(aten(x)?);
+    }
+    if x.requires_grad() {
+        return max_pool_by_gather(x, kernel, stride, padding);
+    }
+    if (kernel, stride, padding) != (2, 2, 0) {
+        return Ok(aten(x)?);
     }
     let (n, c, h, w) = (size[0], size[1], size[2], size[3]);
     let shape = Plane { w: w as usize, oh: (h / 2) as usize, ow: (w / 2) as usize };
@@ -55,6 +72,25 @@ pub fn max_pool_2x2(x: &Tensor) -> Result<Tensor> {
         planes.for_each(|(out, plane)| shape.maxima(plane, out));
     }
     Ok(out)
+}
+
+/// With autograd: the positions of the maxima from ATen's channels-last kernel, the values
+/// (and the gradient) through a `gather` of them (see the module docs).
+fn max_pool_by_gather(x: &Tensor, kernel: i64, stride: i64, padding: i64) -> Result<Tensor> {
+    let positions = tch::no_grad(|| -> Result<Tensor> {
+        let channels_last = x.f_detach()?.f_permute([0, 2, 3, 1])?.f_contiguous()?;
+        let nchw_view = channels_last.f_permute([0, 3, 1, 2])?;
+        let (_, at) = nchw_view.f_max_pool2d_with_indices(
+            [kernel; 2],
+            [stride; 2],
+            [padding; 2],
+            [1, 1],
+            false,
+        )?;
+        Ok(at.f_contiguous()?)
+    })?;
+    let gathered = x.f_flatten(2, 3)?.f_gather(2, &positions.f_flatten(2, 3)?, false)?;
+    Ok(gathered.f_view_as(&positions)?)
 }
 
 /// One input plane's width and its output's size.
@@ -145,16 +181,37 @@ mod tests {
     }
 
     #[test]
-    fn with_autograd_the_gradient_flows_as_through_aten() {
-        let x = hostile(2, 3, 7, 6).set_requires_grad(true);
-        let g = Tensor::randn([2, 3, 3, 3], (Kind::Float, Device::Cpu));
-        let gradient = |y: &Tensor| {
-            let loss = (y * &g).sum(Kind::Float);
-            Tensor::run_backward(&[&loss], &[&x], false, false)[0].shallow_clone()
-        };
-        let (ours, want) = (max_pool_2x2(&x).unwrap(), aten(&x));
-        assert!(same_bits(&ours.detach(), &want.detach()));
-        assert!(same_bits(&gradient(&ours), &gradient(&want)));
+    fn with_autograd_values_and_gradients_are_aten_bit_for_bit() {
+        for (n, c, h, w) in [(2, 3, 7, 6), (4, 16, 28, 28), (3, 5, 2, 3), (1, 70, 5, 5)] {
+            let x = hostile(n, c, h, w).set_requires_grad(true);
+            let g = Tensor::randn([n, c, h / 2, w / 2], (Kind::Float, Device::Cpu));
+            let gradient = |y: &Tensor| {
+                let loss = (y * &g).sum(Kind::Float);
+                Tensor::run_backward(&[&loss], &[&x], false, false)[0].shallow_clone()
+            };
+            let (ours, want) = (max_pool_2x2(&x).unwrap(), aten(&x));
+            assert!(ours.requires_grad() && ours.is_contiguous());
+            assert!(same_bits(&ours.detach(), &want.detach()), "{n}x{c}x{h}x{w}");
+            assert!(same_bits(&gradient(&ours), &gradient(&want)), "{n}x{c}x{h}x{w}");
+        }
+    }
+
+    #[test]
+    fn overlapping_padded_windows_with_autograd_are_aten_bit_for_bit() {
+        for (n, c, h, w) in [(2, 3, 16, 16), (3, 4, 7, 9), (1, 8, 3, 2)] {
+            let x = hostile(n, c, h, w).set_requires_grad(true);
+            let want = x.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
+            let g = Tensor::randn(want.size(), (Kind::Float, Device::Cpu));
+            let gradient = |y: &Tensor| {
+                let loss = (y * &g).sum(Kind::Float);
+                Tensor::run_backward(&[&loss], &[&x], false, false)[0].shallow_clone()
+            };
+            let ours = max_pool(&x, 3, 2, 1).unwrap();
+            assert!(same_bits(&ours.detach(), &want.detach()), "{n}x{c}x{h}x{w}");
+            assert!(same_bits(&gradient(&ours), &gradient(&want)), "{n}x{c}x{h}x{w}");
+            let frozen = tch::no_grad(|| max_pool(&x.detach(), 3, 2, 1).unwrap());
+            assert!(same_bits(&frozen, &want.detach()));
+        }
     }
 
     #[test]

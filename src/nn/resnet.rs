@@ -3,6 +3,7 @@
 //! classifier `fc`: the forward pass ends with global average pooling.
 
 use super::layers::{global_avg_pool, BatchNorm2d, Builder, Conv2d, ConvInit};
+use super::pool::max_pool;
 use crate::error::Result;
 use tch::Tensor;
 
@@ -136,7 +137,7 @@ impl ResNet {
         // Pooling before the ReLU: they commute (ReLU is monotone), so values and gradients
         // are torchvision's relu-then-maxpool ones, with the ReLU on a quarter of the elements.
         let h = self.bn1.forward_t(&self.conv1.forward(x)?, train)?;
-        let mut h = h.f_max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false)?.f_relu_()?;
+        let mut h = max_pool(&h, 3, 2, 1)?.f_relu_()?;
         for layer in &self.layers {
             for block in layer {
                 h = block.forward_t(&h, train)?;
