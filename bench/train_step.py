@@ -12,6 +12,7 @@ unlabeled images per second).
     python bench/train_step.py                       # ConvNet 28x28 (protocol), ResNet-18 32x32
     python bench/train_step.py --backbone resnet18 --size 64
     python bench/train_step.py --device cuda --backbone resnet50 --size 224
+    python bench/train_step.py --precision bf16     # both sides in bfloat16 (fast with AVX512-BF16)
 
 Last line: `speedup: X.XX` (PyTorch time / slade time of the first row; > 1 means slade is
 faster).
@@ -73,6 +74,7 @@ def run_row(backbone, side, args):
     opt = torch.optim.Adam(param_groups(model, basis, 1e-3, 1e-2))
     amp = args.precision == "fp16" and device.startswith("cuda")
     scaler = torch.amp.GradScaler("cuda") if amp else None
+    bf16 = args.precision == "bf16"
 
     batch = make_batch(args.batch, args.unlabeled, args.classes, args.clusters, channels, side, device)
     step_count = [0]
@@ -91,6 +93,14 @@ def run_row(backbone, side, args):
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
+        elif bf16:
+            # torch's autocast in bfloat16 on the backbone, head and losses in float32, as slade
+            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+                features = model.body(torch.cat([batch[0], batch[2]]))
+            h = model.embedding(features.float())
+            loss = _reference_terms(ref, torch.nn.functional.normalize(h, dim=1), batch)
+            loss.backward()
+            opt.step()
         else:
             loss, _ = ref.loss(*batch, step=step_count[0])
             loss.backward()
@@ -107,7 +117,7 @@ def run_row(backbone, side, args):
     )
     # The weights' agreement is printed, not asserted: Adam moves a weight whose gradient is
     # ~0 by up to lr on rounding noise (tests/trainers/test_student.py checks the weights).
-    tolerance = 1e-2 if amp else (1e-4 if device.startswith("cuda") else 1e-5)
+    tolerance = 1e-2 if amp else (1e-4 if device.startswith("cuda") or bf16 else 1e-5)
     assert abs(first_ours - first_theirs) <= tolerance * max(1.0, abs(first_theirs)), (first_ours, first_theirs)
     for _ in range(args.warmup):
         ours()
@@ -157,7 +167,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16"])
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "fp16", "bf16"],
+        help="both sides: fp16 = CUDA autocast with loss scaling; bf16 = the backbone under "
+        "autocast in bfloat16 (slade's precision='bf16'), any device",
+    )
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args()
     if args.threads:

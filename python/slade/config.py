@@ -282,7 +282,10 @@ class Config:
         seed: seeds weights, batch sampling, augmentation and k-means; batches and
             augmentation of step t derive from (seed, stage, t), so resumed runs repeat.
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-        precision: ``"fp32"``, or ``"fp16"`` (CUDA autocast).
+        precision: ``"fp32"``; ``"fp16"`` (CUDA autocast); ``"bf16"`` (convolutions in
+            bfloat16 on any device, as torch's CPU autocast; the head and losses float32; fast
+            on CPUs with AVX512-BF16). Training steps only: embedding and evaluation stay
+            float32.
         out: output folder (checkpoints, results.json, plots); ``None``: nothing is saved.
         rounds: self-training rounds (default 1).
         checkpoint_every: steps between checkpoints within a stage.

@@ -225,8 +225,10 @@ class SwavTrainer(_Trainer):
         device: where the model lives; batches must be on it.
         swav: a :class:`slade.SwavConfig` or a dict of its fields; ``**swav_fields``
             (``num_prototypes=``, ``temperature=``, ...) override single fields.
-        precision: ``"fp32"``, or ``"fp16"`` for CUDA autocast with dynamic loss scaling
-            (ignored on CPU).
+        precision: ``"fp32"``; ``"fp16"`` for CUDA autocast with dynamic loss scaling
+            (ignored on CPU); ``"bf16"`` for the network's convolutions in bfloat16 on any
+            device, as torch's CPU autocast (float32 weights, optimizer, BatchNorm statistics,
+            embedding head and losses), fast on CPUs with AVX512-BF16.
         seed: seeds the initial weights and prototypes.
     """
 
@@ -288,8 +290,7 @@ class TeacherTrainer(_Trainer):
         device: where the model lives; images must be on it (labels may be anywhere).
         ranking: a :class:`slade.RankingConfig` or a dict of its fields; ``**ranking_fields``
             (``loss=``, ``miner=``, ``pos_margin=``, ...) override single fields.
-        precision: ``"fp32"``, or ``"fp16"`` for CUDA autocast of the network with dynamic
-            loss scaling (the loss runs in float32; ignored on CPU).
+        precision: as :class:`SwavTrainer` (the loss runs in float32 in every mode).
         seed: seeds the initial weights. A :class:`StudentTrainer` with the same model
             config and seed starts from the same weights.
 

@@ -5,7 +5,37 @@
 use super::store::{randn, uniform, ParamStore};
 use crate::error::Result;
 use rand_chacha::ChaCha8Rng;
+use std::cell::Cell;
 use tch::{Kind, Tensor};
+
+thread_local! {
+    /// The kind this thread's convolutions compute in ([`computing_in`]).
+    static COMPUTE_KIND: Cell<Kind> = const { Cell::new(Kind::Float) };
+}
+
+/// Runs `f` with the convolutions computing in `kind` on this thread (bfloat16 for
+/// `precision = "bf16"`): their inputs and weights are cast to it, so their outputs and the
+/// activations after them (BatchNorm, pooling, ReLU) are in it, while the parameters, their
+/// gradients and BatchNorm's statistics stay float32. This is what torch's CPU autocast does
+/// for convolutions (tch exposes CUDA's autocast only); the embedding head stays float32
+/// (see `Model::forward_t`).
+pub fn computing_in<T>(kind: Kind, f: impl FnOnce() -> T) -> T {
+    /// Puts the previous kind back, also when `f` unwinds.
+    struct Restore(Kind);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            COMPUTE_KIND.with(|k| k.set(self.0));
+        }
+    }
+    let _restore = Restore(COMPUTE_KIND.with(|k| k.replace(kind)));
+    f()
+}
+
+/// `t` in this thread's compute kind: itself (no copy) when it already is.
+fn in_compute_kind(t: &Tensor) -> Result<Tensor> {
+    let kind = COMPUTE_KIND.with(Cell::get);
+    Ok(if t.kind() == kind { t.shallow_clone() } else { t.f_to_kind(kind)? })
+}
 
 /// Registers a module's variables under a dotted prefix, drawing initial values from a
 /// seeded generator.
@@ -87,9 +117,10 @@ impl Conv2d {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.f_conv2d(
-            &self.weight,
-            self.bias.as_ref(),
+        let bias = self.bias.as_ref().map(in_compute_kind).transpose()?;
+        Ok(in_compute_kind(x)?.f_conv2d(
+            &in_compute_kind(&self.weight)?,
+            bias.as_ref(),
             [self.stride, self.stride],
             [self.padding, self.padding],
             [1, 1],
@@ -178,4 +209,34 @@ pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
 /// Adaptive average pooling to 1x1 followed by flattening: (N, C, H, W) -> (N, C).
 pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
     Ok(x.f_adaptive_avg_pool2d([1, 1])?.f_flatten(1, -1)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn convolutions_compute_in_the_kind_asked_for_and_it_is_put_back() {
+        let mut store = ParamStore::new(tch::Device::Cpu);
+        let mut rng = rand::SeedableRng::seed_from_u64(0);
+        let mut b = Builder { store: &mut store, rng: &mut rng, group: "backbone".into() };
+        let conv =
+            Conv2d::new(&mut b, "conv", 2, 3, 3, 1, 1, true, ConvInit::TorchDefault).unwrap();
+        let linear = Linear::new(&mut b, "fc", 4, 5).unwrap();
+        let x = Tensor::randn([2, 2, 4, 4], (Kind::Float, tch::Device::Cpu));
+        let v = Tensor::randn([2, 4], (Kind::Float, tch::Device::Cpu));
+        let (half_conv, linear_out) = computing_in(Kind::BFloat16, || {
+            (conv.forward(&x).unwrap(), linear.forward(&v).unwrap())
+        });
+        assert_eq!((half_conv.kind(), linear_out.kind()), (Kind::BFloat16, Kind::Float));
+        assert_eq!(conv.weight.kind(), Kind::Float);
+        let full = conv.forward(&x).unwrap();
+        assert_eq!(full.kind(), Kind::Float);
+        let gap = (half_conv.to_kind(Kind::Float) - &full).abs().max().double_value(&[]);
+        assert!(gap > 0.0 && gap < 0.05, "{gap}");
+        let unwound =
+            std::panic::catch_unwind(|| computing_in(Kind::BFloat16, || panic!("inside")));
+        assert!(unwound.is_err());
+        assert_eq!(conv.forward(&x).unwrap().kind(), Kind::Float);
+    }
 }

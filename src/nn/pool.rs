@@ -19,7 +19,9 @@
 //!   `max_pool2d_with_indices_backward` does. Values and gradients are ATen's bit for bit,
 //!   overlapping windows included (both add a position's gradients in output order).
 //!
-//! Other devices, dtypes and memory layouts run ATen's kernel.
+//! The autograd path takes float32 and bfloat16 (`precision = "bf16"`; there a NaN maximum
+//! keeps its input's bits, which ATen's kernel may rewrite), the own kernel float32;
+//! other devices, dtypes and memory layouts run ATen's kernel.
 
 use crate::error::Result;
 use rayon::prelude::*;
@@ -36,7 +38,7 @@ pub fn max_pool_2x2(x: &Tensor) -> Result<Tensor> {
 pub fn max_pool(x: &Tensor, kernel: i64, stride: i64, padding: i64) -> Result<Tensor> {
     let size = x.size();
     let fits = x.device() == Device::Cpu
-        && x.kind() == Kind::Float
+        && matches!(x.kind(), Kind::Float | Kind::BFloat16)
         && size.len() == 4
         && x.is_contiguous()
         && x.numel() > 0
@@ -49,7 +51,7 @@ pub fn max_pool(x: &Tensor, kernel: i64, stride: i64, padding: i64) -> Result<Te
     if x.requires_grad() {
         return max_pool_by_gather(x, kernel, stride, padding);
     }
-    if (kernel, stride, padding) != (2, 2, 0) {
+    if (kernel, stride, padding) != (2, 2, 0) || x.kind() != Kind::Float {
         return Ok(aten(x)?);
     }
     let (n, c, h, w) = (size[0], size[1], size[2], size[3]);
@@ -212,6 +214,25 @@ mod tests {
             let frozen = tch::no_grad(|| max_pool(&x.detach(), 3, 2, 1).unwrap());
             assert!(same_bits(&frozen, &want.detach()));
         }
+    }
+
+    #[test]
+    fn bfloat16_with_autograd_is_aten_nans_aside() {
+        let x = hostile(3, 8, 9, 10).to_kind(Kind::BFloat16).set_requires_grad(true);
+        let g = Tensor::randn([3, 8, 4, 5], (Kind::BFloat16, Device::Cpu));
+        let gradient = |y: &Tensor| {
+            let loss = (y * &g).sum(Kind::Float);
+            Tensor::run_backward(&[&loss], &[&x], false, false)[0].to_kind(Kind::Float)
+        };
+        let (ours, want) = (max_pool_2x2(&x).unwrap(), aten(&x));
+        assert_eq!(ours.kind(), Kind::BFloat16);
+        // ATen's bfloat16 kernel rounds its maxima through float32, which rewrites a NaN's
+        // sign and payload: NaNs are compared as NaNs, every other value by its bits.
+        let nans = ours.isnan();
+        assert!(nans.equal(&want.isnan()) && nans.any().int64_value(&[]) == 1);
+        let numbers = |t: &Tensor| t.to_kind(Kind::Float).masked_fill(&nans, 0.0);
+        assert!(same_bits(&numbers(&ours), &numbers(&want)));
+        assert!(same_bits(&gradient(&ours), &gradient(&want)));
     }
 
     #[test]

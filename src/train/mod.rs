@@ -19,7 +19,7 @@ pub mod teacher;
 
 use crate::bail;
 use crate::error::Result;
-use crate::nn::layers::Builder;
+use crate::nn::layers::{computing_in, Builder};
 use crate::nn::store::{detached_copy, LoadOptions, LoadReport, ParamStore};
 use crate::nn::{Model, ModelConfig, BACKBONE_GROUP, HEAD_GROUP};
 use crate::settings::{within, Settings};
@@ -75,6 +75,20 @@ crate::named_choice! {
         Fp32 = "fp32" | "float32",
         /// CUDA autocast with dynamic loss scaling (no effect on CPU).
         Fp16 = "fp16" | "float16" | "mixed",
+        /// Convolutions in bfloat16 on any device; float32 weights, optimizer, BatchNorm
+        /// statistics, embedding head and losses (`nn::layers::computing_in`); no loss
+        /// scaling (bfloat16 has float32's range).
+        Bf16 = "bf16" | "bfloat16",
+    }
+}
+
+impl Precision {
+    /// The kind the network's convolutions compute in.
+    fn compute_kind(self) -> Kind {
+        match self {
+            Precision::Bf16 => Kind::BFloat16,
+            Precision::Fp32 | Precision::Fp16 => Kind::Float,
+        }
     }
 }
 
@@ -441,7 +455,9 @@ impl<O: Objective> Trainer<O> {
             rng: &mut self.rng,
         };
         let objective = &mut self.objective;
-        let outcome = tch::autocast(autocast, || objective.loss(&mut ctx, batch));
+        let kind = self.precision.compute_kind();
+        let outcome =
+            tch::autocast(autocast, || computing_in(kind, || objective.loss(&mut ctx, batch)));
         let (loss, mut metrics) = match outcome {
             // e.g. the student's check of its embeddings, before any loss exists
             Err(crate::SladeError::NonFinite(_)) if skips => {

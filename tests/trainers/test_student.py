@@ -338,6 +338,21 @@ def test_short_run_decreases_the_loss():
     assert trainer.step_count == 16
 
 
+def test_bf16_student_learns_near_the_float32_student():
+    """precision="bf16" (the network's layers in bfloat16, as torch's CPU autocast; see
+    test_teacher.py for the step against it): the same first loss to bfloat16's rounding,
+    not to the bit, float32 weights and basis statistics, and a short run learns."""
+    optim = slade.OptimizerConfig(name="adam", lr=3e-3, basis_lr=3e-2)
+    half, full = student(optim=optim, precision="bf16"), student(optim=optim)
+    first = half.step(*make_batch(seed=0))
+    reference = full.step(*make_batch(seed=0))
+    assert first["loss"] == pytest.approx(reference["loss"], rel=2e-2)
+    assert first["loss"] != pytest.approx(reference["loss"], rel=1e-6)
+    assert all(v.dtype in (torch.float32, torch.int64) for v in half.state_dict().values())
+    losses = [first["loss"]] + [half.step(*make_batch(seed=s % 4))["loss"] for s in range(1, 16)]
+    assert sum(losses[-4:]) < 0.8 * sum(losses[:4]), losses
+
+
 def _trainer(**kw):
     optim = slade.OptimizerConfig(
         name="adam", lr=1e-3, basis_lr=1e-2, schedule="cosine", warmup_steps=2, total_steps=10

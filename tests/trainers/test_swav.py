@@ -111,11 +111,13 @@ def test_frozen_prototypes_follow_the_reference():
         assert_trainer_equals_reference(trainer, ref, prototypes)
 
 
-def test_short_run_decreases_the_loss():
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_short_run_decreases_the_loss(precision):
     trainer = slade.SwavTrainer(
         slade.ModelConfig("convnet", 1, 32),
         slade.OptimizerConfig(name="adam", lr=3e-3),
         num_prototypes=16,
+        precision=precision,
     )
     g = torch.Generator().manual_seed(0)
     images = torch.rand(32, 1, 28, 28, generator=g)

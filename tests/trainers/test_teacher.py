@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import slade
 from checks import assert_same_state
@@ -105,6 +106,32 @@ def test_resnet18_teacher_step_equals_plain_pytorch():
     opt.step()
     assert metrics["loss"] == pytest.approx(expected.item(), **APPROX)
     assert_model_equals(trainer, ref)
+
+
+@pytest.mark.parametrize("backbone,channels,tol", [("convnet", 1, 1e-4), ("resnet18", 3, 1e-3)])
+def test_bf16_teacher_step_is_plain_pytorch_under_cpu_autocast(backbone, channels, tol):
+    """precision="bf16" computes the convolutions in bfloat16, as torch's CPU autocast does,
+    and the embedding head and the loss in float32."""
+    model = slade.ModelConfig(backbone, channels, 32)
+    optim = slade.OptimizerConfig(name="sgd", lr=0.05, momentum=0.9)
+    ranking = dict(loss="multi_similarity", miner=True)
+    trainer = slade.TeacherTrainer(model, optim, precision="bf16", **ranking)
+    full = slade.TeacherTrainer(model, optim, **ranking)
+    ref = reference_model(trainer)
+    opt = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9)
+    images, labels = make_batch(n=16, channels=channels, side=32)
+    metrics = trainer.step(images, labels)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        features = ref.body(images)
+    assert features.dtype == torch.bfloat16
+    f = F.normalize(ref.embedding(features.float()), dim=1)
+    expected = ReferenceRanking("multi_similarity", True)(f, labels)
+    expected.backward()
+    opt.step()
+    assert metrics["loss"] == pytest.approx(expected.item(), **APPROX)
+    assert metrics["loss"] != pytest.approx(full.step(images, labels)["loss"], rel=1e-6)
+    assert all(v.dtype in (torch.float32, torch.int64) for v in trainer.state_dict().values())
+    assert_model_equals(trainer, ref, dict(rtol=tol, atol=tol))
 
 
 def test_short_run_decreases_the_loss():

@@ -334,6 +334,8 @@ def test_devices_and_arguments_are_checked():
         student.step(xl, labels, xu[:, :, :20, :20], pseudo)
     with pytest.raises(slade.SladeError, match="pseudo_labels"):
         student.step(xl, labels, xu, pseudo[:5])
+    with pytest.raises(slade.NotSupportedError, match='precision "bf16"'):
+        slade.TorchTeacherTrainer(Custom, precision="bfloat16")
     assert trainer.step_count == student.step_count == 0
 
 

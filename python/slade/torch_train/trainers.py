@@ -71,12 +71,13 @@ def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
 
 
 def _precision(precision: str, device: torch.device) -> str:
-    """The precision's canonical name; fp16 autocast is the Rust trainers' only."""
+    """The precision's canonical name; fp16 autocast and bf16 layers are the Rust trainers'
+    only."""
     checked = _core.check_settings("trainer", {"precision": precision})["precision"]
-    if checked == "fp16" and device.type == "cuda":
+    if checked == "bf16" or (checked == "fp16" and device.type == "cuda"):
         raise NotSupportedError(
-            'precision "fp16" (autocast with loss scaling) is not supported for a model of '
-            'your own: use "fp32", or autocast inside the model\'s forward'
+            f'precision "{checked}" is not supported for a model of your own: use "fp32", '
+            "or autocast inside the model's forward"
         )
     return checked
 
@@ -487,7 +488,8 @@ class TorchTeacherTrainer(TorchTrainer):
         device: where the model lives; images must be on it.
         ranking: a :class:`slade.RankingConfig` or a dict; ``**ranking_fields`` override
             single fields.
-        precision: ``"fp32"`` (``"fp16"`` is refused on CUDA, ignored on the CPU).
+        precision: ``"fp32"`` (``"fp16"`` is refused on CUDA, ignored on the CPU;
+            ``"bf16"`` is refused).
         seed: seeds the factory and the step's random generators.
         dim: the embedding width the model must give (None: not checked).
         sync_batchnorm: in a process group, BatchNorm layers normalise with the global
