@@ -76,8 +76,9 @@ def _precision(precision: str, device: torch.device) -> str:
     checked = _core.check_settings("trainer", {"precision": precision})["precision"]
     if checked == "bf16" or (checked == "fp16" and device.type == "cuda"):
         raise NotSupportedError(
-            f'precision "{checked}" is not supported for a model of your own: use "fp32", '
-            "or autocast inside the model's forward"
+            f'precision "{checked}" is not supported by the Python-step trainers (a model of '
+            'your own, or slade\'s networks under torchrun): use "fp32", or autocast inside '
+            "the model's forward"
         )
     return checked
 
