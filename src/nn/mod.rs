@@ -237,8 +237,8 @@ impl Model {
     /// L2-normalised embeddings (N, dim) in the given mode, without input checks.
     /// The head maps float32 features whatever kind the convolutions computed in
     /// ([`layers::computing_in`]): with the head in bfloat16 as well (torch's CPU autocast),
-    /// `fashion-mnist-ssl` students lost 1.7 +- 0.6 MAP@R over five seeds; with it in
-    /// float32, +0.0 +- 2.2 (bench/README.md).
+    /// `fashion-mnist-ssl` lost 1.5-2.1 MAP@R on validation over five seeds; with it in
+    /// float32 the runs are within noise of fp32 (bench/README.md, "bfloat16 steps").
     pub fn forward_t(&self, images: &Tensor, train: bool) -> Result<Tensor> {
         let features = self.features_t(images, train)?;
         l2_normalize(&self.head.forward(&features.f_to_kind(Kind::Float)?)?)
