@@ -9,19 +9,20 @@ use std::cell::Cell;
 use tch::{Kind, Tensor};
 
 thread_local! {
-    /// The kind this thread's convolutions compute in ([`computing_in`]).
-    static COMPUTE_KIND: Cell<Kind> = const { Cell::new(Kind::Float) };
+    /// The kind this thread's convolutions compute in ([`computing_in`]); None: the kinds
+    /// their inputs come in (float32, or float16 under CUDA autocast).
+    static COMPUTE_KIND: Cell<Option<Kind>> = const { Cell::new(None) };
 }
 
 /// Runs `f` with the convolutions computing in `kind` on this thread (bfloat16 for
-/// `precision = "bf16"`): their inputs and weights are cast to it, so their outputs and the
+/// `precision = "bf16"`; None leaves their inputs' kinds alone): their inputs and weights are cast to it, so their outputs and the
 /// activations after them (BatchNorm, pooling, ReLU) are in it, while the parameters, their
 /// gradients and BatchNorm's statistics stay float32. This is what torch's CPU autocast does
 /// for convolutions (tch exposes CUDA's autocast only); the embedding head stays float32
 /// (see `Model::forward_t`).
-pub fn computing_in<T>(kind: Kind, f: impl FnOnce() -> T) -> T {
+pub fn computing_in<T>(kind: Option<Kind>, f: impl FnOnce() -> T) -> T {
     /// Puts the previous kind back, also when `f` unwinds.
-    struct Restore(Kind);
+    struct Restore(Option<Kind>);
     impl Drop for Restore {
         fn drop(&mut self) {
             COMPUTE_KIND.with(|k| k.set(self.0));
@@ -31,10 +32,12 @@ pub fn computing_in<T>(kind: Kind, f: impl FnOnce() -> T) -> T {
     f()
 }
 
-/// `t` in this thread's compute kind: itself (no copy) when it already is.
+/// `t` in this thread's compute kind: itself (no copy) when none is set or it already is.
 fn in_compute_kind(t: &Tensor) -> Result<Tensor> {
-    let kind = COMPUTE_KIND.with(Cell::get);
-    Ok(if t.kind() == kind { t.shallow_clone() } else { t.f_to_kind(kind)? })
+    Ok(match COMPUTE_KIND.with(Cell::get) {
+        Some(kind) if t.kind() != kind => t.f_to_kind(kind)?,
+        _ => t.shallow_clone(),
+    })
 }
 
 /// Registers a module's variables under a dotted prefix, drawing initial values from a
@@ -225,7 +228,7 @@ mod tests {
         let linear = Linear::new(&mut b, "fc", 4, 5).unwrap();
         let x = Tensor::randn([2, 2, 4, 4], (Kind::Float, tch::Device::Cpu));
         let v = Tensor::randn([2, 4], (Kind::Float, tch::Device::Cpu));
-        let (half_conv, linear_out) = computing_in(Kind::BFloat16, || {
+        let (half_conv, linear_out) = computing_in(Some(Kind::BFloat16), || {
             (conv.forward(&x).unwrap(), linear.forward(&v).unwrap())
         });
         assert_eq!((half_conv.kind(), linear_out.kind()), (Kind::BFloat16, Kind::Float));
@@ -235,7 +238,7 @@ mod tests {
         let gap = (half_conv.to_kind(Kind::Float) - &full).abs().max().double_value(&[]);
         assert!(gap > 0.0 && gap < 0.05, "{gap}");
         let unwound =
-            std::panic::catch_unwind(|| computing_in(Kind::BFloat16, || panic!("inside")));
+            std::panic::catch_unwind(|| computing_in(Some(Kind::BFloat16), || panic!("inside")));
         assert!(unwound.is_err());
         assert_eq!(conv.forward(&x).unwrap().kind(), Kind::Float);
     }

@@ -83,11 +83,12 @@ crate::named_choice! {
 }
 
 impl Precision {
-    /// The kind the network's convolutions compute in.
-    fn compute_kind(self) -> Kind {
+    /// The kind the network's convolutions compute in; None: their inputs' (float32, or
+    /// float16 under CUDA autocast).
+    fn compute_kind(self) -> Option<Kind> {
         match self {
-            Precision::Bf16 => Kind::BFloat16,
-            Precision::Fp32 | Precision::Fp16 => Kind::Float,
+            Precision::Bf16 => Some(Kind::BFloat16),
+            Precision::Fp32 | Precision::Fp16 => None,
         }
     }
 }
