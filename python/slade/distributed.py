@@ -64,7 +64,10 @@ def launched() -> bool:
 def init_from_environment(device: str, backend: str, timeout: float) -> None:
     """Joins the process group ``torchrun`` set up (no-op when already initialised):
     ``backend="auto"`` is NCCL for a CUDA ``device``, Gloo otherwise; a collective waiting
-    longer than ``timeout`` seconds for a rank fails instead of hanging."""
+    longer than ``timeout`` seconds for a rank fails instead of hanging. The group is
+    destroyed when the interpreter exits: one left alive can abort the process in its C++
+    teardown ("terminate called without an active exception"), even after a run that
+    succeeded."""
     if active():
         return
     if backend == "auto":
@@ -72,6 +75,7 @@ def init_from_environment(device: str, backend: str, timeout: float) -> None:
     if backend == "nccl":
         torch.cuda.set_device(local_rank())
     dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
+    _destroy_at_exit()
 
 
 def local_rank() -> int:
@@ -107,9 +111,10 @@ def check_share(batch_size: int, m: int, key: str) -> None:
 def _collective(what: str) -> Iterator[None]:
     """A collective's failure (a rank that died, or did not join it within the process
     group's timeout) as a DistributedError naming it and this rank. The process group is
-    then destroyed when the interpreter exits: one left with a failed operation aborts the
-    process in its C++ teardown ("terminate called without an active exception"), which
-    would replace the error's exit status by SIGABRT."""
+    then destroyed when the interpreter exits, also one the caller initialised: one left
+    with a failed operation aborts the process in its C++ teardown ("terminate called
+    without an active exception"), which would replace the error's exit status by
+    SIGABRT."""
     try:
         yield
     except (RuntimeError, dist.DistError) as err:
