@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The install check, as a user installs: builds dist/ (scripts/build_dist.sh; --no-build
 # takes dist/ as it is), checks the wheel's and the sdist's contents and size, then installs
-# the wheel into a fresh virtualenv (no system site-packages; torch and the other
-# dependencies from PyPI) on a PATH without cargo or rustc, and there
-# imports slade, runs a retrieval call and one TeacherTrainer step (scripts/smoke_installed.py).
+# the wheel into a fresh virtualenv (no system site-packages) on a PATH without cargo or rustc,
+# and there imports slade, runs a retrieval call and one TeacherTrainer step
+# (scripts/smoke_installed.py). The wheel's dependencies, torch with its CUDA libraries (5 GB),
+# are hard-linked from .venv, which setup.sh filled from PyPI (scripts/link_dependencies.py),
+# and pip installs the wheel with --no-index, so pip checks that they meet its requirements
+# without a second copy on disk; SLADE_INSTALL_FROM_PYPI=1 downloads them from PyPI instead.
 # Building from the sdist with build isolation, the path without a wheel: scripts/check_sdist.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -120,9 +123,18 @@ for dir in "${dirs[@]}"; do
     clean_path=${clean_path:+$clean_path:}$dir
 done
 
-work=$(mktemp -d)
+# Under target/, on .venv's file system, so that the dependencies can be hard-linked.
+mkdir -p target
+work=$(mktemp -d "$root/target/install-check.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 "$PYTHON" -m venv "$work/venv"
+if [ "${SLADE_INSTALL_FROM_PYPI:-0}" = 1 ]; then
+    sources=()
+else
+    site=$("$work/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    "$PYTHON" scripts/link_dependencies.py "$wheel" "$site"
+    sources=(--no-index)
+fi
 echo "-- pip install $(basename "$wheel") in a fresh virtualenv, without cargo or rustc"
 (
     cd "$work"
@@ -134,6 +146,6 @@ echo "-- pip install $(basename "$wheel") in a fresh virtualenv, without cargo o
     fi
     # --only-binary: nothing may need building; --no-compile: no byte code for torch's
     # thousands of modules (half of the install time here).
-    python -m pip install --quiet --only-binary=:all: --no-compile "$wheel"
+    python -m pip install --quiet --only-binary=:all: --no-compile "${sources[@]}" "$wheel"
     python "$root/scripts/smoke_installed.py"
 )

@@ -12,7 +12,8 @@ fi
 # shellcheck disable=SC1091
 . .venv/bin/activate
 python -m pip install --quiet --upgrade pip
-python -m pip install --quiet -r requirements-dev.txt
+# --no-cache-dir: no second copy of torch's 3 GB of wheels in pip's cache.
+python -m pip install --quiet --no-cache-dir -r requirements-dev.txt
 
 if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null; then
     if [ "$(id -u)" = 0 ]; then
