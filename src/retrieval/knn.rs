@@ -26,8 +26,8 @@
 
 use crate::bail;
 use crate::error::{Result, SladeError};
+use crate::retrieval::tile_gemm::TileGemm;
 use crate::retrieval::topk::{scan_columns, CandidateLists, RowList, CHUNK};
-use crate::threads;
 use crate::validate;
 use multiversion::multiversion;
 use rayon::prelude::*;
@@ -166,6 +166,18 @@ pub fn neighbours(
     engine: Engine,
     wanted: Wanted<'_>,
 ) -> Result<Neighbours> {
+    search(query, reference, k, engine, wanted, None)
+}
+
+/// `neighbours`, with the GEMM engine's tile kernel fixed (`None`: the faster one here).
+fn search(
+    query: &Tensor,
+    reference: Option<&Tensor>,
+    k: usize,
+    engine: Engine,
+    wanted: Wanted<'_>,
+    tile_gemm: Option<TileGemm>,
+) -> Result<Neighbours> {
     let available = check_inputs(query, reference)?;
     // Neighbours are read from values: no engine records gradients (the GEMM engine writes
     // into preallocated blocks, which autograd refuses for inputs that require grad).
@@ -187,7 +199,7 @@ pub fn neighbours(
         Engine::Auto => Engine::Gemm,
         e => e,
     };
-    let task = Task { engine, query, reference, k, wanted };
+    let task = Task { engine, query, reference, k, wanted, tile_gemm };
     let q = host_rows(query)?;
     let r = reference.map(host_rows).transpose()?;
     match (&q, &r) {
@@ -329,6 +341,7 @@ struct Task<'a> {
     reference: Option<&'a Tensor>,
     k: usize,
     wanted: Wanted<'a>,
+    tile_gemm: Option<TileGemm>,
 }
 
 /// What the per-query work needs to know (shared by the rayon workers).
@@ -357,7 +370,8 @@ impl Task<'_> {
                 ordering.resolve_all(q, r, &lists, dot_error)
             }
             _ => {
-                let lists = gemm_candidates(q, r, c)?;
+                let lists =
+                    gemm_candidates(q, r, c, self.tile_gemm.unwrap_or_else(TileGemm::fastest))?;
                 ordering.resolve_all(q, r, &lists, gemm_dot_error(q.dim))
             }
         };
@@ -526,21 +540,23 @@ fn brute_force_row<T: Element>(
 // Candidate generators
 
 /// CPU candidates: tiles of the float32 GEMM, each scanned into bounded candidate lists by
-/// the rayon worker that computed it (one torch thread per worker, `threads`), so no tile
-/// is handed between thread pools. Self-search computes only the tiles (I, J) with J >= I;
+/// the rayon worker that computed it with `kernel` (`tile_gemm`), so no tile is handed
+/// between thread pools. Self-search computes only the tiles (I, J) with J >= I;
 /// each serves the rows of I and, transposed, the rows of J.
 fn gemm_candidates<T: Element>(
     q: &Rows<T>,
     r: Option<&Rows<T>>,
     c: usize,
+    kernel: TileGemm,
 ) -> Result<CandidateLists> {
     let qf = q.float32()?;
     let q_norms: Vec<f32> = q.sq_norms().iter().map(|&v| v as f32).collect();
     let tiles = match r {
         Some(r) => {
-            Tiles::new(qf, r.float32()?, q_norms, r.sq_norms().iter().map(|&v| v as f32).collect())
+            let r_norms = r.sq_norms().iter().map(|&v| v as f32).collect();
+            Tiles::new(qf, r.float32()?, q_norms, r_norms, kernel)
         }
-        None => Tiles::new(qf.shallow_clone(), qf, q_norms.clone(), q_norms),
+        None => Tiles::new(qf.shallow_clone(), qf, q_norms.clone(), q_norms, kernel),
     };
     match r {
         Some(r) => tiles.reference_candidates(q.n, r.n, c),
@@ -548,13 +564,15 @@ fn gemm_candidates<T: Element>(
     }
 }
 
-/// The GEMM tiles of query rows against reference rows, with one output buffer per worker.
+/// The GEMM tiles of query rows against reference rows, with one output buffer per worker,
+/// computed by the faster tile kernel on this CPU (`TileGemm::fastest`).
 struct Tiles {
     q: Tensor,
     r: Tensor,
     q_norms: Vec<f32>,
     r_norms: Vec<f32>,
-    buffers: Vec<Mutex<Option<Tensor>>>,
+    kernel: TileGemm,
+    buffers: Vec<Mutex<Vec<f32>>>,
 }
 
 // The workers only take views of `q` and `r` and read them (torch's views and reads are
@@ -562,9 +580,10 @@ struct Tiles {
 unsafe impl Sync for Tiles {}
 
 impl Tiles {
-    fn new(q: Tensor, r: Tensor, q_norms: Vec<f32>, r_norms: Vec<f32>) -> Self {
-        let buffers = (0..=rayon::current_num_threads()).map(|_| Mutex::new(None)).collect();
-        Tiles { q, r, q_norms, r_norms, buffers }
+    /// `q` and `r`: contiguous float32 CPU tensors.
+    fn new(q: Tensor, r: Tensor, q_norms: Vec<f32>, r_norms: Vec<f32>, kernel: TileGemm) -> Self {
+        let buffers = (0..=rayon::current_num_threads()).map(|_| Mutex::new(Vec::new())).collect();
+        Tiles { q, r, q_norms, r_norms, kernel, buffers }
     }
 
     /// Calls `scan` with the row-major dot products of query rows `rows` and reference rows
@@ -575,27 +594,19 @@ impl Tiles {
         cols: Range<usize>,
         scan: impl FnOnce(&[f32]) -> R,
     ) -> Result<R> {
-        let _one_thread = threads::single_threaded_torch();
         let _no_grad = tch::no_grad_guard();
         let slot = rayon::current_thread_index().unwrap_or(self.buffers.len() - 1);
         let mut buffer = self.buffers[slot]
             .lock()
             .map_err(|_| SladeError::Internal("a k-NN worker panicked".into()))?;
-        if buffer.is_none() {
-            *buffer = Some(Tensor::f_empty([(BLOCK * BLOCK) as i64], (Kind::Float, Device::Cpu))?);
-        }
         let (height, width) = (rows.len(), cols.len());
-        let out = buffer
-            .as_ref()
-            .expect("allocated above")
-            .f_narrow(0, 0, (height * width) as i64)?
-            .f_view([height as i64, width as i64])?;
+        if buffer.len() < height * width {
+            buffer.resize(height * width, 0.0);
+        }
         let q_rows = self.q.f_narrow(0, rows.start as i64, height as i64)?;
         let r_rows = self.r.f_narrow(0, cols.start as i64, width as i64)?;
-        let dots = q_rows.f_mm_out(&out, &r_rows.f_tr()?)?;
-        // The product is contiguous float32 on the CPU, in this worker's buffer.
-        let block =
-            unsafe { std::slice::from_raw_parts(dots.data_ptr() as *const f32, height * width) };
+        let block = &mut buffer[..height * width];
+        self.kernel.product(&q_rows, &r_rows, block)?;
         Ok(scan(block))
     }
 
@@ -835,6 +846,14 @@ fn kdtree_answers<T: Element>(
 mod tests {
     use super::*;
 
+    /// Every engine, the GEMM engine with each tile kernel.
+    const ENGINES: [(Engine, Option<TileGemm>); 4] = [
+        (Engine::Gemm, Some(TileGemm::Torch)),
+        (Engine::Gemm, Some(TileGemm::Matrixmultiply)),
+        (Engine::KdTree, None),
+        (Engine::Torch, None),
+    ];
+
     fn brute(q: &[Vec<f64>], r: &[Vec<f64>], self_search: bool, k: usize) -> Vec<Vec<u32>> {
         q.iter()
             .enumerate()
@@ -874,14 +893,14 @@ mod tests {
             let xt = to_tensor(&x);
             for k in [1, 5, 37] {
                 let expected = brute(&x, &x, true, k);
-                for engine in [Engine::Gemm, Engine::KdTree, Engine::Torch] {
-                    let got = neighbours(&xt, None, k, engine, Wanted::Distances).unwrap();
+                for (engine, tile_gemm) in ENGINES {
+                    let got = search(&xt, None, k, engine, Wanted::Distances, tile_gemm).unwrap();
                     for (i, row) in expected.iter().enumerate() {
                         let got_row: Vec<u32> =
                             got.row_indices(i).iter().map(|&v| v as u32).collect();
                         assert_eq!(
                             &got_row, row,
-                            "engine {engine:?} n {n} dim {dim} k {k} row {i}"
+                            "engine {engine:?} {tile_gemm:?} n {n} dim {dim} k {k} row {i}"
                         );
                     }
                 }
@@ -894,13 +913,12 @@ mod tests {
         let q = random_rows(50, 8, 1, 4.0);
         let r = random_rows(4100, 8, 2, 4.0);
         let expected = brute(&q, &r, false, 10);
-        for engine in [Engine::Gemm, Engine::KdTree, Engine::Torch] {
-            let got =
-                neighbours(&to_tensor(&q), Some(&to_tensor(&r)), 10, engine, Wanted::Distances)
-                    .unwrap();
+        let (qt, rt) = (to_tensor(&q), to_tensor(&r));
+        for (engine, tile_gemm) in ENGINES {
+            let got = search(&qt, Some(&rt), 10, engine, Wanted::Distances, tile_gemm).unwrap();
             for (i, row) in expected.iter().enumerate() {
                 let got_row: Vec<u32> = got.row_indices(i).iter().map(|&v| v as u32).collect();
-                assert_eq!(&got_row, row, "engine {engine:?} row {i}");
+                assert_eq!(&got_row, row, "engine {engine:?} {tile_gemm:?} row {i}");
             }
         }
     }

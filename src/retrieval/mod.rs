@@ -2,6 +2,7 @@
 
 pub mod knn;
 pub mod metrics;
+mod tile_gemm;
 mod topk;
 
 pub use knn::{knn, neighbours, Engine, Neighbours, Wanted};
