@@ -2,8 +2,9 @@
 
 pub mod knn;
 pub mod metrics;
-mod tile_gemm;
+pub mod tile_gemm;
 mod topk;
 
 pub use knn::{knn, neighbours, Engine, Neighbours, Wanted};
 pub use metrics::{retrieval_metrics, MetricOptions, Metrics};
+pub use tile_gemm::TileGemm;

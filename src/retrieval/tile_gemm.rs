@@ -16,7 +16,7 @@ use tch::{Device, Kind, Tensor};
 
 /// A kernel for the tile product.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum TileGemm {
+pub enum TileGemm {
     /// `torch.mm` into the worker's buffer, with torch on one thread (`crate::threads`).
     Torch,
     /// `matrixmultiply::sgemm` on the rows' memory.
@@ -25,7 +25,7 @@ pub(crate) enum TileGemm {
 
 impl TileGemm {
     /// The faster kernel on this CPU, timed once per process.
-    pub(crate) fn fastest() -> TileGemm {
+    pub fn fastest() -> TileGemm {
         static CHOICE: OnceLock<TileGemm> = OnceLock::new();
         *CHOICE.get_or_init(|| {
             let torch = best_time(TileGemm::Torch);
@@ -39,7 +39,7 @@ impl TileGemm {
 
     /// `out[i * cols + j] = q_rows[i] . r_rows[j]` for row-major `q` (`rows x dim`) and `r`
     /// (`cols x dim`), both contiguous float32 CPU tensors; `out` holds `rows x cols` floats.
-    pub(crate) fn product(self, q: &Tensor, r: &Tensor, out: &mut [f32]) -> Result<()> {
+    pub fn product(self, q: &Tensor, r: &Tensor, out: &mut [f32]) -> Result<()> {
         let (rows, dim) = (q.size()[0] as usize, q.size()[1] as usize);
         let cols = r.size()[0] as usize;
         assert!(out.len() >= rows * cols, "tile buffer too small");
