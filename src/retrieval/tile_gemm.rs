@@ -39,10 +39,29 @@ impl TileGemm {
 
     /// `out[i * cols + j] = q_rows[i] . r_rows[j]` for row-major `q` (`rows x dim`) and `r`
     /// (`cols x dim`), both contiguous float32 CPU tensors; `out` holds `rows x cols` floats.
+    /// Other operands are an internal error (the kernels read the tensors' memory directly).
     pub fn product(self, q: &Tensor, r: &Tensor, out: &mut [f32]) -> Result<()> {
+        let operand = |t: &Tensor| {
+            t.dim() == 2
+                && t.kind() == Kind::Float
+                && t.device() == Device::Cpu
+                && t.is_contiguous()
+        };
+        if !operand(q) || !operand(r) || q.size()[1] != r.size()[1] {
+            crate::bail!(
+                Internal,
+                "tile operands must be contiguous 2-D float32 CPU tensors of one width"
+            );
+        }
         let (rows, dim) = (q.size()[0] as usize, q.size()[1] as usize);
         let cols = r.size()[0] as usize;
-        assert!(out.len() >= rows * cols, "tile buffer too small");
+        if out.len() < rows * cols {
+            crate::bail!(
+                Internal,
+                "tile buffer of {} floats for a {rows} x {cols} tile",
+                out.len()
+            );
+        }
         match self {
             TileGemm::Torch => {
                 let _one_thread = crate::threads::single_threaded_torch();
@@ -64,8 +83,8 @@ impl TileGemm {
             }
             TileGemm::Matrixmultiply => {
                 // Sound: q and r are contiguous float32 CPU tensors of the stated shapes
-                // (checked by the callers' construction), out as above; B = R^T is read
-                // through strides (row stride 1, column stride dim).
+                // (checked above), out holds rows x cols floats; B = R^T is read through
+                // strides (row stride 1, column stride dim).
                 unsafe {
                     matrixmultiply::sgemm(
                         rows,
@@ -122,6 +141,12 @@ mod tests {
             let diff = f64::try_from((got - &expected).abs().max()).unwrap();
             assert!(diff < 1e-4, "{kernel:?}: {diff}");
             assert!(out[37 * 53..].iter().all(|v| v.is_nan()), "{kernel:?} wrote past the tile");
+            let mut short = vec![0.0f32; 37 * 53 - 1];
+            assert!(kernel.product(&q, &r, &mut short).is_err(), "{kernel:?}: short buffer");
+            let strided = r.tr().contiguous().tr();
+            assert!(kernel.product(&q, &strided, &mut out).is_err(), "{kernel:?}: strided");
+            let double = r.to_kind(Kind::Double);
+            assert!(kernel.product(&q, &double, &mut out).is_err(), "{kernel:?}: float64");
         }
     }
 }
