@@ -27,9 +27,11 @@
 use crate::bail;
 use crate::error::{Result, SladeError};
 use crate::retrieval::tile_gemm::TileGemm;
-use crate::retrieval::topk::{scan_columns, CandidateLists, RowList, CHUNK};
+use crate::retrieval::topk::{scan_tile, Block, CandidateLists, RowList};
 use crate::validate;
 use multiversion::multiversion;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use std::ops::Range;
 use std::str::FromStr;
@@ -82,13 +84,14 @@ pub struct Neighbours {
     pub k: usize,
     /// Queries whose candidates could not be certified and were searched by brute force.
     pub brute_force_rows: usize,
-    pub indices: Vec<i64>,
+    /// Reference ids (u32: at most 2^32 references; half the memory of int64 at large k).
+    pub indices: Vec<u32>,
     /// Exact squared distances, when asked for (empty otherwise).
     pub sq_distances: Vec<f64>,
 }
 
 impl Neighbours {
-    pub fn row_indices(&self, row: usize) -> &[i64] {
+    pub fn row_indices(&self, row: usize) -> &[u32] {
         &self.indices[row * self.k..(row + 1) * self.k]
     }
 
@@ -104,7 +107,8 @@ impl Neighbours {
         let shape = [self.rows as i64, self.k as i64];
         let dist: Vec<f32> = self.sq_distances.iter().map(|d| d.sqrt() as f32).collect();
         let dist = Tensor::f_from_slice(&dist)?.f_reshape(shape)?.f_to_device(device)?;
-        let idx = Tensor::f_from_slice(&self.indices)?.f_reshape(shape)?.f_to_device(device)?;
+        let idx: Vec<i64> = self.indices.iter().map(|&j| i64::from(j)).collect();
+        let idx = Tensor::f_from_slice(&idx)?.f_reshape(shape)?.f_to_device(device)?;
         Ok((dist, idx))
     }
 }
@@ -360,81 +364,87 @@ impl Task<'_> {
         let available = refs.n - usize::from(self_search);
         let c = candidate_count(self.k, available);
         let ordering = Ordering { k: self.k, wanted: self.wanted };
-        let (k, with_distances) = (self.k, self.wanted.distances());
-        let answers = match self.engine {
-            Engine::KdTree => kdtree_answers(q, refs, self_search, self.k, c)?,
+        match self.engine {
+            Engine::KdTree => self.collect(
+                q,
+                refs,
+                self_search,
+                kdtree_resolver(q, refs, self_search, self.k, c)?,
+            ),
             Engine::Torch => {
                 let lists = device_candidates(self.query, self.reference, c)?;
                 // TF32 input rounding, should the caller enable it: 2 x 2^-11 per product.
                 let dot_error = gemm_dot_error(q.dim) + f64::powi(2.0, -10);
-                ordering.resolve_all(q, r, &lists, dot_error)
+                self.collect(q, refs, self_search, ordering.resolver(q, r, &lists, dot_error))
             }
             _ => {
-                let lists =
-                    gemm_candidates(q, r, c, self.tile_gemm.unwrap_or_else(TileGemm::fastest))?;
-                ordering.resolve_all(q, r, &lists, gemm_dot_error(q.dim))
-            }
-        };
-        let brute_force_rows = answers.iter().filter(|a| !a.certified).count();
-        let answers: Vec<RowAnswer> = answers
-            .into_par_iter()
-            .enumerate()
-            .map(|(i, answer)| {
-                if answer.certified {
-                    return answer;
-                }
-                let best = brute_force_row(q.row(i), refs, self_search.then_some(i), k);
-                RowAnswer {
-                    ids: best.iter().map(|p| p.1).collect(),
-                    sq: if with_distances {
-                        best.iter().map(|p| p.0).collect()
-                    } else {
-                        Vec::new()
-                    },
-                    certified: true,
-                }
-            })
-            .collect();
-        let mut out = Neighbours {
-            rows: q.n,
-            k: self.k,
-            brute_force_rows,
-            indices: Vec::with_capacity(q.n * self.k),
-            sq_distances: Vec::with_capacity(if with_distances { q.n * self.k } else { 0 }),
-        };
-        for answer in answers {
-            out.indices.extend(answer.ids.iter().map(|&j| j as i64));
-            if with_distances {
-                out.sq_distances.extend(answer.sq);
+                let kernel = self.tile_gemm.unwrap_or_else(TileGemm::fastest);
+                let lists = gemm_candidates(q, r, c, kernel)?;
+                let dot_error = gemm_dot_error(q.dim);
+                self.collect(q, refs, self_search, ordering.resolver(q, r, &lists, dot_error))
             }
         }
-        Ok(out)
+    }
+
+    /// The answers of `answer(i)` for every query, written straight into the output by the
+    /// rayon workers; a query whose answer is not certified is searched by brute force.
+    fn collect<T: Element>(
+        &self,
+        q: &Rows<T>,
+        refs: &Rows<T>,
+        self_search: bool,
+        answer: impl Fn(usize) -> Result<RowAnswer> + Sync,
+    ) -> Result<Neighbours> {
+        let (k, with_distances) = (self.k, self.wanted.distances());
+        let fill = |i: usize, ids: &mut [u32], sq: Option<&mut [f64]>| -> Result<bool> {
+            let mut found = answer(i)?;
+            let certified = found.certified;
+            if !certified {
+                let best = brute_force_row(q.row(i), refs, self_search.then_some(i), k);
+                found.ids = best.iter().map(|p| p.1).collect();
+                found.sq = best.iter().map(|p| p.0).collect();
+            }
+            ids.copy_from_slice(&found.ids);
+            if let Some(sq) = sq {
+                sq.copy_from_slice(&found.sq);
+            }
+            Ok(certified)
+        };
+        let mut indices = vec![0u32; q.n * k];
+        let mut sq_distances = vec![0f64; if with_distances { q.n * k } else { 0 }];
+        let certified: Vec<bool> = if with_distances {
+            let rows = indices.par_chunks_mut(k).zip(sq_distances.par_chunks_mut(k));
+            rows.enumerate().map(|(i, (ids, sq))| fill(i, ids, Some(sq))).collect::<Result<_>>()?
+        } else {
+            let rows = indices.par_chunks_mut(k);
+            rows.enumerate().map(|(i, ids)| fill(i, ids, None)).collect::<Result<_>>()?
+        };
+        let brute_force_rows = certified.iter().filter(|&&c| !c).count();
+        Ok(Neighbours { rows: q.n, k, brute_force_rows, indices, sq_distances })
     }
 }
 
 impl Ordering<'_> {
-    fn resolve_all<T: Element>(
-        &self,
-        q: &Rows<T>,
-        r: Option<&Rows<T>>,
-        lists: &CandidateLists,
+    /// Query `i`'s answer from its candidates in `lists` (`resolve`).
+    fn resolver<'a, T: Element>(
+        &'a self,
+        q: &'a Rows<T>,
+        r: Option<&'a Rows<T>>,
+        lists: &'a CandidateLists,
         dot_error: f64,
-    ) -> Vec<RowAnswer> {
+    ) -> impl Fn(usize) -> Result<RowAnswer> + Sync + 'a {
         let refs = r.unwrap_or(q);
         let self_search = r.is_none();
         let available = refs.n - usize::from(self_search);
         let q_norms = q.sq_norms();
         let r_norms = if self_search { q_norms.clone() } else { refs.sq_norms() };
         let r_max = r_norms.iter().cloned().fold(0.0f64, f64::max).sqrt();
-        (0..q.n)
-            .into_par_iter()
-            .map(|i| {
-                let error = key_error(dot_error, q_norms[i].sqrt(), r_max);
-                let candidates = lists.sorted_row(i);
-                let exhaustive = candidates.len() >= available;
-                self.resolve(i, q.row(i), refs, q_norms[i], &candidates, error, exhaustive)
-            })
-            .collect()
+        move |i| {
+            let error = key_error(dot_error, q_norms[i].sqrt(), r_max);
+            let candidates = lists.sorted_row(i);
+            let exhaustive = candidates.len() >= available;
+            Ok(self.resolve(i, q.row(i), refs, q_norms[i], &candidates, error, exhaustive))
+        }
     }
 
     /// Orders one query's candidates (sorted by approximate key) exactly and certifies them.
@@ -542,25 +552,32 @@ fn brute_force_row<T: Element>(
 /// CPU candidates: tiles of the float32 GEMM, each scanned into bounded candidate lists by
 /// the rayon worker that computed it with `kernel` (`tile_gemm`), so no tile is handed
 /// between thread pools. Self-search computes only the tiles (I, J) with J >= I;
-/// each serves the rows of I and, transposed, the rows of J.
+/// each serves the rows of I and, transposed, the rows of J. At large `c` the lists start
+/// at thresholds sampled from a subset of the references (`Tiles::sampled_thresholds`).
 fn gemm_candidates<T: Element>(
     q: &Rows<T>,
     r: Option<&Rows<T>>,
     c: usize,
     kernel: TileGemm,
 ) -> Result<CandidateLists> {
-    let qf = q.float32()?;
-    let q_norms: Vec<f32> = q.sq_norms().iter().map(|&v| v as f32).collect();
-    let tiles = match r {
-        Some(r) => {
-            let r_norms = r.sq_norms().iter().map(|&v| v as f32).collect();
-            Tiles::new(qf, r.float32()?, q_norms, r_norms, kernel)
-        }
-        None => Tiles::new(qf.shallow_clone(), qf, q_norms.clone(), q_norms, kernel),
-    };
-    match r {
-        Some(r) => tiles.reference_candidates(q.n, r.n, c),
-        None => tiles.self_candidates(q.n, c),
+    let tiles = Tiles::of(q, r, kernel)?;
+    let self_search = r.is_none();
+    let thresholds = tiles.sampled_thresholds(c, self_search, gemm_dot_error(q.dim))?;
+    tiles.candidates(c, self_search, thresholds.as_deref())
+}
+
+/// Sampled starting thresholds (`Tiles::sampled_thresholds`) are used from this many
+/// candidates per query on: below it a list's pushes cost little next to its scan.
+const SAMPLED_MIN_CANDIDATES: usize = 64;
+
+/// One reference in `SAMPLE_EVERY` is in the threshold sample.
+const SAMPLE_EVERY: usize = 32;
+
+/// Fresh lists for `rows` rows, starting at `thresholds[rows]` when given.
+fn lists_for(rows: Range<usize>, c: usize, thresholds: Option<&[f32]>) -> CandidateLists {
+    match thresholds {
+        Some(t) => CandidateLists::with_thresholds(c, t[rows].to_vec()),
+        None => CandidateLists::new(rows.len(), c),
     }
 }
 
@@ -580,6 +597,19 @@ struct Tiles {
 unsafe impl Sync for Tiles {}
 
 impl Tiles {
+    /// The tiles of `q` against `r` (`None`: against itself).
+    fn of<T: Element>(q: &Rows<T>, r: Option<&Rows<T>>, kernel: TileGemm) -> Result<Self> {
+        let qf = q.float32()?;
+        let q_norms: Vec<f32> = q.sq_norms().iter().map(|&v| v as f32).collect();
+        Ok(match r {
+            Some(r) => {
+                let r_norms = r.sq_norms().iter().map(|&v| v as f32).collect();
+                Tiles::new(qf, r.float32()?, q_norms, r_norms, kernel)
+            }
+            None => Tiles::new(qf.shallow_clone(), qf, q_norms.clone(), q_norms, kernel),
+        })
+    }
+
     /// `q` and `r`: contiguous float32 CPU tensors.
     fn new(q: Tensor, r: Tensor, q_norms: Vec<f32>, r_norms: Vec<f32>, kernel: TileGemm) -> Self {
         let buffers = (0..=rayon::current_num_threads()).map(|_| Mutex::new(Vec::new())).collect();
@@ -610,10 +640,114 @@ impl Tiles {
         Ok(scan(block))
     }
 
+    /// Every query's candidate lists, starting at `thresholds` when given (rows they leave
+    /// with fewer than `c` candidates are searched again without).
+    fn candidates(
+        &self,
+        c: usize,
+        self_search: bool,
+        thresholds: Option<&[f32]>,
+    ) -> Result<CandidateLists> {
+        let (nq, nr) = (self.q_norms.len(), self.r_norms.len());
+        let mut lists = if self_search {
+            self.self_candidates(nq, c, thresholds)?
+        } else {
+            self.reference_candidates(nq, nr, c, thresholds, None)?
+        };
+        if thresholds.is_some() {
+            self.search_short_rows(&mut lists, c, self_search)?;
+        }
+        Ok(lists)
+    }
+
+    /// Starting thresholds for the queries' lists, so that a list takes a small multiple of
+    /// `c` keys (1.6 c at c = 1,225, N = 200,000) instead of the `c (1 + ln(N / c))` a list
+    /// that starts empty takes from references in random order (each push costs, in
+    /// compactions, tens of scanned keys).
+    ///
+    /// A fixed random sample of `m = N / SAMPLE_EVERY` references holds on average
+    /// `mu = c m / N` of a query's `c` nearest (by key); the query's threshold is its
+    /// `s`-th smallest key to the sample, `s = mu + 3 sqrt(mu) + 3` (one more in a
+    /// self-search, where the sample may hold the query itself), plus twice the key error
+    /// (the sample's keys come from other tiles). About `s N / m` keys fall below it, so
+    /// fewer than `c` only with a probability of about 1e-3; such rows are searched afresh
+    /// (`search_short_rows`). `None` below `SAMPLED_MIN_CANDIDATES` candidates or when the
+    /// sample would hold fewer than `2c` references.
+    fn sampled_thresholds(
+        &self,
+        c: usize,
+        self_search: bool,
+        dot_error: f64,
+    ) -> Result<Option<Vec<f32>>> {
+        let (nq, nr) = (self.q_norms.len(), self.r_norms.len());
+        if c < SAMPLED_MIN_CANDIDATES || nr < 2 * c * SAMPLE_EVERY {
+            return Ok(None);
+        }
+        let m = nr / SAMPLE_EVERY;
+        let mut ids = rand::seq::index::sample(&mut ChaCha8Rng::seed_from_u64(0), nr, m).into_vec();
+        ids.sort_unstable();
+        let index = Tensor::from_slice(&ids.iter().map(|&j| j as i64).collect::<Vec<_>>());
+        let sample_norms = ids.iter().map(|&j| self.r_norms[j]).collect();
+        let sample = Tiles::new(
+            self.q.shallow_clone(),
+            self.r.f_index_select(0, &index)?,
+            self.q_norms.clone(),
+            sample_norms,
+            self.kernel,
+        );
+        let mu = (c * m) as f64 / nr as f64;
+        let s = (mu + 3.0 * mu.sqrt() + 3.0).ceil() as usize + usize::from(self_search);
+        let lists = sample.reference_candidates(nq, m, s, None, None)?;
+        let r_max = self.r_norms.iter().fold(0.0f32, |a, &b| a.max(b)).sqrt();
+        let thresholds = (0..nq)
+            .into_par_iter()
+            .map(|i| {
+                let kth = lists.sorted_row(i)[s - 1].0;
+                let error = key_error(dot_error, f64::from(self.q_norms[i]).sqrt(), r_max.into());
+                ((f64::from(kth) + 2.0 * error) as f32).next_up()
+            })
+            .collect();
+        Ok(Some(thresholds))
+    }
+
+    /// Searches afresh, without thresholds, the rows whose sampled threshold left them
+    /// fewer than `c` candidates, and puts their lists in `lists`.
+    fn search_short_rows(
+        &self,
+        lists: &mut CandidateLists,
+        c: usize,
+        self_search: bool,
+    ) -> Result<()> {
+        let short = lists.short_rows();
+        if short.is_empty() {
+            return Ok(());
+        }
+        let index = Tensor::from_slice(&short.iter().map(|&i| i as i64).collect::<Vec<_>>());
+        let again = Tiles::new(
+            self.q.f_index_select(0, &index)?,
+            self.r.shallow_clone(),
+            short.iter().map(|&i| self.q_norms[i]).collect(),
+            self.r_norms.clone(),
+            self.kernel,
+        );
+        let skip = self_search.then_some(short.as_slice());
+        let fresh = again.reference_candidates(short.len(), self.r_norms.len(), c, None, skip)?;
+        for (j, &row) in short.iter().enumerate() {
+            lists.replace_row(row, &fresh, j);
+        }
+        Ok(())
+    }
+
     /// Self-search: the tiles (I, J), J >= I, in rounds in which no stripe occurs twice
-    /// (`tile_rounds`), so the tiles of a round update disjoint lists in parallel.
-    fn self_candidates(&self, n: usize, c: usize) -> Result<CandidateLists> {
-        let mut lists = CandidateLists::new(n, c);
+    /// (`tile_rounds`), so the tiles of a round update disjoint lists in parallel. Lists
+    /// start at `thresholds` when given.
+    fn self_candidates(
+        &self,
+        n: usize,
+        c: usize,
+        thresholds: Option<&[f32]>,
+    ) -> Result<CandidateLists> {
+        let mut lists = lists_for(0..n, c, thresholds);
         let mut rows = lists.rows_mut(0, n);
         let mut stripes: Vec<Option<&mut [RowList<'_>]>> =
             rows.chunks_mut(BLOCK).map(Some).collect();
@@ -653,62 +787,90 @@ impl Tiles {
     ) -> Result<()> {
         let (i0, j0) = (a * BLOCK, b * BLOCK);
         let (height, width) = (rows_a.len(), rows_b.as_ref().map_or(rows_a.len(), |r| r.len()));
-        self.with_tile(i0..i0 + height, j0..j0 + width, |block| {
-            for (row, list) in rows_a.iter_mut().enumerate() {
-                let dots = &block[row * width..(row + 1) * width];
-                list.scan(dots, &self.r_norms[j0..j0 + width], j0 as u32, (a == b).then_some(row));
+        self.with_tile(i0..i0 + height, j0..j0 + width, |dots| match rows_b {
+            Some(rows_b) => {
+                let block = Block {
+                    dots,
+                    row_norms: &self.q_norms[i0..i0 + height],
+                    col_norms: &self.r_norms[j0..j0 + width],
+                    first_row: i0 as u32,
+                    first_col: j0 as u32,
+                };
+                scan_tile(rows_a, rows_b, &block);
             }
-            if let Some(rows_b) = rows_b {
-                for (chunk, lists) in rows_b.chunks_mut(CHUNK).enumerate() {
-                    scan_columns(
-                        lists,
-                        block,
-                        width,
-                        chunk * CHUNK,
-                        &self.q_norms[i0..i0 + height],
-                        i0 as u32,
-                    );
+            None => {
+                for (row, list) in rows_a.iter_mut().enumerate() {
+                    let dots = &dots[row * width..(row + 1) * width];
+                    list.scan(dots, &self.r_norms[j0..j0 + width], j0 as u32, Some(row));
                 }
             }
         })
     }
 
-    /// Queries against separate references: per stripe of queries, the reference blocks in
-    /// parallel, each worker into lists of its own, merged at the end.
-    fn reference_candidates(&self, nq: usize, nr: usize, c: usize) -> Result<CandidateLists> {
-        let mut lists = CandidateLists::new(nq, c);
+    /// Queries against separate references. Lists start at `thresholds` when given;
+    /// `skip[i]` is a reference that query `i` must not retrieve (itself, when the queries
+    /// are some of the references). With enough query stripes for every worker, each worker
+    /// scans whole stripes into their own lists; otherwise the reference blocks of each
+    /// stripe are shared out, each worker into lists of its own, merged at the end.
+    fn reference_candidates(
+        &self,
+        nq: usize,
+        nr: usize,
+        c: usize,
+        thresholds: Option<&[f32]>,
+        skip: Option<&[usize]>,
+    ) -> Result<CandidateLists> {
+        let mut lists = lists_for(0..nq, c, thresholds);
+        if nq.div_ceil(BLOCK) >= 2 * rayon::current_num_threads() {
+            let mut rows = lists.rows_mut(0, nq);
+            rows.par_chunks_mut(BLOCK).enumerate().try_for_each(|(stripe, rows)| {
+                (0..nr).step_by(BLOCK).try_for_each(|j0| {
+                    self.reference_tile(rows, stripe * BLOCK, j0..nr.min(j0 + BLOCK), skip)
+                })
+            })?;
+            drop(rows);
+            return Ok(lists);
+        }
         for i0 in (0..nq).step_by(BLOCK) {
             let height = BLOCK.min(nq - i0);
+            let fresh = || lists_for(i0..i0 + height, c, thresholds);
             let stripe = (0..nr.div_ceil(BLOCK))
                 .into_par_iter()
-                .try_fold(
-                    || CandidateLists::new(height, c),
-                    |mut part, block| {
-                        let j0 = block * BLOCK;
-                        let width = BLOCK.min(nr - j0);
-                        self.with_tile(i0..i0 + height, j0..j0 + width, |dots| {
-                            for (row, list) in part.rows_mut(0, height).iter_mut().enumerate() {
-                                list.scan(
-                                    &dots[row * width..(row + 1) * width],
-                                    &self.r_norms[j0..j0 + width],
-                                    j0 as u32,
-                                    None,
-                                );
-                            }
-                        })?;
-                        Ok::<_, SladeError>(part)
-                    },
-                )
-                .try_reduce(
-                    || CandidateLists::new(height, c),
-                    |mut merged, part| {
-                        merged.absorb(0, &part);
-                        Ok(merged)
-                    },
-                )?;
+                .try_fold(fresh, |mut part, block| {
+                    let cols = block * BLOCK..nr.min((block + 1) * BLOCK);
+                    self.reference_tile(&mut part.rows_mut(0, height), i0, cols, skip)?;
+                    Ok::<_, SladeError>(part)
+                })
+                .try_reduce(fresh, |mut merged, part| {
+                    merged.absorb(0, &part);
+                    Ok(merged)
+                })?;
             lists.absorb(i0, &stripe);
         }
         Ok(lists)
+    }
+
+    /// The tile of query rows `i0..i0 + lists.len()` against references `cols`, scanned
+    /// into the rows' `lists` (see `reference_candidates` for `skip`).
+    fn reference_tile(
+        &self,
+        lists: &mut [RowList<'_>],
+        i0: usize,
+        cols: Range<usize>,
+        skip: Option<&[usize]>,
+    ) -> Result<()> {
+        let (j0, width) = (cols.start, cols.len());
+        self.with_tile(i0..i0 + lists.len(), cols.clone(), |dots| {
+            for (row, list) in lists.iter_mut().enumerate() {
+                let skip = skip.map(|ids| ids[i0 + row]).filter(|id| cols.contains(id));
+                list.scan(
+                    &dots[row * width..(row + 1) * width],
+                    &self.r_norms[cols.clone()],
+                    j0 as u32,
+                    skip.map(|id| id - j0),
+                );
+            }
+        })
     }
 }
 
@@ -798,15 +960,16 @@ fn device_candidates(
     Ok(CandidateLists::from_full(nq as usize, c as usize, keys_host, ids_host))
 }
 
-/// k-d tree answers: `c` candidates with float64 distances, certified when the c-th
-/// candidate is strictly farther than the k-th.
-fn kdtree_answers<T: Element>(
-    q: &Rows<T>,
-    refs: &Rows<T>,
+/// Builds a k-d tree of the references and returns query `i`'s answer from it: `c`
+/// candidates with float64 distances, certified when the c-th is strictly farther than the
+/// k-th.
+fn kdtree_resolver<'a, T: Element>(
+    q: &'a Rows<T>,
+    refs: &'a Rows<T>,
     self_search: bool,
     k: usize,
     c: usize,
-) -> Result<Vec<RowAnswer>> {
+) -> Result<impl Fn(usize) -> Result<RowAnswer> + Sync + 'a> {
     let mut tree = kdtree::KdTree::with_capacity(refs.dim, KDTREE_LEAF_SIZE);
     for j in 0..refs.n {
         let point: Vec<f64> = refs.row(j).iter().map(|&v| v.into()).collect();
@@ -815,31 +978,28 @@ fn kdtree_answers<T: Element>(
     }
     let available = refs.n - usize::from(self_search);
     let want = c + usize::from(self_search);
-    (0..q.n)
-        .into_par_iter()
-        .map(|i| {
-            let qi = q.row(i);
-            let point: Vec<f64> = qi.iter().map(|&v| v.into()).collect();
-            let found = tree
-                .nearest(&point, want, &kdtree::distance::squared_euclidean)
-                .map_err(|e| SladeError::Internal(format!("k-d tree query failed: {e:?}")))?;
-            let mut exact: Vec<(f64, u32)> = found
-                .into_iter()
-                .map(|(_, &j)| j)
-                .filter(|&j| !(self_search && j as usize == i))
-                .map(|j| (exact_sq_dist(qi, refs.row(j as usize)), j))
-                .collect();
-            exact.truncate(c);
-            sort_by_tie_rule(&mut exact);
-            let certified = exact.len() >= available || exact[k - 1].0 < exact[exact.len() - 1].0;
-            exact.truncate(k);
-            Ok(RowAnswer {
-                ids: exact.iter().map(|p| p.1).collect(),
-                sq: exact.iter().map(|p| p.0).collect(),
-                certified,
-            })
+    Ok(move |i| {
+        let qi = q.row(i);
+        let point: Vec<f64> = qi.iter().map(|&v| v.into()).collect();
+        let found = tree
+            .nearest(&point, want, &kdtree::distance::squared_euclidean)
+            .map_err(|e| SladeError::Internal(format!("k-d tree query failed: {e:?}")))?;
+        let mut exact: Vec<(f64, u32)> = found
+            .into_iter()
+            .map(|(_, &j)| j)
+            .filter(|&j| !(self_search && j as usize == i))
+            .map(|j| (exact_sq_dist(qi, refs.row(j as usize)), j))
+            .collect();
+        exact.truncate(c);
+        sort_by_tie_rule(&mut exact);
+        let certified = exact.len() >= available || exact[k - 1].0 < exact[exact.len() - 1].0;
+        exact.truncate(k);
+        Ok(RowAnswer {
+            ids: exact.iter().map(|p| p.1).collect(),
+            sq: exact.iter().map(|p| p.0).collect(),
+            certified,
         })
-        .collect()
+    })
 }
 
 #[cfg(test)]
@@ -896,8 +1056,7 @@ mod tests {
                 for (engine, tile_gemm) in ENGINES {
                     let got = search(&xt, None, k, engine, Wanted::Distances, tile_gemm).unwrap();
                     for (i, row) in expected.iter().enumerate() {
-                        let got_row: Vec<u32> =
-                            got.row_indices(i).iter().map(|&v| v as u32).collect();
+                        let got_row: Vec<u32> = got.row_indices(i).to_vec();
                         assert_eq!(
                             &got_row, row,
                             "engine {engine:?} {tile_gemm:?} n {n} dim {dim} k {k} row {i}"
@@ -917,9 +1076,73 @@ mod tests {
         for (engine, tile_gemm) in ENGINES {
             let got = search(&qt, Some(&rt), 10, engine, Wanted::Distances, tile_gemm).unwrap();
             for (i, row) in expected.iter().enumerate() {
-                let got_row: Vec<u32> = got.row_indices(i).iter().map(|&v| v as u32).collect();
+                let got_row: Vec<u32> = got.row_indices(i).to_vec();
                 assert_eq!(&got_row, row, "engine {engine:?} {tile_gemm:?} row {i}");
             }
+        }
+    }
+
+    fn rows(x: &[Vec<f64>]) -> Rows<f64> {
+        Rows::new(to_tensor(x), x.len(), x[0].len())
+    }
+
+    /// Checks the exact top `k` that `lists` give against brute force, for every query whose
+    /// answer is certified; all but a few must be (points on a fine grid: few exact ties).
+    fn assert_exact(q: &[Vec<f64>], r: Option<&[Vec<f64>]>, lists: &CandidateLists, k: usize) {
+        let expected = brute(q, r.unwrap_or(q), r.is_none(), k);
+        let (q_rows, r_rows) = (rows(q), r.map(rows));
+        let ordering = Ordering { k, wanted: Wanted::Order };
+        let answer = ordering.resolver(&q_rows, r_rows.as_ref(), lists, gemm_dot_error(q[0].len()));
+        let mut certified = 0;
+        for (i, row) in expected.iter().enumerate() {
+            let found = answer(i).unwrap();
+            if found.certified {
+                assert_eq!(&found.ids, row, "row {i}");
+                certified += 1;
+            }
+        }
+        assert!(certified * 100 >= q.len() * 95, "{certified} of {} rows certified", q.len());
+    }
+
+    /// Large enough `c` and N for sampled thresholds: the neighbours stay exact, in a
+    /// self-search and against separate references, for both ways of sharing out the tiles
+    /// (whole query stripes per worker with 1 thread, reference blocks with 64).
+    #[test]
+    fn sampled_thresholds_keep_the_neighbours_exact() {
+        let (k, c) = (60, candidate_count(60, usize::MAX));
+        let x = random_rows(2 * c * SAMPLE_EVERY + 100, 6, 11, 64.0);
+        let q = random_rows(2100, 6, 12, 64.0);
+        for threads in [1, 64] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                for (queries, r) in [(&x, None), (&q, Some(x.as_slice()))] {
+                    let (q_rows, r_rows) = (rows(queries), r.map(rows));
+                    let tiles =
+                        Tiles::of(&q_rows, r_rows.as_ref(), TileGemm::Matrixmultiply).unwrap();
+                    let thresholds =
+                        tiles.sampled_thresholds(c, r.is_none(), gemm_dot_error(6)).unwrap();
+                    assert!(thresholds.is_some(), "the sample is large enough");
+                    let lists = tiles.candidates(c, r.is_none(), thresholds.as_deref()).unwrap();
+                    assert_exact(queries, r, &lists, k);
+                }
+            });
+        }
+    }
+
+    /// Rows that a threshold leaves short are searched again: with every threshold at -inf
+    /// (no row keeps a key), the lists still give the exact neighbours, the query itself
+    /// excluded in a self-search.
+    #[test]
+    fn rows_left_short_by_their_threshold_are_searched_again() {
+        let x = random_rows(1500, 5, 13, 64.0);
+        let q = random_rows(300, 5, 14, 64.0);
+        for (queries, r) in [(&x, None), (&q, Some(x.as_slice()))] {
+            let (q_rows, r_rows) = (rows(queries), r.map(rows));
+            let tiles = Tiles::of(&q_rows, r_rows.as_ref(), TileGemm::Matrixmultiply).unwrap();
+            let none_kept = vec![f32::NEG_INFINITY; queries.len()];
+            let lists = tiles.candidates(30, r.is_none(), Some(&none_kept)).unwrap();
+            assert!(lists.short_rows().is_empty());
+            assert_exact(queries, r, &lists, 20);
         }
     }
 

@@ -4,8 +4,11 @@
 //! are appended to a buffer of `c + c/2 + 32` slots; when it is full, a selection keeps the `c`
 //! smallest and the threshold drops to the largest of them. A key is therefore rejected with
 //! one comparison, and (the invariant the exact re-rank relies on) every key ever rejected or
-//! dropped is >= the largest key finally kept. Keys are approximate; candidates are re-ranked
-//! exactly afterwards.
+//! dropped is >= the largest key finally kept. A row may start at a finite threshold
+//! (`with_thresholds`); the invariant still holds, but it keeps only the keys below it and
+//! may end with fewer than `c`. Keys are approximate; candidates are re-ranked exactly
+//! afterwards. A candidate is stored as one `u64` whose integer order is (key, id) order,
+//! so selections and sorts compare integers.
 
 /// Keys are compared 64 at a time into a bit mask, and only the keys below their list's
 /// threshold (the set bits) touch a buffer: after the first keys a row has seen, most
@@ -16,15 +19,34 @@ pub const CHUNK: usize = 64;
 pub struct CandidateLists {
     c: usize,
     slots: usize,
-    items: Vec<(f32, u32)>,
+    /// Candidates as `pack`ed words.
+    items: Vec<u64>,
     lens: Vec<u32>,
     thresholds: Vec<f32>,
+}
+
+/// A candidate as one word whose integer order is the order of (key by `f32::total_cmp`,
+/// id): the key's bits above the id, negative keys with every bit flipped, the others with
+/// the sign bit set.
+#[inline(always)]
+fn pack(key: f32, id: u32) -> u64 {
+    let bits = key.to_bits();
+    let ordered = if bits >> 31 == 1 { !bits } else { bits | 1 << 31 };
+    u64::from(ordered) << 32 | u64::from(id)
+}
+
+/// The (key, id) of a `pack`ed candidate.
+#[inline(always)]
+fn unpack(word: u64) -> (f32, u32) {
+    let ordered = (word >> 32) as u32;
+    let bits = if ordered >> 31 == 1 { ordered & !(1 << 31) } else { !ordered };
+    (f32::from_bits(bits), word as u32)
 }
 
 /// One row's list, borrowed mutably from a `CandidateLists`.
 pub struct RowList<'a> {
     c: usize,
-    items: &'a mut [(f32, u32)],
+    items: &'a mut [u64],
     len: &'a mut u32,
     threshold: &'a mut f32,
 }
@@ -35,10 +57,34 @@ impl CandidateLists {
         CandidateLists {
             c,
             slots,
-            items: vec![(0.0, 0); rows * slots],
+            items: vec![0; rows * slots],
             lens: vec![0; rows],
             thresholds: vec![f32::INFINITY; rows],
         }
+    }
+
+    /// Lists whose rows start at these thresholds instead of +Inf: a key at or above its
+    /// row's threshold is never kept, so the invariant holds, but a row may end with fewer
+    /// than `c` candidates (`short_rows`) and must then be searched afresh.
+    pub fn with_thresholds(c: usize, thresholds: Vec<f32>) -> Self {
+        let rows = thresholds.len();
+        CandidateLists { thresholds, ..CandidateLists::new(rows, c) }
+    }
+
+    /// The rows that hold fewer than `c` candidates, in order.
+    pub fn short_rows(&self) -> Vec<usize> {
+        let c = self.c as u32;
+        self.lens.iter().enumerate().filter(|&(_, &len)| len < c).map(|(row, _)| row).collect()
+    }
+
+    /// Replaces the candidates of `row` by those of row `other_row` of `other` (lists of the
+    /// same `c`).
+    pub fn replace_row(&mut self, row: usize, other: &CandidateLists, other_row: usize) {
+        assert_eq!(self.slots, other.slots, "replace_row takes lists of the same c");
+        let (to, from) = (row * self.slots, other_row * other.slots);
+        self.items[to..to + self.slots].copy_from_slice(&other.items[from..from + other.slots]);
+        self.lens[row] = other.lens[other_row];
+        self.thresholds[row] = other.thresholds[other_row];
     }
 
     /// Rows that each hold exactly `c` candidates (keys and ids row-major, `rows x c`).
@@ -46,7 +92,7 @@ impl CandidateLists {
         CandidateLists {
             c,
             slots: c,
-            items: keys.into_iter().zip(ids).collect(),
+            items: keys.into_iter().zip(ids).map(|(key, id)| pack(key, id)).collect(),
             lens: vec![c as u32; rows],
             thresholds: vec![f32::INFINITY; rows],
         }
@@ -70,7 +116,8 @@ impl CandidateLists {
         let rows = other.lens.len();
         for (r, list) in self.rows_mut(first_row, first_row + rows).iter_mut().enumerate() {
             let base = r * other.slots;
-            for &(key, id) in &other.items[base..base + other.lens[r] as usize] {
+            for &word in &other.items[base..base + other.lens[r] as usize] {
+                let (key, id) = unpack(word);
                 if key < *list.threshold {
                     list.push(key, id);
                 }
@@ -84,14 +131,12 @@ impl CandidateLists {
         let base = row * self.slots;
         let len = self.lens[row] as usize;
         let mut items = self.items[base..base + len].to_vec();
-        let by_key_then_id =
-            |a: &(f32, u32), b: &(f32, u32)| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1));
         if items.len() > self.c {
-            items.select_nth_unstable_by(self.c - 1, by_key_then_id);
+            items.select_nth_unstable(self.c - 1);
             items.truncate(self.c);
         }
-        items.sort_unstable_by(by_key_then_id);
-        items
+        items.sort_unstable();
+        items.into_iter().map(unpack).collect()
     }
 }
 
@@ -99,7 +144,7 @@ impl RowList<'_> {
     #[inline]
     fn push(&mut self, key: f32, id: u32) {
         let len = *self.len as usize;
-        self.items[len] = (key, id);
+        self.items[len] = pack(key, id);
         *self.len += 1;
         if len + 1 == self.items.len() {
             self.compact();
@@ -109,10 +154,9 @@ impl RowList<'_> {
     /// Keeps the `c` smallest keys and lowers the threshold to the largest of them.
     fn compact(&mut self) {
         let len = *self.len as usize;
-        let (_, &mut (largest_kept, _), _) =
-            self.items[..len].select_nth_unstable_by(self.c - 1, |a, b| a.0.total_cmp(&b.0));
+        let (_, &mut largest_kept, _) = self.items[..len].select_nth_unstable(self.c - 1);
         *self.len = self.c as u32;
-        *self.threshold = largest_kept;
+        *self.threshold = unpack(largest_kept).0;
     }
 
     /// Offers the keys `base[j] - 2 * dots[j]` with ids `first_id + j`, skipping `skip`.
@@ -197,42 +241,97 @@ fn scan_row_with<M>(
     }
 }
 
+/// A row-major `row_norms.len() x col_norms.len()` block of dot products of rows (ids from
+/// `first_row`) with columns (ids from `first_col`), and the squared norms of both.
+pub struct Block<'a> {
+    pub dots: &'a [f32],
+    pub row_norms: &'a [f32],
+    pub col_norms: &'a [f32],
+    pub first_row: u32,
+    pub first_col: u32,
+}
+
+/// `scan_tile`'s loop: one pass over the block, each chunk of a row masked for the row's
+/// list (`row_mask`: per-column norms, the row's threshold) and for the columns' lists
+/// (`col_mask`: the row's norm, per-column thresholds).
 #[inline(always)]
-fn scan_columns_with<M>(
-    lists: &mut [RowList<'_>],
-    block: &[f32],
-    block_cols: usize,
-    first_col: usize,
-    base: &[f32],
-    first_id: u32,
-    mask_of: M,
+fn scan_tile_with<M, N>(
+    rows: &mut [RowList<'_>],
+    cols: &mut [RowList<'_>],
+    block: &Block<'_>,
+    row_mask: M,
+    col_mask: N,
 ) where
-    M: Fn(&[f32; CHUNK], f32, &[f32; CHUNK], &mut [f32; CHUNK]) -> u64,
+    M: Fn(&[f32; CHUNK], &[f32; CHUNK], f32, &mut [f32; CHUNK]) -> u64,
+    N: Fn(&[f32; CHUNK], f32, &[f32; CHUNK], &mut [f32; CHUNK]) -> u64,
 {
-    let width = lists.len();
-    assert!(width <= CHUNK, "scan_columns takes at most {CHUNK} columns");
-    let mut thresholds = [f32::NEG_INFINITY; CHUNK];
-    for (threshold, list) in thresholds.iter_mut().zip(lists.iter()) {
+    let width = cols.len();
+    let padded_width = width.div_ceil(CHUNK) * CHUNK;
+    // Padding columns: an infinite norm for the rows, a -inf threshold for the columns.
+    let mut col_norms = vec![f32::INFINITY; padded_width];
+    col_norms[..width].copy_from_slice(block.col_norms);
+    let mut thresholds = vec![f32::NEG_INFINITY; padded_width];
+    for (threshold, list) in thresholds.iter_mut().zip(cols.iter()) {
         *threshold = *list.threshold;
     }
-    let mut keys = [0f32; CHUNK];
-    for (i, &b) in base.iter().enumerate() {
-        let start = i * block_cols + first_col;
-        let mut mask = match <&[f32; CHUNK]>::try_from(&block[start..start + width]) {
-            Ok(dots) => mask_of(dots, b, &thresholds, &mut keys),
-            Err(_) => {
-                mask_of(&padded(&block[start..start + width], 0.0), b, &thresholds, &mut keys)
+    let (mut row_keys, mut col_keys) = ([0f32; CHUNK], [0f32; CHUNK]);
+    for (i, list) in rows.iter_mut().enumerate() {
+        let dots_row = &block.dots[i * width..(i + 1) * width];
+        for start in (0..padded_width).step_by(CHUNK) {
+            let end = width.min(start + CHUNK);
+            let dots = match <&[f32; CHUNK]>::try_from(&dots_row[start..end]) {
+                Ok(dots) => *dots,
+                Err(_) => padded(&dots_row[start..end], 0.0),
+            };
+            let norms: &[f32; CHUNK] = col_norms[start..start + CHUNK].try_into().expect("a chunk");
+            let mut mask = row_mask(&dots, norms, *list.threshold, &mut row_keys);
+            while mask != 0 {
+                let l = mask.trailing_zeros() as usize;
+                mask &= mask - 1;
+                if row_keys[l] < *list.threshold {
+                    list.push(row_keys[l], block.first_col + (start + l) as u32);
+                }
             }
-        };
-        while mask != 0 {
-            let l = mask.trailing_zeros() as usize;
-            mask &= mask - 1;
-            if keys[l] < thresholds[l] {
-                lists[l].push(keys[l], first_id + i as u32);
-                thresholds[l] = *lists[l].threshold;
+            let limits: &[f32; CHUNK] =
+                thresholds[start..start + CHUNK].try_into().expect("a chunk");
+            let mut mask = col_mask(&dots, block.row_norms[i], limits, &mut col_keys);
+            while mask != 0 {
+                let l = mask.trailing_zeros() as usize;
+                mask &= mask - 1;
+                let col = start + l;
+                if col_keys[l] < thresholds[col] {
+                    cols[col].push(col_keys[l], block.first_row + i as u32);
+                    thresholds[col] = *cols[col].threshold;
+                }
             }
         }
     }
+}
+
+/// Offers every key of `block` to the list of its row (key `col_norms[j] - 2 dots[i, j]`,
+/// id `first_col + j`) and to the list of its column (`row_norms[i] - 2 dots[i, j]`, id
+/// `first_row + i`), in one pass over the block: a self-search tile off the diagonal, which
+/// serves both its rows and its columns. Equal to `RowList::scan` of each row and of each
+/// column.
+pub fn scan_tile(rows: &mut [RowList<'_>], cols: &mut [RowList<'_>], block: &Block<'_>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // Sound: the CPU has AVX-512F.
+            return unsafe { x86::scan_tile_avx512(rows, cols, block) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // Sound: the CPU has AVX2.
+            return unsafe { x86::scan_tile_avx2(rows, cols, block) };
+        }
+    }
+    scan_tile_with(
+        rows,
+        cols,
+        block,
+        |d, b, t, k| mask_portable(d, b, t, k),
+        |d, b, t, k| mask_portable(d, b, t, k),
+    );
 }
 
 /// The first `values.len() <= CHUNK` values, padded with `fill`.
@@ -265,42 +364,10 @@ fn scan_row(
     scan_row_with(list, dots, base, first_id, skip, |d, b, t, k| mask_portable(d, b, t, k));
 }
 
-/// Offers the columns `first_col..first_col + lists.len()` (at most `CHUNK`) of a row-major
-/// block (`block_cols` wide) to one list per column: the transposed scan used when the query
-/// set is the reference set, so each block product serves both its rows and its columns.
-/// Row `i` of the block has reference id `first_id + i` and key `base[i] - 2 * block[i, col]`.
-pub fn scan_columns(
-    lists: &mut [RowList<'_>],
-    block: &[f32],
-    block_cols: usize,
-    first_col: usize,
-    base: &[f32],
-    first_id: u32,
-) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // Sound: the CPU has AVX-512F.
-            return unsafe {
-                x86::scan_columns_avx512(lists, block, block_cols, first_col, base, first_id)
-            };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // Sound: the CPU has AVX2.
-            return unsafe {
-                x86::scan_columns_avx2(lists, block, block_cols, first_col, base, first_id)
-            };
-        }
-    }
-    scan_columns_with(lists, block, block_cols, first_col, base, first_id, |d, b, t, k| {
-        mask_portable(d, b, t, k)
-    });
-}
-
 /// The scans compiled for AVX-512 and AVX2, with their masks in intrinsics.
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{scan_columns_with, scan_row_with, Lanes, RowList, CHUNK};
+    use super::{scan_row_with, scan_tile_with, Block, Lanes, RowList, CHUNK};
     use std::arch::x86_64::*;
 
     /// `Lanes` as a vector of 16 or 8 floats from lane `v` on.
@@ -372,7 +439,22 @@ mod x86 {
 
     /// The two scans compiled with `$feature`, each with the mask `$mask` inlined.
     macro_rules! scans {
-        ($feature:literal, $row:ident, $columns:ident, $mask:ident) => {
+        ($feature:literal, $row:ident, $tile:ident, $mask:ident) => {
+            #[target_feature(enable = $feature)]
+            pub(super) unsafe fn $tile(
+                rows: &mut [RowList<'_>],
+                cols: &mut [RowList<'_>],
+                block: &Block<'_>,
+            ) {
+                scan_tile_with(
+                    rows,
+                    cols,
+                    block,
+                    |d, b, t, k| unsafe { $mask(d, b, t, k) },
+                    |d, b, t, k| unsafe { $mask(d, b, t, k) },
+                );
+            }
+
             #[target_feature(enable = $feature)]
             pub(super) unsafe fn $row(
                 list: &mut RowList<'_>,
@@ -385,31 +467,11 @@ mod x86 {
                     $mask(d, b, t, k)
                 });
             }
-
-            #[target_feature(enable = $feature)]
-            pub(super) unsafe fn $columns(
-                lists: &mut [RowList<'_>],
-                block: &[f32],
-                block_cols: usize,
-                first_col: usize,
-                base: &[f32],
-                first_id: u32,
-            ) {
-                scan_columns_with(
-                    lists,
-                    block,
-                    block_cols,
-                    first_col,
-                    base,
-                    first_id,
-                    |d, b, t, k| unsafe { $mask(d, b, t, k) },
-                );
-            }
         };
     }
 
-    scans!("avx512f", scan_row_avx512, scan_columns_avx512, mask_avx512);
-    scans!("avx2", scan_row_avx2, scan_columns_avx2, mask_avx2);
+    scans!("avx512f", scan_row_avx512, scan_tile_avx512, mask_avx512);
+    scans!("avx2", scan_row_avx2, scan_tile_avx2, mask_avx2);
 }
 
 #[cfg(test)]
@@ -466,6 +528,35 @@ mod tests {
         }
     }
 
+    /// The packed words sort as `sorted_row`'s tie rule: key by `total_cmp`, then id.
+    #[test]
+    fn packed_order_is_key_then_id_order() {
+        let keys = [
+            f32::NEG_INFINITY,
+            f32::MIN,
+            -3.5,
+            -f32::MIN_POSITIVE / 4.0,
+            -0.0,
+            0.0,
+            f32::MIN_POSITIVE / 4.0,
+            2.0,
+            f32::MAX,
+            f32::INFINITY,
+            f32::NAN,
+            -f32::NAN,
+        ];
+        let pairs: Vec<(f32, u32)> =
+            keys.iter().flat_map(|&k| [0, 1, 7, u32::MAX].map(|id| (k, id))).collect();
+        for &(key, id) in &pairs {
+            let (back, back_id) = unpack(pack(key, id));
+            assert_eq!((back.to_bits(), back_id), (key.to_bits(), id));
+            for &(other, other_id) in &pairs {
+                let want = key.total_cmp(&other).then(id.cmp(&other_id));
+                assert_eq!(pack(key, id).cmp(&pack(other, other_id)), want, "{key} {id} {other}");
+            }
+        }
+    }
+
     #[test]
     fn keeps_the_smallest_keys() {
         let mut lists = CandidateLists::new(1, 3);
@@ -484,15 +575,48 @@ mod tests {
         assert_eq!(kept, vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
     }
 
+    /// One pass over a block gives each row's list what `RowList::scan` of the row gives,
+    /// and each column's list what `RowList::scan` of the column (the transposed block, the
+    /// rows' norms) gives: the same kept keys and ids, through compactions, with a last
+    /// chunk of columns that is not whole.
     #[test]
-    fn columns_scan_like_rows() {
-        // A 3 x 2 block: column 0 holds dots (1, 3, 2), column 1 holds (0, 0, 5).
-        let block = [1.0f32, 0.0, 3.0, 0.0, 2.0, 5.0];
-        let mut lists = CandidateLists::new(2, 2);
-        let mut rows = lists.rows_mut(0, 2);
-        scan_columns(&mut rows, &block, 2, 0, &[0.0, 0.0, 0.0], 100);
-        drop(rows);
-        assert_eq!(lists.sorted_row(0), vec![(-6.0, 101), (-4.0, 102)]);
-        assert_eq!(lists.sorted_row(1), vec![(-10.0, 102), (0.0, 100)]);
+    fn tile_scan_serves_rows_and_columns() {
+        let (height, width) = (70, 130);
+        let mut rng = 99u32;
+        let mut next = || {
+            rng = rng.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (rng >> 8) as f32 / (1 << 24) as f32
+        };
+        let dots: Vec<f32> = (0..height * width).map(|_| next()).collect();
+        let row_norms: Vec<f32> = (0..height).map(|_| next()).collect();
+        let col_norms: Vec<f32> = (0..width).map(|_| next()).collect();
+        let block = Block {
+            dots: &dots,
+            row_norms: &row_norms,
+            col_norms: &col_norms,
+            first_row: 1000,
+            first_col: 5000,
+        };
+        // c = 6: lists compact; c = 200: every key is kept, padding would show.
+        for c in [6, 200] {
+            let (mut rows, mut cols) =
+                (CandidateLists::new(height, c), CandidateLists::new(width, c));
+            scan_tile(&mut rows.rows_mut(0, height), &mut cols.rows_mut(0, width), &block);
+            let mut want_rows = CandidateLists::new(height, c);
+            for (i, list) in want_rows.rows_mut(0, height).iter_mut().enumerate() {
+                list.scan(&dots[i * width..(i + 1) * width], &col_norms, 5000, None);
+            }
+            let mut want_cols = CandidateLists::new(width, c);
+            for (j, list) in want_cols.rows_mut(0, width).iter_mut().enumerate() {
+                let column: Vec<f32> = (0..height).map(|i| dots[i * width + j]).collect();
+                list.scan(&column, &row_norms, 1000, None);
+            }
+            for i in 0..height {
+                assert_eq!(rows.sorted_row(i), want_rows.sorted_row(i), "c {c} row {i}");
+            }
+            for j in 0..width {
+                assert_eq!(cols.sorted_row(j), want_cols.sorted_row(j), "c {c} column {j}");
+            }
+        }
     }
 }
