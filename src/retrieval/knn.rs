@@ -26,6 +26,7 @@
 
 use crate::bail;
 use crate::error::{Result, SladeError};
+use crate::retrieval::fused_tile::{self, Operands};
 use crate::retrieval::tile_gemm::TileGemm;
 use crate::retrieval::topk::{scan_tile, Block, CandidateLists, RowList};
 use crate::validate;
@@ -378,8 +379,7 @@ impl Task<'_> {
                 self.collect(q, refs, self_search, ordering.resolver(q, r, &lists, dot_error))
             }
             _ => {
-                let kernel = self.tile_gemm.unwrap_or_else(TileGemm::fastest);
-                let lists = gemm_candidates(q, r, c, kernel)?;
+                let lists = gemm_candidates(q, r, c, self.tile_gemm)?;
                 let dot_error = gemm_dot_error(q.dim);
                 self.collect(q, refs, self_search, ordering.resolver(q, r, &lists, dot_error))
             }
@@ -550,15 +550,16 @@ fn brute_force_row<T: Element>(
 // Candidate generators
 
 /// CPU candidates: tiles of the float32 GEMM, each scanned into bounded candidate lists by
-/// the rayon worker that computed it with `kernel` (`tile_gemm`), so no tile is handed
-/// between thread pools. Self-search computes only the tiles (I, J) with J >= I;
+/// the rayon worker that computed it, so no tile is handed between thread pools: in the
+/// kernel (`fused_tile`) where the CPU has it and `kernel` is `None`, else computed with
+/// `kernel` (`None`: `TileGemm::fastest`) and then scanned. Self-search computes only the tiles (I, J) with J >= I;
 /// each serves the rows of I and, transposed, the rows of J. At large `c` the lists start
 /// at thresholds sampled from a subset of the references (`Tiles::sampled_thresholds`).
 fn gemm_candidates<T: Element>(
     q: &Rows<T>,
     r: Option<&Rows<T>>,
     c: usize,
-    kernel: TileGemm,
+    kernel: Option<TileGemm>,
 ) -> Result<CandidateLists> {
     let tiles = Tiles::of(q, r, kernel)?;
     let self_search = r.is_none();
@@ -581,15 +582,23 @@ fn lists_for(rows: Range<usize>, c: usize, thresholds: Option<&[f32]>) -> Candid
     }
 }
 
-/// The GEMM tiles of query rows against reference rows, with one output buffer per worker,
-/// computed by the faster tile kernel on this CPU (`TileGemm::fastest`).
+/// The GEMM tiles of query rows against reference rows, with buffers per worker: scanned
+/// in the kernel (`fused`), or computed by `kernel` and then scanned.
 struct Tiles {
     q: Tensor,
     r: Tensor,
     q_norms: Vec<f32>,
     r_norms: Vec<f32>,
     kernel: TileGemm,
-    buffers: Vec<Mutex<Vec<f32>>>,
+    fused: bool,
+    buffers: Vec<Mutex<Buffers>>,
+}
+
+/// A worker's buffers: the tile of dot products, or the fused kernel's.
+#[derive(Default)]
+struct Buffers {
+    tile: Vec<f32>,
+    fused: fused_tile::Scratch,
 }
 
 // The workers only take views of `q` and `r` and read them (torch's views and reads are
@@ -597,23 +606,39 @@ struct Tiles {
 unsafe impl Sync for Tiles {}
 
 impl Tiles {
-    /// The tiles of `q` against `r` (`None`: against itself).
-    fn of<T: Element>(q: &Rows<T>, r: Option<&Rows<T>>, kernel: TileGemm) -> Result<Self> {
+    /// The tiles of `q` against `r` (`None`: against itself), scanned in the kernel where the
+    /// CPU has it and `kernel` is `None`; else, and for the tiles the fused kernel does not
+    /// take, computed by `kernel` (`None`: the faster here) and then scanned.
+    fn of<T: Element>(q: &Rows<T>, r: Option<&Rows<T>>, kernel: Option<TileGemm>) -> Result<Self> {
+        let fused = kernel.is_none() && fused_tile::available(q.dim);
+        let kernel = kernel.unwrap_or_else(TileGemm::fastest);
         let qf = q.float32()?;
         let q_norms: Vec<f32> = q.sq_norms().iter().map(|&v| v as f32).collect();
-        Ok(match r {
+        let tiles = match r {
             Some(r) => {
                 let r_norms = r.sq_norms().iter().map(|&v| v as f32).collect();
                 Tiles::new(qf, r.float32()?, q_norms, r_norms, kernel)
             }
             None => Tiles::new(qf.shallow_clone(), qf, q_norms.clone(), q_norms, kernel),
-        })
+        };
+        Ok(Tiles { fused, ..tiles })
     }
 
-    /// `q` and `r`: contiguous float32 CPU tensors.
+    /// Unfused tiles of `q` and `r`, contiguous float32 CPU tensors.
     fn new(q: Tensor, r: Tensor, q_norms: Vec<f32>, r_norms: Vec<f32>, kernel: TileGemm) -> Self {
-        let buffers = (0..=rayon::current_num_threads()).map(|_| Mutex::new(Vec::new())).collect();
-        Tiles { q, r, q_norms, r_norms, kernel, buffers }
+        let buffers = (0..=rayon::current_num_threads()).map(|_| Mutex::default()).collect();
+        Tiles { q, r, q_norms, r_norms, kernel, fused: false, buffers }
+    }
+
+    /// Tiles of other rows with the same kernels.
+    fn like(&self, q: Tensor, r: Tensor, q_norms: Vec<f32>, r_norms: Vec<f32>) -> Self {
+        Tiles { fused: self.fused, ..Tiles::new(q, r, q_norms, r_norms, self.kernel) }
+    }
+
+    /// The calling worker's buffers.
+    fn buffers(&self) -> Result<std::sync::MutexGuard<'_, Buffers>> {
+        let slot = rayon::current_thread_index().unwrap_or(self.buffers.len() - 1);
+        self.buffers[slot].lock().map_err(|_| SladeError::Internal("a k-NN worker panicked".into()))
     }
 
     /// Calls `scan` with the row-major dot products of query rows `rows` and reference rows
@@ -625,19 +650,46 @@ impl Tiles {
         scan: impl FnOnce(&[f32]) -> R,
     ) -> Result<R> {
         let _no_grad = tch::no_grad_guard();
-        let slot = rayon::current_thread_index().unwrap_or(self.buffers.len() - 1);
-        let mut buffer = self.buffers[slot]
-            .lock()
-            .map_err(|_| SladeError::Internal("a k-NN worker panicked".into()))?;
+        let mut buffers = self.buffers()?;
         let (height, width) = (rows.len(), cols.len());
-        if buffer.len() < height * width {
-            buffer.resize(height * width, 0.0);
+        if buffers.tile.len() < height * width {
+            buffers.tile.resize(height * width, 0.0);
         }
         let q_rows = self.q.f_narrow(0, rows.start as i64, height as i64)?;
         let r_rows = self.r.f_narrow(0, cols.start as i64, width as i64)?;
-        let block = &mut buffer[..height * width];
+        let block = &mut buffers.tile[..height * width];
         self.kernel.product(&q_rows, &r_rows, block)?;
         Ok(scan(block))
+    }
+
+    /// Offers the keys of query rows `rows` against reference rows `cols` to `row_lists`
+    /// and, when given, by columns to `col_lists`, scanned in the kernel (`fused_tile`).
+    fn fused_tile(
+        &self,
+        rows: Range<usize>,
+        cols: Range<usize>,
+        row_lists: &mut [RowList<'_>],
+        col_lists: Option<&mut [RowList<'_>]>,
+    ) -> Result<()> {
+        let dim = self.q.size()[1] as usize;
+        // Sound: `q` and `r` are contiguous float32 CPU tensors owned by self, `dim` wide.
+        let floats = |t: &Tensor, range: &Range<usize>| unsafe {
+            std::slice::from_raw_parts(
+                (t.data_ptr() as *const f32).add(range.start * dim),
+                range.len() * dim,
+            )
+        };
+        let operands = Operands {
+            rows: floats(&self.q, &rows),
+            cols: floats(&self.r, &cols),
+            dim,
+            row_norms: &self.q_norms[rows.clone()],
+            col_norms: &self.r_norms[cols.clone()],
+            first_row: rows.start as u32,
+            first_col: cols.start as u32,
+        };
+        fused_tile::scan_product(&operands, row_lists, col_lists, &mut self.buffers()?.fused);
+        Ok(())
     }
 
     /// Every query's candidate lists, starting at `thresholds` when given (rows they leave
@@ -688,12 +740,11 @@ impl Tiles {
         ids.sort_unstable();
         let index = Tensor::from_slice(&ids.iter().map(|&j| j as i64).collect::<Vec<_>>());
         let sample_norms = ids.iter().map(|&j| self.r_norms[j]).collect();
-        let sample = Tiles::new(
+        let sample = self.like(
             self.q.shallow_clone(),
             self.r.f_index_select(0, &index)?,
             self.q_norms.clone(),
             sample_norms,
-            self.kernel,
         );
         let mu = (c * m) as f64 / nr as f64;
         let s = (mu + 3.0 * mu.sqrt() + 3.0).ceil() as usize + usize::from(self_search);
@@ -723,12 +774,11 @@ impl Tiles {
             return Ok(());
         }
         let index = Tensor::from_slice(&short.iter().map(|&i| i as i64).collect::<Vec<_>>());
-        let again = Tiles::new(
+        let again = self.like(
             self.q.f_index_select(0, &index)?,
             self.r.shallow_clone(),
             short.iter().map(|&i| self.q_norms[i]).collect(),
             self.r_norms.clone(),
-            self.kernel,
         );
         let skip = self_search.then_some(short.as_slice());
         let fresh = again.reference_candidates(short.len(), self.r_norms.len(), c, None, skip)?;
@@ -787,6 +837,9 @@ impl Tiles {
     ) -> Result<()> {
         let (i0, j0) = (a * BLOCK, b * BLOCK);
         let (height, width) = (rows_a.len(), rows_b.as_ref().map_or(rows_a.len(), |r| r.len()));
+        if self.fused && rows_b.is_some() {
+            return self.fused_tile(i0..i0 + height, j0..j0 + width, rows_a, rows_b);
+        }
         self.with_tile(i0..i0 + height, j0..j0 + width, |dots| match rows_b {
             Some(rows_b) => {
                 let block = Block {
@@ -860,6 +913,9 @@ impl Tiles {
         skip: Option<&[usize]>,
     ) -> Result<()> {
         let (j0, width) = (cols.start, cols.len());
+        if self.fused && skip.is_none() {
+            return self.fused_tile(i0..i0 + lists.len(), cols, lists, None);
+        }
         self.with_tile(i0..i0 + lists.len(), cols.clone(), |dots| {
             for (row, list) in lists.iter_mut().enumerate() {
                 let skip = skip.map(|ids| ids[i0 + row]).filter(|id| cols.contains(id));
@@ -1007,12 +1063,18 @@ mod tests {
     use super::*;
 
     /// Every engine, the GEMM engine with each tile kernel.
-    const ENGINES: [(Engine, Option<TileGemm>); 4] = [
+    /// Each engine; the GEMM engine with each tile kernel and, with `None`, scanned in the
+    /// kernel where the CPU has AVX-512 (`fused_tile`).
+    const ENGINES: [(Engine, Option<TileGemm>); 5] = [
         (Engine::Gemm, Some(TileGemm::Torch)),
         (Engine::Gemm, Some(TileGemm::Matrixmultiply)),
+        (Engine::Gemm, None),
         (Engine::KdTree, None),
         (Engine::Torch, None),
     ];
+
+    /// Tiles computed by a kernel and then scanned, and (`None`) scanned in the kernel.
+    const KERNELS: [Option<TileGemm>; 2] = [Some(TileGemm::Matrixmultiply), None];
 
     fn brute(q: &[Vec<f64>], r: &[Vec<f64>], self_search: bool, k: usize) -> Vec<Vec<u32>> {
         q.iter()
@@ -1106,19 +1168,19 @@ mod tests {
 
     /// Large enough `c` and N for sampled thresholds: the neighbours stay exact, in a
     /// self-search and against separate references, for both ways of sharing out the tiles
-    /// (whole query stripes per worker with 1 thread, reference blocks with 64).
+    /// (whole query stripes per worker with 1 thread, reference blocks with 64), with the
+    /// tiles scanned after the product and in the kernel.
     #[test]
     fn sampled_thresholds_keep_the_neighbours_exact() {
         let (k, c) = (60, candidate_count(60, usize::MAX));
         let x = random_rows(2 * c * SAMPLE_EVERY + 100, 6, 11, 64.0);
         let q = random_rows(2100, 6, 12, 64.0);
-        for threads in [1, 64] {
+        for (threads, kernel) in [1, 64].into_iter().flat_map(|t| KERNELS.map(|k| (t, k))) {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             pool.install(|| {
                 for (queries, r) in [(&x, None), (&q, Some(x.as_slice()))] {
                     let (q_rows, r_rows) = (rows(queries), r.map(rows));
-                    let tiles =
-                        Tiles::of(&q_rows, r_rows.as_ref(), TileGemm::Matrixmultiply).unwrap();
+                    let tiles = Tiles::of(&q_rows, r_rows.as_ref(), kernel).unwrap();
                     let thresholds =
                         tiles.sampled_thresholds(c, r.is_none(), gemm_dot_error(6)).unwrap();
                     assert!(thresholds.is_some(), "the sample is large enough");
@@ -1138,11 +1200,13 @@ mod tests {
         let q = random_rows(300, 5, 14, 64.0);
         for (queries, r) in [(&x, None), (&q, Some(x.as_slice()))] {
             let (q_rows, r_rows) = (rows(queries), r.map(rows));
-            let tiles = Tiles::of(&q_rows, r_rows.as_ref(), TileGemm::Matrixmultiply).unwrap();
-            let none_kept = vec![f32::NEG_INFINITY; queries.len()];
-            let lists = tiles.candidates(30, r.is_none(), Some(&none_kept)).unwrap();
-            assert!(lists.short_rows().is_empty());
-            assert_exact(queries, r, &lists, 20);
+            for kernel in KERNELS {
+                let tiles = Tiles::of(&q_rows, r_rows.as_ref(), kernel).unwrap();
+                let none_kept = vec![f32::NEG_INFINITY; queries.len()];
+                let lists = tiles.candidates(30, r.is_none(), Some(&none_kept)).unwrap();
+                assert!(lists.short_rows().is_empty());
+                assert_exact(queries, r, &lists, 20);
+            }
         }
     }
 

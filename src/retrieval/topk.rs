@@ -159,6 +159,36 @@ impl RowList<'_> {
         *self.threshold = unpack(largest_kept).0;
     }
 
+    /// The key a candidate must be below to be kept.
+    #[inline(always)]
+    pub fn threshold(&self) -> f32 {
+        *self.threshold
+    }
+
+    /// Asks the CPU to bring the list's next free slots into its cache.
+    #[inline(always)]
+    pub fn prefetch_tail(&self) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let len = (*self.len as usize).min(self.items.len() - 1);
+            let tail = self.items[len..].as_ptr().cast::<i8>();
+            // Sound: prefetching never faults; the address is inside the list.
+            unsafe {
+                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+                _mm_prefetch::<_MM_HINT_T1>(tail);
+                _mm_prefetch::<_MM_HINT_T1>(tail.wrapping_add(64));
+            }
+        }
+    }
+
+    /// Keeps (`key`, `id`) when the key is below the threshold.
+    #[inline(always)]
+    pub fn offer(&mut self, key: f32, id: u32) {
+        if key < *self.threshold {
+            self.push(key, id);
+        }
+    }
+
     /// Offers the keys `base[j] - 2 * dots[j]` with ids `first_id + j`, skipping `skip`.
     #[inline]
     pub fn scan(&mut self, dots: &[f32], base: &[f32], first_id: u32, skip: Option<usize>) {
