@@ -17,8 +17,8 @@ const MR: usize = 12;
 /// Columns of one block of the kernel: two vectors of 16 floats.
 const NR: usize = 32;
 
-/// The deepest rows the kernel takes: it keeps a row panel and a column panel of this depth
-/// near the core, and sums over the whole depth before the scan.
+/// The deepest rows the kernel takes: it sums each block over the whole depth before the
+/// scan, reading `MR` rows and a column panel of this depth (48 KiB and 128 KiB here).
 const MAX_DIM: usize = 1024;
 
 /// Whether `scan_product` runs here for rows of `dim` floats.
@@ -52,13 +52,14 @@ pub struct Operands<'a> {
 struct Line([f32; 16]);
 
 /// A worker's buffers, reused from tile to tile: the column panels, the padded last rows,
-/// column norms and columns' thresholds.
+/// column norms, the columns' thresholds and the keys staged for the lists.
 #[derive(Default)]
 pub struct Scratch {
     last_rows: Vec<f32>,
     col_panels: Vec<Line>,
     col_norms: Vec<f32>,
     col_thresholds: Vec<f32>,
+    staged: Vec<Staged>,
 }
 
 /// Offers every key of the tile: to the list of its row (key `col_norms[j] - 2 dot`, id
@@ -116,41 +117,71 @@ fn padded(values: &[f32], len: usize, fill: f32, out: &mut Vec<f32>) {
     out.resize(len, fill);
 }
 
-/// Pushes the keys of one row of one block that are below their thresholds: `row_keys[l]`
-/// (column `j0 + l`) where bit `l` of `below_row` is set to `row`, `col_keys[l]` where bit
-/// `l` of `below_col` is set to column `j0 + l`'s list, whose new threshold goes to
-/// `col_thresholds`. Rare after the lists' first keys, so kept out of the kernel's loop.
+/// A key found below a threshold, to be offered to its list: the list (row `list`, or
+/// column `list - rows` of a tile with `rows` rows), the key and the candidate's id.
+#[derive(Clone, Copy)]
+struct Staged {
+    list: u32,
+    key: f32,
+    id: u32,
+}
+
+/// Stages the keys of row `i` of one block that are below their thresholds: `row_keys[l]`
+/// (column `j0 + l`) where bit `l` of `below_row` is set, for the row's list, and
+/// `col_keys[l]` where bit `l` of `below_col` is set, for column `j0 + l`'s list. Rare after
+/// the lists' first keys, so kept out of the kernel's loop.
 #[cold]
 #[inline(never)]
-#[allow(clippy::too_many_arguments)]
-fn push_keys(
-    row: &mut RowList<'_>,
-    i: usize,
-    j0: usize,
+fn stage(
+    staged: &mut Vec<Staged>,
+    (i, j0, h): (usize, usize, usize),
     (row_keys, mut below_row): ([f32; 16], u16),
     (col_keys, mut below_col): ([f32; 16], u16),
-    cols: &mut Option<&mut [RowList<'_>]>,
-    col_thresholds: &mut [f32],
     (first_row, first_col): (u32, u32),
 ) {
     while below_row != 0 {
         let l = below_row.trailing_zeros() as usize;
         below_row &= below_row - 1;
-        row.offer(row_keys[l], first_col + (j0 + l) as u32);
+        staged.push(Staged { list: i as u32, key: row_keys[l], id: first_col + (j0 + l) as u32 });
     }
-    let Some(cols) = cols else { return };
     while below_col != 0 {
         let l = below_col.trailing_zeros() as usize;
         below_col &= below_col - 1;
-        let list = &mut cols[j0 + l];
-        list.offer(col_keys[l], first_row + i as u32);
-        col_thresholds[j0 + l] = list.threshold();
+        let list = (h + j0 + l) as u32;
+        staged.push(Staged { list, key: col_keys[l], id: first_row + i as u32 });
     }
+}
+
+/// Offers the staged keys to their lists, in one tight loop (the lists' ends are scattered
+/// over memory: there the CPU overlaps their cache misses, which it cannot do between the
+/// kernel's blocks), and updates the columns' thresholds.
+fn offer_staged(
+    staged: &mut Vec<Staged>,
+    rows: &mut [RowList<'_>],
+    cols: Option<&mut [RowList<'_>]>,
+    col_thresholds: &mut [f32],
+) {
+    let h = rows.len();
+    match cols {
+        Some(cols) => {
+            for s in staged.iter() {
+                let list = s.list as usize;
+                if list < h {
+                    rows[list].offer(s.key, s.id);
+                } else {
+                    cols[list - h].offer(s.key, s.id);
+                    col_thresholds[list - h] = cols[list - h].threshold();
+                }
+            }
+        }
+        None => staged.iter().for_each(|s| rows[s.list as usize].offer(s.key, s.id)),
+    }
+    staged.clear();
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{pack, padded, push_keys, Operands, RowList, Scratch, MR, NR};
+    use super::{offer_staged, pack, padded, stage, Operands, RowList, Scratch, MR, NR};
     use std::arch::x86_64::*;
 
     /// The `MR x NR` dot products of `MR` rows from `a` (row-major, `dim` wide) and column
@@ -170,8 +201,9 @@ mod x86 {
         acc
     }
 
-    /// `super::scan_product`, compiled for AVX-512: for each column panel (held in L1), each
-    /// row panel's block, then its keys against the row's and the columns' thresholds.
+    /// `super::scan_product`, compiled for AVX-512: for each `MR` rows (read in place, so
+    /// they stay in L1), the block of each column panel (packed per tile, in L2), then its
+    /// keys against the rows' and the columns' thresholds.
     /// Padding columns have an infinite norm (no row keeps them) and a -inf threshold (they
     /// keep nothing); padding rows are not offered.
     #[target_feature(enable = "avx512f")]
@@ -190,14 +222,6 @@ mod x86 {
         if let Some(cols) = cols.as_deref() {
             for (threshold, list) in s.col_thresholds.iter_mut().zip(cols.iter()) {
                 *threshold = list.threshold();
-            }
-        }
-        for list in rows.iter() {
-            list.prefetch_tail();
-        }
-        if let Some(cols) = cols.as_deref() {
-            for list in cols.iter() {
-                list.prefetch_tail();
             }
         }
         let two = _mm512_set1_ps(2.0);
@@ -229,20 +253,18 @@ mod x86 {
                             let (mut rk, mut ck) = ([0f32; 16], [0f32; 16]);
                             _mm512_storeu_ps(rk.as_mut_ptr(), row_keys);
                             _mm512_storeu_ps(ck.as_mut_ptr(), col_keys);
-                            push_keys(
-                                &mut rows[i],
-                                i,
-                                j0 + 16 * v,
+                            stage(
+                                &mut s.staged,
+                                (i, j0 + 16 * v, h),
                                 (rk, below_row),
                                 (ck, below_col),
-                                &mut cols,
-                                &mut s.col_thresholds,
                                 (t.first_row, t.first_col),
                             );
                         }
                     }
                 }
             }
+            offer_staged(&mut s.staged, rows, cols.as_deref_mut(), &mut s.col_thresholds);
         }
     }
 }

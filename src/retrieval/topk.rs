@@ -165,22 +165,6 @@ impl RowList<'_> {
         *self.threshold
     }
 
-    /// Asks the CPU to bring the list's next free slots into its cache.
-    #[inline(always)]
-    pub fn prefetch_tail(&self) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let len = (*self.len as usize).min(self.items.len() - 1);
-            let tail = self.items[len..].as_ptr().cast::<i8>();
-            // Sound: prefetching never faults; the address is inside the list.
-            unsafe {
-                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-                _mm_prefetch::<_MM_HINT_T1>(tail);
-                _mm_prefetch::<_MM_HINT_T1>(tail.wrapping_add(64));
-            }
-        }
-    }
-
     /// Keeps (`key`, `id`) when the key is below the threshold.
     #[inline(always)]
     pub fn offer(&mut self, key: f32, id: u32) {
