@@ -8,6 +8,7 @@
 //! them) and the dot products are float32 sums in one order, so the k-NN's error bound holds
 //! as it is. Keys reach a list in another order than in the unfused scan, which the lists'
 //! invariant allows: every key a list rejects is >= the largest it keeps.
+#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 
 use crate::retrieval::topk::RowList;
 
