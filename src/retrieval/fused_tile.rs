@@ -35,8 +35,9 @@ pub fn available(dim: usize) -> bool {
     }
 }
 
-/// One tile: its rows and columns (row-major, `dim` floats each), their squared norms and
-/// the ids of their first entries.
+/// One tile: its rows and columns (row-major, `dim` floats each), their squared norms, the
+/// ids of their first entries and, when given, the id of a column each row's list must not
+/// take (the row itself in a self-search; any id, in the tile or not).
 pub struct Operands<'a> {
     pub rows: &'a [f32],
     pub cols: &'a [f32],
@@ -45,6 +46,7 @@ pub struct Operands<'a> {
     pub col_norms: &'a [f32],
     pub first_row: u32,
     pub first_col: u32,
+    pub skip: Option<&'a [usize]>,
 }
 
 /// 16 floats on one cache line.
@@ -78,6 +80,7 @@ pub fn scan_product(
     assert_eq!(t.rows.len(), rows.len() * t.dim);
     assert_eq!(t.cols.len(), t.col_norms.len() * t.dim);
     assert!(cols.as_ref().is_none_or(|c| c.len() == t.col_norms.len()));
+    assert!(t.skip.is_none_or(|skip| skip.len() == rows.len()));
     #[cfg(target_arch = "x86_64")]
     // Sound: the CPU has AVX-512F (`available`); the operands' lengths are checked above.
     unsafe {
@@ -241,6 +244,10 @@ mod x86 {
                 let acc = block(a, panel, dim);
                 for (r, acc) in acc.iter().enumerate().take(h - i0) {
                     let i = i0 + r;
+                    // The column the row must not take, relative to this block (or huge).
+                    let skip = t.skip.map_or(usize::MAX, |skip| {
+                        skip[i].wrapping_sub(t.first_col as usize).wrapping_sub(j0)
+                    });
                     let row_threshold = _mm512_set1_ps(rows[i].threshold());
                     let row_norm = _mm512_set1_ps(t.row_norms[i]);
                     for v in 0..2 {
@@ -248,7 +255,11 @@ mod x86 {
                             _mm512_loadu_ps(s.col_thresholds.as_ptr().add(j0 + 16 * v));
                         let row_keys = _mm512_fnmadd_ps(two, acc[v], norms[v]);
                         let col_keys = _mm512_fnmadd_ps(two, acc[v], row_norm);
-                        let below_row = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(row_keys, row_threshold);
+                        let mut below_row =
+                            _mm512_cmp_ps_mask::<_CMP_LT_OQ>(row_keys, row_threshold);
+                        if skip.wrapping_sub(16 * v) < 16 {
+                            below_row &= !(1 << (skip - 16 * v));
+                        }
                         let below_col = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(col_keys, col_threshold);
                         if below_row | below_col != 0 {
                             let (mut rk, mut ck) = ([0f32; 16], [0f32; 16]);
@@ -301,7 +312,8 @@ mod tests {
     /// The fused kernel against its definition: the dot products summed by scalar FMA in the
     /// kernel's order (the same bits), scanned row by row and column by column. Sizes that
     /// leave partial blocks on both sides; c = 5 (lists compact, thresholds fall) and c = 300
-    /// (every key below the start is kept, so a padding key would show).
+    /// (every key below the start is kept, so a padding key would show); without and with
+    /// columns the rows must skip (in this tile or not).
     #[test]
     fn fused_scan_keeps_what_scanning_the_product_keeps() {
         if !available(40) {
@@ -320,39 +332,46 @@ mod tests {
                     .collect()
             })
             .collect();
-        let operands = Operands {
-            rows: &a,
-            cols: &b,
-            dim,
-            row_norms: &row_norms,
-            col_norms: &col_norms,
-            first_row: 100,
-            first_col: 7000,
-        };
+        // Odd rows skip a column of the tile (the last one included), even rows an id before it.
+        let skips: Vec<usize> =
+            (0..h).map(|i| if i % 2 == 1 { 7000 + (i * 7 + 74) % w } else { i }).collect();
         let starts = uniform(h.max(w), 5);
-        for c in [5, 300] {
-            for with_columns in [true, false] {
-                let (mut rows, mut cols) = (lists(h, c, &starts), lists(w, c, &starts));
-                let mut scratch = Scratch::default();
-                let mut col_lists = cols.rows_mut(0, w);
-                let col_lists = with_columns.then_some(col_lists.as_mut_slice());
-                scan_product(&operands, &mut rows.rows_mut(0, h), col_lists, &mut scratch);
-                let (mut want_rows, mut want_cols) = (lists(h, c, &starts), lists(w, c, &starts));
-                for (i, list) in want_rows.rows_mut(0, h).iter_mut().enumerate() {
-                    list.scan(&dots[i], &col_norms, 7000, None);
+        for (c, with_columns, skip) in [5, 300]
+            .into_iter()
+            .flat_map(|c| [true, false].map(|columns| (c, columns)))
+            .flat_map(|(c, columns)| [None, Some(skips.as_slice())].map(|skip| (c, columns, skip)))
+        {
+            let operands = Operands {
+                rows: &a,
+                cols: &b,
+                dim,
+                row_norms: &row_norms,
+                col_norms: &col_norms,
+                first_row: 100,
+                first_col: 7000,
+                skip,
+            };
+            let (mut rows, mut cols) = (lists(h, c, &starts), lists(w, c, &starts));
+            let mut col_lists = cols.rows_mut(0, w);
+            let col_lists = with_columns.then_some(col_lists.as_mut_slice());
+            scan_product(&operands, &mut rows.rows_mut(0, h), col_lists, &mut Scratch::default());
+            let (mut want_rows, mut want_cols) = (lists(h, c, &starts), lists(w, c, &starts));
+            for (i, list) in want_rows.rows_mut(0, h).iter_mut().enumerate() {
+                let skip = skip.map(|s| s[i]).filter(|&id| id >= 7000).map(|id| id - 7000);
+                list.scan(&dots[i], &col_norms, 7000, skip);
+            }
+            if with_columns {
+                for (j, list) in want_cols.rows_mut(0, w).iter_mut().enumerate() {
+                    let column: Vec<f32> = dots.iter().map(|row| row[j]).collect();
+                    list.scan(&column, &row_norms, 100, None);
                 }
-                for (i, row) in rows_sorted(&rows, h).iter().enumerate() {
-                    assert_eq!(*row, want_rows.sorted_row(i), "c {c} row {i}");
-                }
-                if with_columns {
-                    for (j, list) in want_cols.rows_mut(0, w).iter_mut().enumerate() {
-                        let column: Vec<f32> = dots.iter().map(|row| row[j]).collect();
-                        list.scan(&column, &row_norms, 100, None);
-                    }
-                }
-                for (j, col) in rows_sorted(&cols, w).iter().enumerate() {
-                    assert_eq!(*col, want_cols.sorted_row(j), "c {c} column {j}");
-                }
+            }
+            let case = format!("c {c}, columns {with_columns}, skip {}", skip.is_some());
+            for (i, row) in rows_sorted(&rows, h).iter().enumerate() {
+                assert_eq!(*row, want_rows.sorted_row(i), "{case}: row {i}");
+            }
+            for (j, col) in rows_sorted(&cols, w).iter().enumerate() {
+                assert_eq!(*col, want_cols.sorted_row(j), "{case}: column {j}");
             }
         }
     }

@@ -663,13 +663,15 @@ impl Tiles {
     }
 
     /// Offers the keys of query rows `rows` against reference rows `cols` to `row_lists`
-    /// and, when given, by columns to `col_lists`, scanned in the kernel (`fused_tile`).
+    /// and, when given, by columns to `col_lists`, scanned in the kernel (`fused_tile`);
+    /// `skip[r]`: a reference that row `r`'s list must not take.
     fn fused_tile(
         &self,
         rows: Range<usize>,
         cols: Range<usize>,
         row_lists: &mut [RowList<'_>],
         col_lists: Option<&mut [RowList<'_>]>,
+        skip: Option<&[usize]>,
     ) -> Result<()> {
         let dim = self.q.size()[1] as usize;
         // Sound: `q` and `r` are contiguous float32 CPU tensors owned by self, `dim` wide.
@@ -687,6 +689,7 @@ impl Tiles {
             col_norms: &self.r_norms[cols.clone()],
             first_row: rows.start as u32,
             first_col: cols.start as u32,
+            skip,
         };
         fused_tile::scan_product(&operands, row_lists, col_lists, &mut self.buffers()?.fused);
         Ok(())
@@ -837,8 +840,12 @@ impl Tiles {
     ) -> Result<()> {
         let (i0, j0) = (a * BLOCK, b * BLOCK);
         let (height, width) = (rows_a.len(), rows_b.as_ref().map_or(rows_a.len(), |r| r.len()));
-        if self.fused && rows_b.is_some() {
-            return self.fused_tile(i0..i0 + height, j0..j0 + width, rows_a, rows_b);
+        if self.fused {
+            // On the diagonal each row skips itself.
+            let diagonal: Option<Vec<usize>> =
+                rows_b.is_none().then(|| (i0..i0 + height).collect());
+            let (rows, cols) = (i0..i0 + height, j0..j0 + width);
+            return self.fused_tile(rows, cols, rows_a, rows_b, diagonal.as_deref());
         }
         self.with_tile(i0..i0 + height, j0..j0 + width, |dots| match rows_b {
             Some(rows_b) => {
@@ -913,8 +920,9 @@ impl Tiles {
         skip: Option<&[usize]>,
     ) -> Result<()> {
         let (j0, width) = (cols.start, cols.len());
-        if self.fused && skip.is_none() {
-            return self.fused_tile(i0..i0 + lists.len(), cols, lists, None);
+        if self.fused {
+            let rows = i0..i0 + lists.len();
+            return self.fused_tile(rows.clone(), cols, lists, None, skip.map(|ids| &ids[rows]));
         }
         self.with_tile(i0..i0 + lists.len(), cols.clone(), |dots| {
             for (row, list) in lists.iter_mut().enumerate() {
