@@ -665,7 +665,7 @@ impl Tiles {
     /// Offers the keys of query rows `rows` against reference rows `cols` to `row_lists`
     /// and, when given, by columns to `col_lists`, scanned in the kernel (`fused_tile`);
     /// `skip[r]`: a reference that row `r`'s list must not take.
-    fn fused_tile(
+    fn scan_in_kernel(
         &self,
         rows: Range<usize>,
         cols: Range<usize>,
@@ -845,7 +845,7 @@ impl Tiles {
             let diagonal: Option<Vec<usize>> =
                 rows_b.is_none().then(|| (i0..i0 + height).collect());
             let (rows, cols) = (i0..i0 + height, j0..j0 + width);
-            return self.fused_tile(rows, cols, rows_a, rows_b, diagonal.as_deref());
+            return self.scan_in_kernel(rows, cols, rows_a, rows_b, diagonal.as_deref());
         }
         self.with_tile(i0..i0 + height, j0..j0 + width, |dots| match rows_b {
             Some(rows_b) => {
@@ -921,8 +921,8 @@ impl Tiles {
     ) -> Result<()> {
         let (j0, width) = (cols.start, cols.len());
         if self.fused {
-            let rows = i0..i0 + lists.len();
-            return self.fused_tile(rows.clone(), cols, lists, None, skip.map(|ids| &ids[rows]));
+            let (rows, skip) = (i0..i0 + lists.len(), skip.map(|ids| &ids[i0..i0 + lists.len()]));
+            return self.scan_in_kernel(rows, cols, lists, None, skip);
         }
         self.with_tile(i0..i0 + lists.len(), cols.clone(), |dots| {
             for (row, list) in lists.iter_mut().enumerate() {
@@ -1070,7 +1070,6 @@ fn kdtree_resolver<'a, T: Element>(
 mod tests {
     use super::*;
 
-    /// Every engine, the GEMM engine with each tile kernel.
     /// Each engine; the GEMM engine with each tile kernel and, with `None`, scanned in the
     /// kernel where the CPU has AVX-512 (`fused_tile`).
     const ENGINES: [(Engine, Option<TileGemm>); 5] = [
