@@ -55,7 +55,7 @@ pub struct Operands<'a> {
 struct Line([f32; 16]);
 
 /// A worker's buffers, reused from tile to tile: the column panels, the padded last rows,
-/// column norms, the columns' thresholds and the keys staged for the lists.
+/// column norms, the columns' thresholds and the keys staged for the columns' lists.
 #[derive(Default)]
 pub struct Scratch {
     last_rows: Vec<f32>,
@@ -121,24 +121,25 @@ fn padded(values: &[f32], len: usize, fill: f32, out: &mut Vec<f32>) {
     out.resize(len, fill);
 }
 
-/// A key found below a threshold, to be offered to its list: the list (row `list`, or
-/// column `list - rows` of a tile with `rows` rows), the key and the candidate's id.
+/// A key found below a column's threshold, to be offered to that column's list.
 #[derive(Clone, Copy)]
 struct Staged {
-    list: u32,
+    col: u32,
     key: f32,
     id: u32,
 }
 
-/// Stages the keys of row `i` of one block that are below their thresholds: `row_keys[l]`
-/// (column `j0 + l`) where bit `l` of `below_row` is set, for the row's list, and
-/// `col_keys[l]` where bit `l` of `below_col` is set, for column `j0 + l`'s list. Rare after
-/// the lists' first keys, so kept out of the kernel's loop.
+/// The keys of row `i` of one block that are below their thresholds: `row_keys[l]` (column
+/// `j0 + l`) where bit `l` of `below_row` is set, offered to the row's list at once (it stays
+/// in cache while its row is swept, and its threshold falls as it fills), and `col_keys[l]`
+/// where bit `l` of `below_col` is set, staged for column `j0 + l`'s list. Rare after the
+/// lists' first keys, so kept out of the kernel's loop.
 #[cold]
 #[inline(never)]
-fn stage(
+fn offer_keys(
+    row: &mut RowList<'_>,
     staged: &mut Vec<Staged>,
-    (i, j0, h): (usize, usize, usize),
+    (i, j0): (usize, usize),
     (row_keys, mut below_row): ([f32; 16], u16),
     (col_keys, mut below_col): ([f32; 16], u16),
     (first_row, first_col): (u32, u32),
@@ -146,46 +147,30 @@ fn stage(
     while below_row != 0 {
         let l = below_row.trailing_zeros() as usize;
         below_row &= below_row - 1;
-        staged.push(Staged { list: i as u32, key: row_keys[l], id: first_col + (j0 + l) as u32 });
+        row.offer(row_keys[l], first_col + (j0 + l) as u32);
     }
     while below_col != 0 {
         let l = below_col.trailing_zeros() as usize;
         below_col &= below_col - 1;
-        let list = (h + j0 + l) as u32;
-        staged.push(Staged { list, key: col_keys[l], id: first_row + i as u32 });
+        staged.push(Staged { col: (j0 + l) as u32, key: col_keys[l], id: first_row + i as u32 });
     }
 }
 
-/// Offers the staged keys to their lists, in one tight loop (the lists' ends are scattered
-/// over memory: there the CPU overlaps their cache misses, which it cannot do between the
-/// kernel's blocks), and updates the columns' thresholds.
-fn offer_staged(
-    staged: &mut Vec<Staged>,
-    rows: &mut [RowList<'_>],
-    cols: Option<&mut [RowList<'_>]>,
-    col_thresholds: &mut [f32],
-) {
-    let h = rows.len();
-    match cols {
-        Some(cols) => {
-            for s in staged.iter() {
-                let list = s.list as usize;
-                if list < h {
-                    rows[list].offer(s.key, s.id);
-                } else {
-                    cols[list - h].offer(s.key, s.id);
-                    col_thresholds[list - h] = cols[list - h].threshold();
-                }
-            }
-        }
-        None => staged.iter().for_each(|s| rows[s.list as usize].offer(s.key, s.id)),
+/// Offers the staged keys to their columns' lists in one tight loop (the lists' ends are
+/// scattered over memory: there the CPU overlaps their cache misses, which it cannot do
+/// between the kernel's blocks), and updates the columns' thresholds.
+fn offer_staged(staged: &mut Vec<Staged>, cols: &mut [RowList<'_>], col_thresholds: &mut [f32]) {
+    for s in staged.iter() {
+        let list = &mut cols[s.col as usize];
+        list.offer(s.key, s.id);
+        col_thresholds[s.col as usize] = list.threshold();
     }
     staged.clear();
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{offer_staged, pack, padded, stage, Operands, RowList, Scratch, MR, NR};
+    use super::{offer_keys, offer_staged, pack, padded, Operands, RowList, Scratch, MR, NR};
     use std::arch::x86_64::*;
 
     /// The `MR x NR` dot products of `MR` rows from `a` (row-major, `dim` wide) and column
@@ -265,9 +250,10 @@ mod x86 {
                             let (mut rk, mut ck) = ([0f32; 16], [0f32; 16]);
                             _mm512_storeu_ps(rk.as_mut_ptr(), row_keys);
                             _mm512_storeu_ps(ck.as_mut_ptr(), col_keys);
-                            stage(
+                            offer_keys(
+                                &mut rows[i],
                                 &mut s.staged,
-                                (i, j0 + 16 * v, h),
+                                (i, j0 + 16 * v),
                                 (rk, below_row),
                                 (ck, below_col),
                                 (t.first_row, t.first_col),
@@ -276,7 +262,9 @@ mod x86 {
                     }
                 }
             }
-            offer_staged(&mut s.staged, rows, cols.as_deref_mut(), &mut s.col_thresholds);
+            if let Some(cols) = cols.as_deref_mut() {
+                offer_staged(&mut s.staged, cols, &mut s.col_thresholds);
+            }
         }
     }
 }
