@@ -140,8 +140,8 @@ fn offer_keys(
     row: &mut RowList<'_>,
     staged: &mut Vec<Staged>,
     (i, j0): (usize, usize),
-    (row_keys, mut below_row): ([f32; 16], u16),
-    (col_keys, mut below_col): ([f32; 16], u16),
+    (row_keys, mut below_row): ([f32; NR], u32),
+    (col_keys, mut below_col): ([f32; NR], u32),
     (first_row, first_col): (u32, u32),
 ) {
     while below_row != 0 {
@@ -227,6 +227,9 @@ mod x86 {
                 let panel = b.add(j0 * dim);
                 let norms = [0, 16].map(|v| _mm512_loadu_ps(s.col_norms.as_ptr().add(j0 + v)));
                 let acc = block(a, panel, dim);
+                // The columns' thresholds change only after the sweep (`offer_staged`).
+                let col_thresholds =
+                    [0, 16].map(|v| _mm512_loadu_ps(s.col_thresholds.as_ptr().add(j0 + v)));
                 for (r, acc) in acc.iter().enumerate().take(h - i0) {
                     let i = i0 + r;
                     // The column the row must not take, relative to this block (or huge).
@@ -235,30 +238,32 @@ mod x86 {
                     });
                     let row_threshold = _mm512_set1_ps(rows[i].threshold());
                     let row_norm = _mm512_set1_ps(t.row_norms[i]);
-                    for v in 0..2 {
-                        let col_threshold =
-                            _mm512_loadu_ps(s.col_thresholds.as_ptr().add(j0 + 16 * v));
-                        let row_keys = _mm512_fnmadd_ps(two, acc[v], norms[v]);
-                        let col_keys = _mm512_fnmadd_ps(two, acc[v], row_norm);
-                        let mut below_row =
-                            _mm512_cmp_ps_mask::<_CMP_LT_OQ>(row_keys, row_threshold);
-                        if skip.wrapping_sub(16 * v) < 16 {
-                            below_row &= !(1 << (skip - 16 * v));
+                    let row_keys = [0, 1].map(|v| _mm512_fnmadd_ps(two, acc[v], norms[v]));
+                    let col_keys = [0, 1].map(|v| _mm512_fnmadd_ps(two, acc[v], row_norm));
+                    let below = |keys: [__m512; 2], limits: [__m512; 2]| {
+                        let low = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(keys[0], limits[0]);
+                        let high = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(keys[1], limits[1]);
+                        u32::from(low) | u32::from(high) << 16
+                    };
+                    let mut below_row = below(row_keys, [row_threshold; 2]);
+                    if skip < NR {
+                        below_row &= !(1 << skip);
+                    }
+                    let below_col = below(col_keys, col_thresholds);
+                    if below_row | below_col != 0 {
+                        let (mut rk, mut ck) = ([0f32; NR], [0f32; NR]);
+                        for v in 0..2 {
+                            _mm512_storeu_ps(rk.as_mut_ptr().add(16 * v), row_keys[v]);
+                            _mm512_storeu_ps(ck.as_mut_ptr().add(16 * v), col_keys[v]);
                         }
-                        let below_col = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(col_keys, col_threshold);
-                        if below_row | below_col != 0 {
-                            let (mut rk, mut ck) = ([0f32; 16], [0f32; 16]);
-                            _mm512_storeu_ps(rk.as_mut_ptr(), row_keys);
-                            _mm512_storeu_ps(ck.as_mut_ptr(), col_keys);
-                            offer_keys(
-                                &mut rows[i],
-                                &mut s.staged,
-                                (i, j0 + 16 * v),
-                                (rk, below_row),
-                                (ck, below_col),
-                                (t.first_row, t.first_col),
-                            );
-                        }
+                        offer_keys(
+                            &mut rows[i],
+                            &mut s.staged,
+                            (i, j0),
+                            (rk, below_row),
+                            (ck, below_col),
+                            (t.first_row, t.first_col),
+                        );
                     }
                 }
             }
