@@ -22,7 +22,10 @@
 //!
 //! Pool distances are GEMM keys `|x|^2 + |p|^2 - 2 x.p`; those within the key error bound of
 //! 0 are recomputed exactly (`Engine::distances_from`), so a point that coincides with a
-//! centroid has D = 0 exactly and is never drawn again.
+//! centroid has D = 0 exactly and is never drawn again. The draws depend on the keys' float32
+//! rounding, which differs between GEMMs (the fused kernel, MKL's kernels for different
+//! CPUs): where a draw falls within that rounding of a boundary, another valid draw follows.
+//! The pools' memory is reused from pool to pool.
 
 use super::lloyd::Engine;
 use crate::error::Result;
@@ -73,8 +76,9 @@ pub(super) fn kmeans_plus_plus<E: Engine>(
     let pool_size = (POOL_ELEMENTS / n).clamp(trials, MAX_POOL);
     let first = rng.gen_range(0..n);
     let mut chosen = vec![first];
-    let mut nearest: Vec<f64> =
-        engine.distances_from(&[first])?.into_iter().map(f64::from).collect();
+    let mut first_row = Vec::new();
+    engine.distances_from(&[first], &mut first_row)?;
+    let mut nearest: Vec<f64> = first_row.into_iter().map(f64::from).collect();
     let mut total: f64 = nearest.iter().sum();
     let mut pool: Option<Pool> = None;
     while chosen.len() < k {
@@ -86,7 +90,8 @@ pub(super) fn kmeans_plus_plus<E: Engine>(
         let mut candidates: Vec<usize> = Vec::with_capacity(trials);
         while candidates.len() < trials {
             if pool.as_ref().is_none_or(|p| p.next == p.ids.len()) {
-                pool = Some(draw_pool(engine, &nearest, pool_size, rng)?);
+                let memory = pool.take().map(|p| p.distances).unwrap_or_default();
+                pool = Some(draw_pool(engine, &nearest, pool_size, memory, rng)?);
                 candidates.clear();
             }
             let p = pool.as_mut().expect("a pool was just drawn");
@@ -115,11 +120,12 @@ pub(super) fn kmeans_plus_plus<E: Engine>(
 }
 
 /// Draws `size` points with probability proportional to `nearest` and computes their
-/// distances to every point.
+/// distances to every point (into `memory`, the last pool's).
 fn draw_pool<E: Engine>(
     engine: &E,
     nearest: &[f64],
     size: usize,
+    mut memory: Vec<f32>,
     rng: &mut ChaCha8Rng,
 ) -> Result<Pool> {
     let mut running = 0.0;
@@ -139,5 +145,6 @@ fn draw_pool<E: Engine>(
         })
         .collect();
     let at_draw = ids.iter().map(|&i| nearest[i]).collect();
-    Ok(Pool { distances: engine.distances_from(&ids)?, ids, at_draw, next: 0 })
+    engine.distances_from(&ids, &mut memory)?;
+    Ok(Pool { distances: memory, ids, at_draw, next: 0 })
 }

@@ -191,18 +191,8 @@ fn run<E: Engine>(engine: &E, options: &KMeansOptions, given: Option<Tensor>) ->
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_points as points;
     use super::*;
-
-    /// Well-spread float32 points with some exact duplicates.
-    fn points(n: i64, dim: i64, seed: i64) -> Tensor {
-        tch::manual_seed(seed);
-        let centres = Tensor::randn([9, dim], (Kind::Float, Device::Cpu)) * 4.0;
-        let ids = Tensor::randint(9, [n], (Kind::Int64, Device::Cpu));
-        let x = centres.index_select(0, &ids) + Tensor::randn([n, dim], (Kind::Float, Device::Cpu));
-        let dup = x.narrow(0, 0, 5).shallow_clone();
-        x.narrow(0, 5, 5).copy_(&dup);
-        x
-    }
 
     /// The device engine runs on CPU tensors too: it must give the host engine's answer.
     #[test]

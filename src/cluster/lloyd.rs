@@ -1,5 +1,6 @@
-//! The steps of Lloyd's algorithm on the host (rayon over rows, BLAS GEMM through torch)
-//! and on a device (torch ops only), with exact assignments.
+//! The steps of Lloyd's algorithm on the host (rayon over rows; products by the fused tile
+//! kernel of `retrieval::fused_tile` for float32 points on CPUs with AVX-512, else by
+//! torch's BLAS GEMM) and on a device (torch ops only), with exact assignments.
 //!
 //! Assignment: for a block of rows, GEMM gives the keys `key_j = |c_j|^2 - 2 x.c_j`, whose
 //! error against the exact `d2_j - |x|^2` is at most `e = gamma (|x| + max_j |c_j|)^2`, with
@@ -22,6 +23,7 @@
 
 use crate::bail;
 use crate::error::{Result, SladeError};
+use crate::retrieval::fused_tile;
 use crate::retrieval::knn::{exact_sq_dist, Element, Rows};
 use rayon::prelude::*;
 use std::sync::Mutex;
@@ -31,6 +33,8 @@ use tch::{Device, Kind, Tensor};
 const BLOCK_ELEMENTS: usize = 1 << 21;
 /// Elements of a float64 difference tensor (rows x k x dim) held at once on a device.
 const EXACT_ELEMENTS: i64 = 1 << 24;
+/// Points per task of the fused tile kernel (a multiple of its 12 rows).
+const KERNEL_ROWS: usize = 96;
 /// Points per deterministic partial sum.
 const SUM_CHUNK: usize = 1024;
 
@@ -40,6 +44,8 @@ pub(crate) trait Real: Element + PartialOrd {
     /// Unit roundoff of a GEMM in this type.
     const UNIT_ROUNDOFF: f64;
     fn from_f64(v: f64) -> Self;
+    /// The values as float32, when they are.
+    fn as_f32(values: &[Self]) -> Option<&[f32]>;
 }
 
 impl Real for f32 {
@@ -48,6 +54,9 @@ impl Real for f32 {
     fn from_f64(v: f64) -> Self {
         v as f32
     }
+    fn as_f32(values: &[Self]) -> Option<&[f32]> {
+        Some(values)
+    }
 }
 
 impl Real for f64 {
@@ -55,6 +64,9 @@ impl Real for f64 {
     const UNIT_ROUNDOFF: f64 = 1.110_223_024_625_156_5e-16; // 2^-53
     fn from_f64(v: f64) -> Self {
         v
+    }
+    fn as_f32(_: &[Self]) -> Option<&[f32]> {
+        None
     }
 }
 
@@ -78,8 +90,9 @@ pub(super) trait Engine {
     fn points(&self) -> &Tensor;
     /// Squared distances of the points `ids` to every point, `len(ids) x N` row-major:
     /// GEMM keys `|x|^2 + |p|^2 - 2 x.p`, the entries within the key error bound of 0
-    /// recomputed exactly (so coinciding points are at distance 0 exactly).
-    fn distances_from(&self, ids: &[usize]) -> Result<Vec<f32>>;
+    /// recomputed exactly (so coinciding points are at distance 0 exactly). Written into
+    /// `out`, whose memory is reused.
+    fn distances_from(&self, ids: &[usize], out: &mut Vec<f32>) -> Result<()>;
     /// The points `ids` as a `len(ids) x dim` tensor (initial centroids).
     fn rows(&self, ids: &[usize]) -> Result<Tensor> {
         let ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
@@ -109,7 +122,12 @@ pub(super) trait Engine {
 pub(super) struct HostEngine<T: Real> {
     x: Rows<T>,
     norms: Vec<f64>,
+    /// The largest norm of a point.
+    max_norm: f64,
     gamma: f64,
+    /// Whether products go through the fused tile kernel (float32 points, AVX-512) rather
+    /// than torch's GEMM.
+    kernel: bool,
     /// The bounds of the last assignment (see the module docs).
     bounds: Mutex<Option<Bounds<T>>>,
 }
@@ -131,8 +149,23 @@ const BOUND_SLACK: f64 = 1e-12;
 impl<T: Real> HostEngine<T> {
     pub fn new(x: Rows<T>) -> Result<Self> {
         let norms = x.sq_norms();
+        let max_norm = norms.iter().cloned().fold(0.0f64, f64::max).sqrt();
         let gamma = key_error_factor(x.dim, T::UNIT_ROUNDOFF);
-        Ok(HostEngine { x, norms, gamma, bounds: Mutex::new(None) })
+        let kernel = T::as_f32(x.data()).is_some() && fused_tile::available(x.dim);
+        Ok(HostEngine { x, norms, max_norm, gamma, kernel, bounds: Mutex::new(None) })
+    }
+
+    /// This engine with its products through torch's GEMM (the path of CPUs without
+    /// AVX-512), to test the two paths against each other.
+    #[cfg(test)]
+    pub fn without_kernel(mut self) -> Self {
+        self.kernel = false;
+        self
+    }
+
+    /// The points as float32 when the fused tile kernel computes their products.
+    fn kernel_points(&self) -> Option<&[f32]> {
+        T::as_f32(self.x.data()).filter(|_| self.kernel)
     }
 
     /// Moves the bounds from their centroids to `c`; returns the points that need a full
@@ -188,6 +221,12 @@ impl<T: Real> HostEngine<T> {
         let c_norms = c.sq_norms();
         let c_max = c_norms.iter().cloned().fold(0.0f64, f64::max).sqrt();
         let bias: Vec<T> = c_norms.iter().map(|&v| T::from_f64(v)).collect();
+        let kernel = match (self.kernel_points(), T::as_f32(c.data()), T::as_f32(&bias)) {
+            (Some(x), Some(c), Some(norms)) => {
+                Some((x, fused_tile::Panels::new(c, norms, self.x.dim)))
+            }
+            _ => None,
+        };
         let bias = Tensor::f_from_slice(&bias)?.f_view([1, k as i64])?;
         // -2 C is exact (a power of two), so the GEMM gives the keys directly.
         let neg2_ct = c.tensor().f_mul_scalar(-2.0)?.f_tr()?;
@@ -196,26 +235,37 @@ impl<T: Real> HostEngine<T> {
         let buffer = Tensor::f_empty([(block * k) as i64], (kind, Device::Cpu))?;
         for start in (0..count).step_by(block) {
             let rows = block.min(count - start);
-            let (x_block, block_ids): (Tensor, Vec<u32>) = match ids {
-                None => (
-                    self.x.tensor().f_narrow(0, start as i64, rows as i64)?,
-                    (start as u32..(start + rows) as u32).collect(),
-                ),
-                Some(ids) => {
-                    let part = &ids[start..start + rows];
-                    let index: Vec<i64> = part.iter().map(|&i| i64::from(i)).collect();
-                    let index = Tensor::f_from_slice(&index)?;
-                    (self.x.tensor().f_index_select(0, &index)?, part.to_vec())
-                }
+            let block_ids: Vec<u32> = match ids {
+                None => (start as u32..(start + rows) as u32).collect(),
+                Some(ids) => ids[start..start + rows].to_vec(),
             };
             let out = buffer.f_narrow(0, 0, (rows * k) as i64)?.f_view([rows as i64, k as i64])?;
-            let keys = bias.f_addmm_out(&out, &x_block, &neg2_ct)?;
-            if keys.data_ptr() != out.data_ptr() {
-                bail!(Internal, "addmm_out did not write into its output buffer");
+            match &kernel {
+                Some((x, panels)) => {
+                    // Sound: `out` is a contiguous float32 block of the buffer (T is f32 here:
+                    // `as_f32` gave the points), owned by `buffer` for this scope.
+                    let keys = unsafe {
+                        std::slice::from_raw_parts_mut(out.data_ptr() as *mut f32, rows * k)
+                    };
+                    self.kernel_keys(x, &block_ids, ids.is_none(), panels, keys);
+                }
+                None => {
+                    let x_block = match ids {
+                        None => self.x.tensor().f_narrow(0, start as i64, rows as i64)?,
+                        Some(_) => {
+                            let index: Vec<i64> = block_ids.iter().map(|&i| i64::from(i)).collect();
+                            self.x.tensor().f_index_select(0, &Tensor::f_from_slice(&index)?)?
+                        }
+                    };
+                    let keys = bias.f_addmm_out(&out, &x_block, &neg2_ct)?;
+                    if keys.data_ptr() != out.data_ptr() {
+                        bail!(Internal, "addmm_out did not write into its output buffer");
+                    }
+                }
             }
             // The keys are the contiguous block buffer, owned by `buffer` for this scope.
             let keys: &mut [T] =
-                unsafe { std::slice::from_raw_parts_mut(keys.data_ptr() as *mut T, rows * k) };
+                unsafe { std::slice::from_raw_parts_mut(out.data_ptr() as *mut T, rows * k) };
             let found: Vec<Nearest> = keys
                 .par_chunks_mut(k)
                 .zip(block_ids.par_iter())
@@ -233,6 +283,114 @@ impl<T: Real> HostEngine<T> {
             }
         }
         Ok(())
+    }
+
+    /// The assignment keys `|c_j|^2 - 2 x.c_j` of the points `ids` (float32 `x`, the packed
+    /// centroids `c`) by the fused tile kernel into `keys` (a row of `k` per point); `in_place`
+    /// when `ids` are consecutive, so their rows are read where they are.
+    fn kernel_keys(
+        &self,
+        x: &[f32],
+        ids: &[u32],
+        in_place: bool,
+        c: &fused_tile::Panels,
+        keys: &mut [f32],
+    ) {
+        let (dim, k) = (self.x.dim, keys.len() / ids.len());
+        let gathered: Vec<f32>;
+        let rows = match ids.first() {
+            Some(&first) if in_place => {
+                &x[first as usize * dim..(first as usize + ids.len()) * dim]
+            }
+            _ => {
+                gathered = ids
+                    .iter()
+                    .flat_map(|&i| &x[i as usize * dim..(i as usize + 1) * dim])
+                    .copied()
+                    .collect();
+                &gathered
+            }
+        };
+        keys.par_chunks_mut(KERNEL_ROWS * k).zip(rows.par_chunks(KERNEL_ROWS * dim)).for_each(
+            |(keys, rows)| {
+                let mut out: Vec<&mut [f32]> = keys.chunks_mut(k).collect();
+                fused_tile::product_keys(rows, c, &mut out);
+            },
+        );
+    }
+
+    /// The bound under which a key of `distances_from` for `centre` is replaced by the
+    /// exact squared distance.
+    fn exact_below(&self, centre: usize) -> f64 {
+        2.0 * self.gamma * (self.norms[centre].sqrt() + self.max_norm).powi(2)
+    }
+
+    /// Entry `(centre, j)` of `distances_from` from its key `|x_j|^2 - 2 x_j.x_centre`:
+    /// `key + |x_centre|^2`, or the exact squared distance where that is at most `bound`
+    /// (`exact_below`, within the key error of 0).
+    fn distance(&self, key: f64, j: usize, centre: usize, bound: f64) -> f32 {
+        let value = key + self.norms[centre];
+        if value <= bound {
+            exact_sq_dist(self.x.row(j), self.x.row(centre)) as f32
+        } else {
+            value as f32
+        }
+    }
+
+    /// `distances_from` by torch's GEMM.
+    fn gemm_distances(&self, ids: &[usize], out: &mut [f32]) -> Result<()> {
+        let n = self.x.n;
+        let centres = self.rows(ids)?;
+        let rounded: Vec<T> = self.norms.iter().map(|&v| T::from_f64(v)).collect();
+        let norms_row = Tensor::f_from_slice(&rounded)?.f_view([1, n as i64])?;
+        let keys = norms_row.f_addmm(&centres.f_mul_scalar(-2.0)?, &self.x.tensor().f_tr()?)?;
+        let keys = keys.f_contiguous()?;
+        // The keys are a contiguous `len(ids) x N` tensor of T on the CPU, owned by `keys`.
+        let keys: &[T] =
+            unsafe { std::slice::from_raw_parts(keys.data_ptr() as *const T, ids.len() * n) };
+        out.par_chunks_mut(n).zip(keys.par_chunks(n)).zip(ids).for_each(|((row, keys), &id)| {
+            let bound = self.exact_below(id);
+            for (j, (d, &key)) in row.iter_mut().zip(keys).enumerate() {
+                *d = self.distance(key.into(), j, id, bound);
+            }
+        });
+        Ok(())
+    }
+
+    /// `distances_from` by the fused tile kernel (AVX-512, float32 points `x`): the points,
+    /// read in place in slices, against the centres packed once; each slice's products are
+    /// turned into its distances while they are in cache. The keys round as those of
+    /// `gemm_distances` do: `|x_j|^2 - 2 x_j.x_centre` in one float32 rounding (the kernel's
+    /// `0 - 2 dot` is exact).
+    fn kernel_distances(&self, x: &[f32], ids: &[usize], out: &mut [f32]) {
+        let (n, dim, p) = (self.x.n, self.x.dim, ids.len());
+        let centres: Vec<f32> =
+            ids.iter().flat_map(|&id| &x[id * dim..(id + 1) * dim]).copied().collect();
+        let centres = fused_tile::Panels::new(&centres, &vec![0.0; p], dim);
+        let norms: Vec<f32> = self.norms.iter().map(|&v| v as f32).collect();
+        let mut slices: Vec<Vec<&mut [f32]>> = Vec::new();
+        slices.resize_with(n.div_ceil(KERNEL_ROWS), || Vec::with_capacity(p));
+        for row in out.chunks_mut(n) {
+            for (slice, part) in slices.iter_mut().zip(row.chunks_mut(KERNEL_ROWS)) {
+                slice.push(part);
+            }
+        }
+        slices.into_par_iter().enumerate().for_each_init(Vec::new, |products, (s, mut parts)| {
+            let points = s * KERNEL_ROWS..(s * KERNEL_ROWS + KERNEL_ROWS).min(n);
+            products.resize(points.len() * p, 0.0);
+            let mut rows: Vec<&mut [f32]> = products.chunks_mut(p).collect();
+            let slice = &x[points.start * dim..points.end * dim];
+            fused_tile::product_keys(slice, &centres, &mut rows);
+            for (c, (part, &id)) in parts.iter_mut().zip(ids).enumerate() {
+                let bound = self.exact_below(id);
+                for ((j, d), &norm) in
+                    points.clone().zip(part.iter_mut()).zip(&norms[points.clone()])
+                {
+                    let key = norm + products[(j - points.start) * p + c];
+                    *d = self.distance(f64::from(key), j, id, bound);
+                }
+            }
+        });
     }
 
     fn centroid_rows(&self, centroids: &Tensor) -> Result<Rows<T>> {
@@ -272,31 +430,13 @@ impl<T: Real> Engine for HostEngine<T> {
         self.x.tensor()
     }
 
-    fn distances_from(&self, ids: &[usize]) -> Result<Vec<f32>> {
-        let n = self.x.n;
-        let centres = self.rows(ids)?;
-        let rounded: Vec<T> = self.norms.iter().map(|&v| T::from_f64(v)).collect();
-        let norms_row = Tensor::f_from_slice(&rounded)?.f_view([1, n as i64])?;
-        let keys = norms_row.f_addmm(&centres.f_mul_scalar(-2.0)?, &self.x.tensor().f_tr()?)?;
-        let keys = keys.f_contiguous()?;
-        // The keys are a contiguous `len(ids) x N` tensor of T on the CPU, owned by `keys`.
-        let keys: &[T] =
-            unsafe { std::slice::from_raw_parts(keys.data_ptr() as *const T, ids.len() * n) };
-        let x_max = self.norms.iter().cloned().fold(0.0f64, f64::max).sqrt();
-        let mut out = vec![0.0f32; ids.len() * n];
-        out.par_chunks_mut(n).zip(keys.par_chunks(n)).zip(ids).for_each(|((row, keys), &id)| {
-            let centre_norm = self.norms[id];
-            let bound = 2.0 * self.gamma * (centre_norm.sqrt() + x_max).powi(2);
-            for (j, (d, &key)) in row.iter_mut().zip(keys).enumerate() {
-                let value = key.into() + centre_norm;
-                *d = if value <= bound {
-                    exact_sq_dist(self.x.row(j), self.x.row(id)) as f32
-                } else {
-                    value as f32
-                };
-            }
-        });
-        Ok(out)
+    fn distances_from(&self, ids: &[usize], out: &mut Vec<f32>) -> Result<()> {
+        out.resize(ids.len() * self.x.n, 0.0);
+        match self.kernel_points() {
+            Some(x) => self.kernel_distances(x, ids, out),
+            _ => self.gemm_distances(ids, out)?,
+        }
+        Ok(())
     }
 
     fn assign(&self, centroids: &Tensor) -> Result<Vec<u32>> {
@@ -310,7 +450,9 @@ impl<T: Real> Engine for HostEngine<T> {
         if reusable {
             let b = guard.as_mut().expect("checked above");
             let stale = self.tighten(b, &c)?;
-            self.assign_rows(b, &c, Some(&stale))?;
+            // When most points are stale, all of them in place beat gathering those.
+            let some = (stale.len() * 2 <= n).then_some(stale.as_slice());
+            self.assign_rows(b, &c, some)?;
         } else {
             let mut b = Bounds {
                 centroids: Vec::new(),
@@ -587,7 +729,7 @@ impl Engine for DeviceEngine {
         &self.x
     }
 
-    fn distances_from(&self, ids: &[usize]) -> Result<Vec<f32>> {
+    fn distances_from(&self, ids: &[usize], out: &mut Vec<f32>) -> Result<()> {
         let (kind, dim) = (self.x.kind(), self.x.size()[1]);
         let centres = self.rows(ids)?;
         let id_tensor: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
@@ -620,9 +762,9 @@ impl Engine for DeviceEngine {
         }
         let host = d2.f_to_kind(Kind::Float)?.f_to_device(Device::Cpu)?.f_contiguous()?;
         let len = host.numel();
-        let mut out = vec![0.0f32; len];
-        host.f_copy_data(&mut out, len)?;
-        Ok(out)
+        out.resize(len, 0.0);
+        host.f_copy_data(out, len)?;
+        Ok(())
     }
 
     fn assign(&self, centroids: &Tensor) -> Result<Tensor> {
@@ -748,5 +890,66 @@ impl Engine for DeviceEngine {
 
     fn labels_tensor(&self, labels: Tensor) -> Result<Tensor> {
         Ok(labels)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_points as points;
+    use super::*;
+
+    fn engine(x: &Tensor) -> HostEngine<f32> {
+        let size = x.size();
+        HostEngine::new(Rows::new(x.shallow_clone(), size[0] as usize, size[1] as usize)).unwrap()
+    }
+
+    /// The nearest centroid of each point by float64 brute force (ties to the smaller id).
+    fn brute_force_labels(x: &Tensor, centroids: &Tensor) -> Vec<i64> {
+        let d = Tensor::cdist(&x.to_kind(Kind::Double), &centroids.to_kind(Kind::Double), 2.0, 0);
+        Vec::<i64>::try_from(d.argmin(1, false)).unwrap()
+    }
+
+    /// The fused tile kernel (where the CPU has AVX-512) against torch's GEMM, on depths
+    /// that leave partial kernel blocks: the seeding's distances agree within the keys'
+    /// error bound and are exactly 0 from a point to itself and its duplicate, and both
+    /// paths assign every point to its float64-nearest centroid, before and after the
+    /// centroids move (Hamerly's bounds).
+    #[test]
+    fn kernel_and_gemm_products_agree() {
+        if !fused_tile::available(16) {
+            eprintln!("no AVX-512 here: k-means uses torch's GEMM only, nothing to compare");
+            return;
+        }
+        for (n, dim, k, seed) in [(700, 12, 13, 1), (530, 40, 37, 2), (300, 515, 25, 3)] {
+            let x = points(n, dim, seed);
+            let (fused, gemm) = (engine(&x), engine(&x).without_kernel());
+            assert!(fused.kernel && !gemm.kernel);
+            let n = n as usize;
+            let ids: Vec<usize> = (0..n).step_by(7).chain([5]).collect();
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            fused.distances_from(&ids, &mut a).unwrap();
+            gemm.distances_from(&ids, &mut b).unwrap();
+            for (r, &id) in ids.iter().enumerate() {
+                let tolerance = 2.0 * fused.exact_below(id);
+                for j in 0..n {
+                    let (da, db) = (a[r * n + j], b[r * n + j]);
+                    let case = format!("dim {dim}, centre {id}, point {j}: {da} vs {db}");
+                    assert!(f64::from((da - db).abs()) <= tolerance, "{case}");
+                }
+                assert_eq!((a[r * n + id], b[r * n + id]), (0.0, 0.0), "dim {dim}, point {id}");
+            }
+            let last = (ids.len() - 1) * n;
+            assert_eq!((a[last], b[last]), (0.0, 0.0), "point 5 repeats point 0");
+            let centroids = x.narrow(0, 10, k).copy();
+            let moved = &centroids + Tensor::randn([k, dim], (Kind::Float, Device::Cpu)) * 0.1;
+            for c in [&centroids, &moved] {
+                let want = brute_force_labels(&x, c);
+                let labels = [fused.assign(c).unwrap(), gemm.assign(c).unwrap()];
+                for (path, labels) in ["kernel", "gemm"].iter().zip(labels) {
+                    let labels: Vec<i64> = labels.iter().map(|&l| i64::from(l)).collect();
+                    assert_eq!(labels, want, "{path}, dim {dim}");
+                }
+            }
+        }
     }
 }

@@ -54,13 +54,45 @@ pub struct Operands<'a> {
 #[repr(C, align(64))]
 struct Line([f32; 16]);
 
-/// A worker's buffers, reused from tile to tile: the column panels, the padded last rows,
-/// column norms, the columns' thresholds and the keys staged for the columns' lists.
+/// Columns packed for the kernel: panels of `NR` columns, each stored depth-major (`dim x
+/// NR`), the last padded with zero columns, and the columns' squared norms, padded with
+/// +inf (no row keeps a padding column).
+#[derive(Default)]
+pub struct Panels {
+    lines: Vec<Line>,
+    norms: Vec<f32>,
+    len: usize,
+    dim: usize,
+}
+
+impl Panels {
+    /// `cols` (row-major, `dim` floats each) and their squared norms, packed.
+    pub fn new(cols: &[f32], norms: &[f32], dim: usize) -> Panels {
+        let mut panels = Panels::default();
+        panels.pack(cols, norms, dim);
+        panels
+    }
+
+    /// `new`, reusing this one's memory.
+    pub fn pack(&mut self, cols: &[f32], norms: &[f32], dim: usize) {
+        assert_eq!(cols.len(), norms.len() * dim);
+        pack(cols, dim, NR, &mut self.lines);
+        padded(norms, norms.len().div_ceil(NR) * NR, f32::INFINITY, &mut self.norms);
+        (self.len, self.dim) = (norms.len(), dim);
+    }
+
+    /// The packed columns (all panels, padding included).
+    fn floats(&self) -> *const f32 {
+        self.lines.as_ptr().cast::<f32>()
+    }
+}
+
+/// A worker's buffers, reused from tile to tile: the packed columns, the padded last rows,
+/// the columns' thresholds and the keys staged for the columns' lists.
 #[derive(Default)]
 pub struct Scratch {
     last_rows: Vec<f32>,
-    col_panels: Vec<Line>,
-    col_norms: Vec<f32>,
+    panels: Panels,
     col_thresholds: Vec<f32>,
     staged: Vec<Staged>,
 }
@@ -88,10 +120,26 @@ pub fn scan_product(
     }
 }
 
+/// Writes `out[i][j] = norm_j - 2 rows_i . col_j` for the packed columns `cols` (`rows`
+/// row-major, `out` one slice of a key per column for each row): the keys of
+/// `scan_product`, each dot product summed in the same order, all kept. Needs
+/// `available(cols.dim)`.
+pub fn product_keys(rows: &[f32], cols: &Panels, out: &mut [&mut [f32]]) {
+    let dim = cols.dim;
+    assert!(available(dim), "the fused tile kernel needs AVX-512 and dim <= {MAX_DIM}");
+    assert_eq!(rows.len(), out.len() * dim);
+    assert!(out.iter().all(|row| row.len() == cols.len));
+    #[cfg(target_arch = "x86_64")]
+    // Sound: the CPU has AVX-512F (`available`); the operands' lengths are checked above.
+    unsafe {
+        x86::product_keys(rows, cols, out)
+    }
+}
+
 /// Packs `rows` (`dim` floats each) into panels of `width` rows, each stored depth-major
 /// (`dim x width`; entry `k * width + lane` of panel `p` is entry `k` of row `p * width +
-/// lane`), the last panel padded with zero rows. Returns the panels as floats.
-fn pack<'p>(rows: &[f32], dim: usize, width: usize, panels: &'p mut Vec<Line>) -> &'p [f32] {
+/// lane`), the last panel padded with zero rows.
+fn pack(rows: &[f32], dim: usize, width: usize, panels: &mut Vec<Line>) {
     let n = rows.len() / dim;
     let floats = n.div_ceil(width) * width * dim;
     if panels.len() * 16 < floats {
@@ -111,7 +159,6 @@ fn pack<'p>(rows: &[f32], dim: usize, width: usize, panels: &'p mut Vec<Line>) -
             panel[k * width + i % width] = 0.0;
         }
     }
-    flat
 }
 
 /// `values` padded with `fill` to `len` entries, in `out`.
@@ -170,7 +217,7 @@ fn offer_staged(staged: &mut Vec<Staged>, cols: &mut [RowList<'_>], col_threshol
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{offer_keys, offer_staged, pack, padded, Operands, RowList, Scratch, MR, NR};
+    use super::{offer_keys, offer_staged, padded, Operands, Panels, RowList, Scratch, MR, NR};
     use std::arch::x86_64::*;
 
     /// The `MR x NR` dot products of `MR` rows from `a` (row-major, `dim` wide) and column
@@ -190,6 +237,42 @@ mod x86 {
         acc
     }
 
+    /// The `MR` rows from `i0` of `rows` (`dim` wide): in place, or the last ones padded
+    /// with zero rows in `last`.
+    fn block_rows(rows: &[f32], i0: usize, dim: usize, last: &mut Vec<f32>) -> *const f32 {
+        match rows.get(i0 * dim..(i0 + MR) * dim) {
+            Some(rows) => rows.as_ptr(),
+            None => {
+                padded(&rows[i0 * dim..], MR * dim, 0.0, last);
+                last.as_ptr()
+            }
+        }
+    }
+
+    /// `super::product_keys`, compiled for AVX-512: for each `MR` rows, the block of each
+    /// column panel, its keys stored (the lanes past the last column masked off).
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn product_keys(rows: &[f32], cols: &Panels, out: &mut [&mut [f32]]) {
+        let (h, w, dim) = (out.len(), cols.len, cols.dim);
+        let (b, mut last_rows) = (cols.floats(), Vec::new());
+        let two = _mm512_set1_ps(2.0);
+        for i0 in (0..h).step_by(MR) {
+            let a = block_rows(rows, i0, dim, &mut last_rows);
+            for j0 in (0..w).step_by(NR) {
+                let norms = [0, 16].map(|v| _mm512_loadu_ps(cols.norms.as_ptr().add(j0 + v)));
+                let acc = block(a, b.add(j0 * dim), dim);
+                let mask = (u64::MAX >> (64 - (w - j0).min(NR))) as u32;
+                for (r, acc) in acc.iter().enumerate().take(h - i0) {
+                    let dst = out[i0 + r].as_mut_ptr().add(j0);
+                    let keys = [0, 1].map(|v| _mm512_fnmadd_ps(two, acc[v], norms[v]));
+                    // Masked-off lanes are neither written nor touched.
+                    _mm512_mask_storeu_ps(dst, mask as u16, keys[0]);
+                    _mm512_mask_storeu_ps(dst.add(16), (mask >> 16) as u16, keys[1]);
+                }
+            }
+        }
+    }
+
     /// `super::scan_product`, compiled for AVX-512: for each `MR` rows (read in place, so
     /// they stay in L1), the block of each column panel (packed per tile, in L2), then its
     /// keys against the rows' and the columns' thresholds.
@@ -204,8 +287,8 @@ mod x86 {
     ) {
         let (h, w, dim) = (t.row_norms.len(), t.col_norms.len(), t.dim);
         let wide = w.div_ceil(NR) * NR;
-        let b = pack(t.cols, dim, NR, &mut s.col_panels).as_ptr();
-        padded(t.col_norms, wide, f32::INFINITY, &mut s.col_norms);
+        s.panels.pack(t.cols, t.col_norms, dim);
+        let b = s.panels.floats();
         s.col_thresholds.clear();
         s.col_thresholds.resize(wide, f32::NEG_INFINITY);
         if let Some(cols) = cols.as_deref() {
@@ -215,17 +298,10 @@ mod x86 {
         }
         let two = _mm512_set1_ps(2.0);
         for i0 in (0..h).step_by(MR) {
-            // The block's rows in place, or the last ones padded with zero rows.
-            let a = match t.rows.get(i0 * dim..(i0 + MR) * dim) {
-                Some(rows) => rows.as_ptr(),
-                None => {
-                    padded(&t.rows[i0 * dim..], MR * dim, 0.0, &mut s.last_rows);
-                    s.last_rows.as_ptr()
-                }
-            };
+            let a = block_rows(t.rows, i0, dim, &mut s.last_rows);
             for j0 in (0..wide).step_by(NR) {
                 let panel = b.add(j0 * dim);
-                let norms = [0, 16].map(|v| _mm512_loadu_ps(s.col_norms.as_ptr().add(j0 + v)));
+                let norms = [0, 16].map(|v| _mm512_loadu_ps(s.panels.norms.as_ptr().add(j0 + v)));
                 let acc = block(a, panel, dim);
                 // The columns' thresholds change only after the sweep (`offer_staged`).
                 let col_thresholds =
@@ -365,6 +441,36 @@ mod tests {
             }
             for (j, col) in rows_sorted(&cols, w).iter().enumerate() {
                 assert_eq!(*col, want_cols.sorted_row(j), "{case}: column {j}");
+            }
+        }
+    }
+
+    /// `product_keys` against its definition: `norm_j - 2 dot` with each dot product summed
+    /// by scalar FMA in the kernel's order (the same bits), on sizes that leave partial
+    /// blocks on both sides, each column written and none past it.
+    #[test]
+    fn product_keys_are_the_keys_of_the_product() {
+        if !available(40) {
+            eprintln!("no AVX-512 here: the fused kernel is not used, nothing to test");
+            return;
+        }
+        for (h, w, dim) in [(37, 75, 40), (12, 32, 17), (1, 5, 3), (25, 64, 128)] {
+            let (a, b, norms) = (uniform(h * dim, 1), uniform(w * dim, 2), uniform(w, 4));
+            let panels = Panels::new(&b, &norms, dim);
+            // One guard entry past each row's columns must stay untouched.
+            let mut out = vec![f32::NAN; h * (w + 1)];
+            let mut rows: Vec<&mut [f32]> =
+                out.chunks_mut(w + 1).map(|row| &mut row[..w]).collect();
+            product_keys(&a, &panels, &mut rows);
+            for i in 0..h {
+                for j in 0..w {
+                    let (row, col) = (&a[i * dim..(i + 1) * dim], &b[j * dim..(j + 1) * dim]);
+                    let dot = row.iter().zip(col).fold(0.0f32, |s, (x, y)| x.mul_add(*y, s));
+                    let want = norms[j] - 2.0 * dot;
+                    let got = out[i * (w + 1) + j];
+                    assert_eq!(got.to_bits(), want.to_bits(), "{h} x {w} x {dim}: ({i}, {j})");
+                }
+                assert!(out[i * (w + 1) + w].is_nan(), "{h} x {w} x {dim}: row {i} overran");
             }
         }
     }

@@ -1,6 +1,6 @@
 //! Retrieval evaluation: exact k-NN (`knn`) and the metrics built on it (`metrics`).
 
-mod fused_tile;
+pub(crate) mod fused_tile;
 pub mod knn;
 pub mod metrics;
 pub mod tile_gemm;
