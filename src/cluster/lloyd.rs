@@ -132,6 +132,13 @@ pub(super) struct HostEngine<T: Real> {
     bounds: Mutex<Option<Bounds<T>>>,
 }
 
+/// How an assignment computes its keys: the fused tile kernel on the float32 points and
+/// the packed centroids, or torch's GEMM `bias + x (-2 C^T)`.
+enum Products<'a> {
+    Kernel(&'a [f32], fused_tile::Panels),
+    Gemm { bias: Tensor, neg2_ct: Tensor },
+}
+
 /// Hamerly's bounds for one set of centroids.
 struct Bounds<T> {
     /// The centroids (k x dim, row-major) the bounds refer to.
@@ -221,15 +228,16 @@ impl<T: Real> HostEngine<T> {
         let c_norms = c.sq_norms();
         let c_max = c_norms.iter().cloned().fold(0.0f64, f64::max).sqrt();
         let bias: Vec<T> = c_norms.iter().map(|&v| T::from_f64(v)).collect();
-        let kernel = match (self.kernel_points(), T::as_f32(c.data()), T::as_f32(&bias)) {
+        let products = match (self.kernel_points(), T::as_f32(c.data()), T::as_f32(&bias)) {
             (Some(x), Some(c), Some(norms)) => {
-                Some((x, fused_tile::Panels::new(c, norms, self.x.dim)))
+                Products::Kernel(x, fused_tile::Panels::new(c, norms, self.x.dim))
             }
-            _ => None,
+            _ => Products::Gemm {
+                bias: Tensor::f_from_slice(&bias)?.f_view([1, k as i64])?,
+                // -2 C is exact (a power of two), so the GEMM gives the keys directly.
+                neg2_ct: c.tensor().f_mul_scalar(-2.0)?.f_tr()?,
+            },
         };
-        let bias = Tensor::f_from_slice(&bias)?.f_view([1, k as i64])?;
-        // -2 C is exact (a power of two), so the GEMM gives the keys directly.
-        let neg2_ct = c.tensor().f_mul_scalar(-2.0)?.f_tr()?;
         let block = block_rows(k, count);
         let kind = <T as tch::kind::Element>::KIND;
         let buffer = Tensor::f_empty([(block * k) as i64], (kind, Device::Cpu))?;
@@ -240,8 +248,8 @@ impl<T: Real> HostEngine<T> {
                 Some(ids) => ids[start..start + rows].to_vec(),
             };
             let out = buffer.f_narrow(0, 0, (rows * k) as i64)?.f_view([rows as i64, k as i64])?;
-            match &kernel {
-                Some((x, panels)) => {
+            match &products {
+                Products::Kernel(x, panels) => {
                     // Sound: `out` is a contiguous float32 block of the buffer (T is f32 here:
                     // `as_f32` gave the points), owned by `buffer` for this scope.
                     let keys = unsafe {
@@ -249,7 +257,7 @@ impl<T: Real> HostEngine<T> {
                     };
                     self.kernel_keys(x, &block_ids, ids.is_none(), panels, keys);
                 }
-                None => {
+                Products::Gemm { bias, neg2_ct } => {
                     let x_block = match ids {
                         None => self.x.tensor().f_narrow(0, start as i64, rows as i64)?,
                         Some(_) => {
@@ -257,7 +265,7 @@ impl<T: Real> HostEngine<T> {
                             self.x.tensor().f_index_select(0, &Tensor::f_from_slice(&index)?)?
                         }
                     };
-                    let keys = bias.f_addmm_out(&out, &x_block, &neg2_ct)?;
+                    let keys = bias.f_addmm_out(&out, &x_block, neg2_ct)?;
                     if keys.data_ptr() != out.data_ptr() {
                         bail!(Internal, "addmm_out did not write into its output buffer");
                     }
