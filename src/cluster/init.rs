@@ -103,10 +103,7 @@ pub(super) fn kmeans_plus_plus<E: Engine>(
         }
         let p = pool.as_ref().expect("candidates come from a pool");
         let rows: Vec<&[f32]> = candidates.iter().map(|&entry| p.row(entry)).collect();
-        let potentials: Vec<f64> = rows
-            .par_iter()
-            .map(|row| nearest.iter().zip(*row).map(|(&d, &e)| d.min(f64::from(e))).sum())
-            .collect();
+        let potentials = potentials(&nearest, &rows);
         let best = (0..potentials.len())
             .min_by(|&a, &b| potentials[a].total_cmp(&potentials[b]).then(a.cmp(&b)))
             .unwrap_or(0);
@@ -117,6 +114,35 @@ pub(super) fn kmeans_plus_plus<E: Engine>(
         total = potentials[best];
     }
     Ok(chosen)
+}
+
+/// The potential `sum_x min(nearest(x), row(x))` of each candidate's distance row, each
+/// summed in point order. The rows are split among the workers, and each worker sums its
+/// rows in one pass with one accumulator per row in registers: a lone sum waits for each
+/// addition's result, several interleaved do not.
+fn potentials(nearest: &[f64], rows: &[&[f32]]) -> Vec<f64> {
+    let per_worker = rows.len().div_ceil(rayon::current_num_threads()).clamp(1, 4);
+    rows.par_chunks(per_worker)
+        .flat_map_iter(|rows| match rows {
+            [a] => interleaved_sums(nearest, [*a]).to_vec(),
+            [a, b] => interleaved_sums(nearest, [*a, *b]).to_vec(),
+            [a, b, c] => interleaved_sums(nearest, [*a, *b, *c]).to_vec(),
+            [a, b, c, d] => interleaved_sums(nearest, [*a, *b, *c, *d]).to_vec(),
+            _ => unreachable!("groups of 1 to 4 rows"),
+        })
+        .collect()
+}
+
+/// `potentials` of `C` rows in one pass.
+fn interleaved_sums<const C: usize>(nearest: &[f64], rows: [&[f32]; C]) -> [f64; C] {
+    let rows = rows.map(|row| &row[..nearest.len()]);
+    let mut sums = [0.0f64; C];
+    for (x, &d) in nearest.iter().enumerate() {
+        for (sum, row) in sums.iter_mut().zip(&rows) {
+            *sum += d.min(f64::from(row[x]));
+        }
+    }
+    sums
 }
 
 /// Draws `size` points with probability proportional to `nearest` and computes their
@@ -147,4 +173,37 @@ fn draw_pool<E: Engine>(
     let at_draw = ids.iter().map(|&i| nearest[i]).collect();
     engine.distances_from(&ids, &mut memory)?;
     Ok(Pool { distances: memory, ids, at_draw, next: 0 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    /// The interleaved potentials equal plain sums in point order, bit for bit, for every
+    /// number of candidates (the groups of 1 to 4 rows each worker takes).
+    #[test]
+    fn potentials_are_the_sums_in_point_order() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let n = 1001;
+        let nearest: Vec<f64> = (0..n).map(|_| rng.gen::<f64>()).collect();
+        let rows: Vec<Vec<f32>> =
+            (0..9).map(|_| (0..n).map(|_| rng.gen::<f32>() * 1.2).collect()).collect();
+        for count in 1..=rows.len() {
+            let rows: Vec<&[f32]> = rows[..count].iter().map(Vec::as_slice).collect();
+            let want: Vec<f64> = rows
+                .iter()
+                .map(|row| {
+                    let mut sum = 0.0;
+                    for (&d, &e) in nearest.iter().zip(row.iter()) {
+                        sum += d.min(f64::from(e));
+                    }
+                    sum
+                })
+                .collect();
+            let got = potentials(&nearest, &rows);
+            let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "{count} candidates");
+        }
+    }
 }
