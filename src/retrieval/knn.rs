@@ -553,8 +553,9 @@ fn brute_force_row<T: Element>(
 /// the rayon worker that computed it, so no tile is handed between thread pools: in the
 /// kernel (`fused_tile`) where the CPU has it and `kernel` is `None`, else computed with
 /// `kernel` (`None`: `TileGemm::fastest`) and then scanned. Self-search computes only the
-/// tiles (I, J) with J >= I; each serves the rows of I and, transposed, the rows of J. At large `c` the lists start
-/// at thresholds sampled from a subset of the references (`Tiles::sampled_thresholds`).
+/// tiles (I, J) with J >= I; each serves the rows of I and, transposed, the rows of J. At
+/// large `c` the lists start at thresholds sampled from a subset of the references
+/// (`Tiles::sampled_thresholds`).
 fn gemm_candidates<T: Element>(
     q: &Rows<T>,
     r: Option<&Rows<T>>,
